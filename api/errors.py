@@ -1,0 +1,85 @@
+"""One error shape for every failure: `{"error": {"type", "message", "param"}}`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+
+from shared.errors import AppError
+from shared.schemas import ErrorBody, ErrorDetail
+
+log = logging.getLogger("promptbatch.api")
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def error_response(
+    status: int, type_: str, message: str, param: str | None = None, headers: Any = None
+) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(type=type_, message=message, param=param))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _param(loc: Sequence[int | str]) -> str | None:
+    """`("body", "prompts", 3, "custom_id")` -> `prompts[3].custom_id`."""
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc.status_code, exc.type, exc.message, exc.param)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request.", "type": ""}
+    param = _param(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        message, param = "The body is not valid JSON.", None
+    elif first.get("type") == "extra_forbidden":
+        message = f"Unknown field {param!r}."
+    else:
+        detail = str(first.get("msg", "Invalid value."))
+        message = f"{detail} ({param})" if param else detail
+    return error_response(422, "invalid_request_error", message, param)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, type_, str(exc.detail), headers=exc.headers)
+
+
+async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unreachable: %s", type(exc).__name__)
+    return error_response(
+        503, "service_unavailable", "Redis is unreachable; try again shortly.",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "Internal server error.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,52 @@
+"""The HTTP API: `uvicorn api.main:app`. Builds the app; the lifespan owns the Redis client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.routes import batches, health
+from shared.queue import connect
+from shared.settings import Settings, get_settings
+from shared.store import BatchStore
+
+log = logging.getLogger("promptbatch.api")
+
+
+def _lifespan(
+    settings: Settings | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[AppState]]:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
+        resolved = settings or get_settings()
+        redis = connect(resolved)
+        if resolved.resolved_provider == "offline":
+            log.warning("No OPENAI_API_KEY: batches run on the offline model.")
+        try:
+            yield AppState(settings=resolved, redis=redis, store=BatchStore(redis))
+        finally:
+            await redis.aclose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app; settings are read from the environment at start unless given."""
+    app = FastAPI(
+        title="promptbatch",
+        version="0.1.0",
+        summary="Run large LLM prompt batches on your own infrastructure.",
+        lifespan=_lifespan(settings),
+    )
+    install_error_handlers(app)
+    app.include_router(batches.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,106 @@
+"""The one settings class: every knob the API and the workers read, from the environment, once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["openai", "offline"]
+
+
+class SettingsError(RuntimeError):
+    """The configuration cannot work; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    """Service configuration. `PROMPTBATCH_*` for the service's own, plain names for shared ones."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPTBATCH_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL")
+    )
+    provider: Provider | None = None
+    default_model: str = Field(default="gpt-4o-mini", min_length=1)
+    api_keys: str | None = None
+
+    max_prompts: int = Field(default=50_000, ge=1)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)
+    default_concurrency: int = Field(default=16, ge=1)
+    max_output_tokens: int = Field(default=32_768, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=20)
+
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    worker_max_jobs: int = Field(default=8, ge=1)
+    worker_poll_delay_s: float = Field(default=0.1, gt=0)
+    worker_heartbeat_s: float = Field(default=2.0, gt=0)
+    worker_alive_s: float = Field(default=6.0, gt=0)
+    job_timeout_s: int = Field(default=24 * 3600, ge=1)
+    offline_latency_ms: int = Field(default=0, ge=0)
+
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_concurrency > self.max_concurrency:
+            raise ValueError("PROMPTBATCH_DEFAULT_CONCURRENCY exceeds PROMPTBATCH_MAX_CONCURRENCY")
+        if self.openai_api_key is not None and not self.openai_api_key.get_secret_value().strip():
+            raise ValueError("OPENAI_API_KEY is set but empty; unset it to use the offline model")
+        if self.api_keys:
+            raise ValueError(
+                "PROMPTBATCH_API_KEYS is not supported by this version yet: unset it, and keep "
+                "the API on a trusted network"
+            )
+        if self.worker_alive_s <= self.worker_heartbeat_s:
+            raise ValueError(
+                "PROMPTBATCH_WORKER_ALIVE_S must exceed PROMPTBATCH_WORKER_HEARTBEAT_S"
+            )
+        if self.resolved_provider == "openai" and not (self.openai_api_key or self.openai_base_url):
+            raise ValueError(
+                "PROMPTBATCH_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a "
+                "local OpenAI-compatible server"
+            )
+        return self
+
+    @property
+    def resolved_provider(self) -> Provider:
+        """The provider new batches run on: explicit, else `openai` when a key is set."""
+        if self.provider is not None:
+            return self.provider
+        return "openai" if self.openai_api_key is not None else "offline"
+
+    def require_redis_url(self) -> str:
+        """REDIS_URL, or a clear error: the API and workers never guess a Redis."""
+        if not self.redis_url:
+            raise SettingsError(
+                "REDIS_URL is not set. Point it at a Redis/Valkey server "
+                "(e.g. REDIS_URL=redis://localhost:6379/0), or use `make run`, "
+                "which starts an embedded Valkey server for you."
+            )
+        return self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once; a clear error if they are wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise SettingsError(f"Invalid configuration: {problems}") from None
+
+
+def _describe(error: Any) -> str:
+    names = [str(part) for part in error.get("loc", ())]
+    where = ("PROMPTBATCH_" + names[0].upper()) if names else "settings"
+    return f"{where}: {error.get('msg', 'invalid')}"

@@ -1,0 +1,32 @@
+"""Worker liveness: each worker stamps a heartbeat; readiness counts the recent ones."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from shared import keys
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def beat(redis: Redis, worker_id: str, alive_s: float) -> None:
+    """Say this worker is alive now, and forget workers silent for longer than `alive_s`."""
+    now = _now_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.WORKERS, {worker_id: now})
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", now - int(alive_s * 1000))
+        await pipe.execute()
+
+
+async def forget(redis: Redis, worker_id: str) -> None:
+    """A worker shutting down cleanly stops counting at once."""
+    await redis.zrem(keys.WORKERS, worker_id)
+
+
+async def alive(redis: Redis, alive_s: float) -> int:
+    """How many workers sent a heartbeat in the last `alive_s` seconds."""
+    return int(await redis.zcount(keys.WORKERS, _now_ms() - int(alive_s * 1000), "+inf"))

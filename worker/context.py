@@ -1,0 +1,23 @@
+"""The typed worker context arq hands to every task (built in `on_startup`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypedDict
+
+import httpx
+from arq.connections import ArqRedis
+from langchain_core.language_models import BaseChatModel
+
+from shared.settings import Provider, Settings
+from shared.store import BatchStore
+
+
+class WorkerContext(TypedDict):
+    redis: ArqRedis  # set by arq itself
+    settings: Settings
+    store: BatchStore
+    http: httpx.AsyncClient
+    models: dict[Provider, BaseChatModel]
+    worker_id: str
+    heartbeat: asyncio.Task[None]

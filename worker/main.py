@@ -1,0 +1,106 @@
+"""arq entry point: `arq worker.main.WorkerSettings` (any number, on any number of hosts)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import Any, ClassVar, cast
+
+import httpx
+from arq.worker import Function, func
+
+from shared import keys, workers
+from shared.llm import build_models
+from shared.queue import RUN_CHUNK, dumps_job, loads_job, redis_settings
+from shared.settings import Settings, SettingsError, get_settings
+from shared.store import BatchStore
+from worker.context import WorkerContext
+from worker.tasks import run_chunk
+
+log = logging.getLogger("promptbatch.worker")
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Build this process's clients once: the store, the HTTP pool, the chat models."""
+    settings = get_settings()
+    _show_logs()
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.request_timeout_s),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+    )
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    ctx.update(
+        settings=settings,
+        store=BatchStore(ctx["redis"]),
+        http=http,
+        models=build_models(settings, http),
+        worker_id=worker_id,
+    )
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(cast(WorkerContext, ctx)))
+    log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Stop the heartbeat (so readiness drops at once) and close the HTTP pool."""
+    wctx = cast(WorkerContext, ctx)
+    if "heartbeat" in ctx:
+        wctx["heartbeat"].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await wctx["heartbeat"]
+        with contextlib.suppress(Exception):
+            await workers.forget(wctx["redis"], wctx["worker_id"])
+    if "http" in ctx:
+        await wctx["http"].aclose()
+
+
+async def _heartbeat(ctx: WorkerContext) -> None:
+    settings = ctx["settings"]
+    while True:
+        try:
+            await workers.beat(ctx["redis"], ctx["worker_id"], settings.worker_alive_s)
+        except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
+            log.warning("heartbeat failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings.worker_heartbeat_s)
+
+
+def _show_logs() -> None:
+    """arq configures only its own logger; give ours a handler too (at start, not import)."""
+    logger = logging.getLogger("promptbatch")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+        settings.require_redis_url()
+    except SettingsError as exc:
+        raise SystemExit(f"promptbatch worker: {exc}") from None
+    return settings
+
+
+_SETTINGS = _settings()
+
+
+class WorkerSettings:
+    """What `arq` reads to run a worker. Signal handling stays on: SIGTERM requeues cleanly."""
+
+    functions: ClassVar[list[Function]] = [func(run_chunk, name=RUN_CHUNK)]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = redis_settings(_SETTINGS)
+    queue_name = keys.QUEUE
+    job_serializer = dumps_job
+    job_deserializer = loads_job
+    max_jobs = _SETTINGS.worker_max_jobs
+    job_timeout = _SETTINGS.job_timeout_s
+    poll_delay = _SETTINGS.worker_poll_delay_s
+    keep_result = 3600
+    max_tries = 5
