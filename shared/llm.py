@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -82,7 +82,7 @@ def _offline_reply(messages: list[BaseMessage], max_tokens: int | None) -> ChatR
 
 
 def build_models(
-    settings: Settings, http_client: httpx.AsyncClient
+    settings: Settings, http_client: openai.DefaultAsyncHttpxClient
 ) -> dict[Provider, BaseChatModel]:
     """The chat models this process can run, built once: offline always, openai if configured."""
     models: dict[Provider, BaseChatModel] = {
@@ -143,9 +143,22 @@ _ERROR_TYPES: tuple[tuple[type[ModelError], str], ...] = (
 )
 
 
+_STATUS_TYPES = {
+    400: "invalid_request",
+    401: "authentication_error",
+    403: "permission_denied",
+    404: "model_not_found",
+    408: "timeout",
+    429: "rate_limited",
+}
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """A failed item's error: the provider's own message when it gave one."""
     kind = next((name for cls, name in _ERROR_TYPES if isinstance(exc, cls)), None)
+    status = getattr(exc, "status_code", None)
+    if kind is None and isinstance(status, int):
+        kind = _STATUS_TYPES.get(status, "provider_error")
     if kind is None:
         kind = "provider_error" if isinstance(exc, ModelError) else "internal_error"
     body = getattr(exc, "body", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
@@ -18,7 +19,9 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Service configuration. `PROMPTBATCH_*` for the service's own, plain names for shared ones."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTBATCH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTBATCH_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
     openai_api_key: SecretStr | None = Field(
@@ -49,6 +52,8 @@ class Settings(BaseSettings):
     offline_latency_ms: int = Field(default=0, ge=0)
 
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+    #: Where `make run` keeps the embedded Valkey server's data (AOF).
+    data_dir: Path = Path(".data")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -170,7 +170,7 @@ class BatchStore:
             pipe.hset(keys.batch(batch_id), mapping=fields)
             for start in range(0, len(encoded), PAGE):
                 pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
-            pipe.zadd(keys.batch_index(owner), {batch_id: fields["created_at"]})
+            pipe.zadd(keys.batch_index(owner), {batch_id: time.time_ns() // 1000})
             await pipe.execute()
         chunks = -(-len(plan.items) // chunk_size)
         return _batch_from_fields({k: str(v) for k, v in fields.items()}), chunks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TypedDict
 
-import httpx
+import openai
 from arq.connections import ArqRedis
 from langchain_core.language_models import BaseChatModel
 
@@ -17,7 +17,7 @@ class WorkerContext(TypedDict):
     redis: ArqRedis  # set by arq itself
     settings: Settings
     store: BatchStore
-    http: httpx.AsyncClient
+    http: openai.DefaultAsyncHttpxClient
     models: dict[Provider, BaseChatModel]
     worker_id: str
     heartbeat: asyncio.Task[None]

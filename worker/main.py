@@ -10,7 +10,7 @@ import secrets
 import socket
 from typing import Any, ClassVar, cast
 
-import httpx
+import openai
 from arq.worker import Function, func
 
 from shared import keys, workers
@@ -28,10 +28,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Build this process's clients once: the store, the HTTP pool, the chat models."""
     settings = get_settings()
     _show_logs()
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.request_timeout_s),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-    )
+    # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
+    # one pool per process and event loop, shared by every batch this worker runs.
+    http = openai.DefaultAsyncHttpxClient()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     ctx.update(
         settings=settings,

@@ -1,0 +1,103 @@
+"""The Redis data model against a real server: results are written once, counts stay exact."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.errors import InvalidRequest
+from shared.schemas import BatchParams, BatchPlan, ErrorInfo, Usage
+from shared.store import BatchStore, ItemOutcome
+
+
+def _plan(n: int) -> BatchPlan:
+    return BatchPlan(
+        items=[(str(i), f"prompt {i}") for i in range(n)],
+        model="m",
+        system=None,
+        params=BatchParams(),
+        max_concurrency=4,
+        metadata=None,
+        provider="offline",
+    )
+
+
+def _ok(text: str, tokens: int = 1) -> ItemOutcome:
+    return ItemOutcome(status="succeeded", output=text, usage=Usage.of(tokens, tokens))
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[BatchStore]:
+    redis = Redis.from_url(redis_url)
+    yield BatchStore(redis)
+    await redis.aclose()
+
+
+async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchStore) -> None:
+    batch, _ = await store.create(_plan(3))
+    assert await store.record(batch.id, 1, _ok("first", 2)) == "written"
+    assert await store.record(batch.id, 1, _ok("second", 5)) == "duplicate"
+    got = await store.get(batch.id)
+    assert got.request_counts.succeeded == 1
+    assert got.usage.input_tokens == 2
+    page = await store.results_page(batch.id, after=None, limit=10)
+    assert page.data[1].output == "first"
+
+
+async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) -> None:
+    batch, _ = await store.create(_plan(3))
+    await store.mark_started(batch.id)
+    outcomes = [await store.record(batch.id, i, _ok(str(i))) for i in (2, 0, 1)]
+    assert outcomes == ["written", "written", "finished"]
+    assert await store.record(batch.id, 1, _ok("again")) == "duplicate"
+    done = await store.get(batch.id)
+    assert done.status == "completed"
+    assert done.finished_at is not None
+    assert done.started_at is not None
+    assert done.request_counts.pending == 0
+
+
+async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
+    batch, _ = await store.create(_plan(5))
+    await store.record(batch.id, 0, _ok("x"))
+    await store.record(
+        batch.id, 3, ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
+    )
+    assert await store.pending_items(batch.id, 0, 5) == [
+        (1, "prompt 1"),
+        (2, "prompt 2"),
+        (4, "prompt 4"),
+    ]
+
+
+async def test_a_write_for_a_removed_batch_leaves_nothing(store: BatchStore) -> None:
+    batch, _ = await store.create(_plan(2))
+    await store.remove(batch.id)
+    assert await store.record(batch.id, 0, _ok("late")) == "gone"
+    assert await store.redis.exists(*keys.batch_keys(batch.id)) == 0
+
+
+async def test_a_batch_failed_as_a_whole_takes_no_more_results(store: BatchStore) -> None:
+    batch, _ = await store.create(_plan(2))
+    assert await store.fail(batch.id, ErrorInfo(type="x", message="why"))
+    assert await store.record(batch.id, 0, _ok("late")) == "gone"
+    failed = await store.get(batch.id)
+    assert failed.status == "failed"
+    assert failed.error == ErrorInfo(type="x", message="why")
+
+
+async def test_listing_is_newest_first_with_a_cursor(store: BatchStore) -> None:
+    ids = [(await store.create(_plan(1)))[0].id for _ in range(5)]
+    first = await store.list_batches(limit=2)
+    assert [b.id for b in first.data] == ids[::-1][:2]
+    assert first.has_more
+    second = await store.list_batches(limit=2, after=first.next_after)
+    third = await store.list_batches(limit=2, after=second.next_after)
+    assert [b.id for b in second.data + third.data] == ids[::-1][2:]
+    assert not third.has_more
+    assert third.next_after is None
+    with pytest.raises(InvalidRequest):
+        await store.list_batches(limit=2, after="batch_unknown")

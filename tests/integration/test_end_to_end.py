@@ -1,0 +1,145 @@
+"""Batches through real worker processes, the real ChatOpenAI over HTTP, and a real Redis."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.llm import OFFLINE_PREFIX
+from shared.settings import Settings
+from tests.conftest import api_client, make_settings
+from tests.helpers import MockProvider, Proc, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def openai_settings(redis_url: str, mock: MockProvider) -> Settings:
+    return make_settings(redis_url, provider="openai", openai_base_url=f"{mock.url}/v1")
+
+
+def openai_worker(start: Callable[..., Proc], mock: MockProvider, **env: str) -> Proc:
+    return start(OPENAI_BASE_URL=f"{mock.url}/v1", OPENAI_API_KEY="sk-test", **env)
+
+
+async def submit(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/batches", json=body)
+    assert response.status_code == 202, response.text
+    batch: dict[str, Any] = response.json()
+    return batch
+
+
+async def wait_final(client: httpx.AsyncClient, batch_id: str, timeout_s: float = 60) -> Any:
+    async def final() -> Any:
+        batch = (await client.get(f"/v1/batches/{batch_id}")).json()
+        return batch if batch["status"] in ("completed", "failed", "cancelled") else None
+
+    return await wait_for(final, timeout_s, what=f"batch {batch_id} to finish")
+
+
+async def all_results(client: httpx.AsyncClient, batch_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        page = (await client.get(f"/v1/batches/{batch_id}/results", params=params)).json()
+        items += page["data"]
+        if not page["has_more"]:
+            return items
+        params["after"] = page["next_after"]
+
+
+async def test_offline_batch_runs_end_to_end(
+    settings: Settings, workers: Callable[..., Proc]
+) -> None:
+    workers()
+    prompts = [f"offline question {i}" for i in range(20)]
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=prompts, system="be brief", max_concurrency=4)
+        assert batch["provider"] == "offline"
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+    assert done["status"] == "completed"
+    assert done["started_at"] is not None
+    assert done["finished_at"] is not None
+    assert done["request_counts"]["succeeded"] == 20
+    assert [item["output"] for item in items] == [f"{OFFLINE_PREFIX}{p}" for p in prompts]
+    assert done["usage"]["output_tokens"] == sum(i["usage"]["output_tokens"] for i in items)
+
+
+async def test_300_prompts_at_random_latency_each_get_their_own_output_in_order(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    openai_worker(workers, mock)
+    rng = random.Random(7)
+    prompts = [f"question {i} [[latency={rng.randint(5, 200)}]]" for i in range(300)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts, model="mock-1", max_concurrency=32)
+        assert batch["provider"] == "openai"
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {
+        "total": 300, "succeeded": 300, "failed": 0, "cancelled": 0, "pending": 0,
+    }  # fmt: skip
+    assert [item["index"] for item in items] == list(range(300))
+    assert [item["custom_id"] for item in items] == [str(i) for i in range(300)]
+    assert [item["output"] for item in items] == [f"mock reply to: {p}" for p in prompts]
+    for item in items:  # the mock counts words: 3 in each prompt, 6 in each reply
+        assert item["usage"] == {"input_tokens": 3, "output_tokens": 6, "total_tokens": 9}
+    for field in ("input_tokens", "output_tokens", "total_tokens"):
+        assert done["usage"][field] == sum(item["usage"][field] for item in items)
+    assert mock.stats()["calls"] == 300
+
+
+async def test_one_prompts_400_fails_only_that_item(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    openai_worker(workers, mock)
+    prompts = [f"fine {i}" for i in range(10)]
+    prompts[4] = "too long for the model [[status=400]]"
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts)
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"]["failed"] == 1
+    assert done["request_counts"]["succeeded"] == 9
+    failed = items[4]
+    assert failed["status"] == "failed"
+    assert failed["output"] is None
+    assert failed["error"]["type"] == "invalid_request"
+    assert "refused this prompt with 400" in failed["error"]["message"]
+    assert all(items[i]["output"] == f"mock reply to: {prompts[i]}" for i in range(10) if i != 4)
+    assert mock.stats()["statuses"] == {"400": 1, "200": 9}  # a 400 is not retried
+
+
+async def test_results_are_readable_while_the_batch_runs(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    openai_worker(workers, mock)
+    gate = secrets.token_hex(4)
+    prompts = [f"quick {i}" for i in range(5)] + [f"slow {i} [[gate={gate}]]" for i in range(3)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts, max_concurrency=8)
+        url = f"/v1/batches/{batch['id']}"
+
+        async def quick_ones_done() -> Any:
+            got = (await client.get(url)).json()
+            return got if got["request_counts"]["succeeded"] == 5 else None
+
+        running = await wait_for(quick_ones_done, what="the quick items")
+        page = (await client.get(f"{url}/results")).json()
+        assert running["status"] == "in_progress"
+        assert running["request_counts"]["pending"] == 3
+        assert [item["status"] for item in page["data"]] == ["succeeded"] * 5 + ["pending"] * 3
+        assert page["data"][0]["output"] == "mock reply to: quick 0"
+
+        mock.open_gate(gate)
+        done = await wait_final(client, batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"]["succeeded"] == 8

@@ -1,0 +1,171 @@
+"""An OpenAI-compatible chat-completions server for tests and the offline compose profile.
+
+Behaviour is asked for inside the prompt, so every item of a batch can differ:
+- `[[latency=120]]`        answer after 120 ms (else a random latency in --latency-ms MIN MAX)
+- `[[status=400]]`         answer that HTTP status with an OpenAI-style error body
+- `[[fail=429:2]]`         fail the first 2 calls of this exact prompt with 429, then succeed
+- `[[hang]]`               never answer (until the client gives up)
+- `[[gate=name]]`          wait until `POST /_gates/name` opens the gate
+The reply is `mock reply to: <prompt>`; usage counts whitespace-separated words.
+`GET /_stats` reports calls, calls in flight and the most in flight at once; `POST /_reset`.
+
+Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+DIRECTIVE = re.compile(r"\[\[(\w+)(?:=([\w:.\-]+))?\]\]")
+
+
+@dataclass
+class MockState:
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    calls: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    attempts: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    kind = {400: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    headers = {"retry-after": "0"} if status == 429 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _completion(model: str, prompt: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    content = f"mock reply to: {prompt}"
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    completion_tokens = len(content.split())
+    return {
+        "id": f"chatcmpl-{random.getrandbits(48):x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def create_app(state: MockState) -> Starlette:
+    async def chat(request: Request) -> JSONResponse:
+        payload = await request.json()
+        messages = payload.get("messages", [])
+        prompt = next(
+            (str(m["content"]) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        directives = dict(DIRECTIVE.findall(prompt))
+        state.calls += 1
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            return await _answer(payload, prompt, messages, directives)
+        finally:
+            state.in_flight -= 1
+
+    async def _answer(
+        payload: dict[str, Any], prompt: str, messages: list[Any], directives: dict[str, str]
+    ) -> JSONResponse:
+        if "gate" in directives:
+            await state.gate(directives["gate"]).wait()
+        if "hang" in directives:
+            await asyncio.Event().wait()
+        if "latency" in directives:
+            delay_ms = float(directives["latency"])
+        else:
+            delay_ms = random.uniform(*state.latency_ms)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        state.attempts[prompt] += 1
+        if "status" in directives:
+            status = int(directives["status"])
+            state.statuses[status] += 1
+            return _error(status, f"mock provider refused this prompt with {status}")
+        if "fail" in directives:
+            code, times = directives["fail"].split(":")
+            if state.attempts[prompt] <= int(times):
+                state.statuses[int(code)] += 1
+                return _error(int(code), f"mock provider failed with {code}")
+        state.statuses[200] += 1
+        return JSONResponse(_completion(payload.get("model", "mock"), prompt, messages))
+
+    async def stats(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "calls": state.calls,
+                "in_flight": state.in_flight,
+                "max_in_flight": state.max_in_flight,
+                "statuses": {str(k): v for k, v in state.statuses.items()},
+            }
+        )
+
+    async def reset(_: Request) -> JSONResponse:
+        state.calls = state.max_in_flight = 0
+        state.attempts.clear()
+        state.statuses.clear()
+        return JSONResponse({"ok": True})
+
+    async def open_gate(request: Request) -> JSONResponse:
+        state.gate(request.path_params["name"]).set()
+        return JSONResponse({"ok": True})
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "mock", "object": "model"}]})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/_stats", stats),
+            Route("/_reset", reset, methods=["POST"]),
+            Route("/_gates/{name}", open_gate, methods=["POST"]),
+            Route("/healthz", health),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--latency-ms", type=float, nargs=2, default=(0.0, 0.0))
+    args = parser.parse_args()
+    state = MockState(latency_ms=(args.latency_ms[0], args.latency_ms[1]))
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
