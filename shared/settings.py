@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     """Service configuration. `PROMPTBATCH_*` for the service's own, plain names for shared ones."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PROMPTBATCH_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="PROMPTBATCH_",
+        env_ignore_empty=True,  # `FOO=` (as compose writes `${FOO:-}`) means unset
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
@@ -59,8 +63,6 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.default_concurrency > self.max_concurrency:
             raise ValueError("PROMPTBATCH_DEFAULT_CONCURRENCY exceeds PROMPTBATCH_MAX_CONCURRENCY")
-        if self.openai_api_key is not None and not self.openai_api_key.get_secret_value().strip():
-            raise ValueError("OPENAI_API_KEY is set but empty; unset it to use the offline model")
         if self.api_keys:
             raise ValueError(
                 "PROMPTBATCH_API_KEYS is not supported by this version yet: unset it, and keep "

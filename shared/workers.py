@@ -30,3 +30,15 @@ async def forget(redis: Redis, worker_id: str) -> None:
 async def alive(redis: Redis, alive_s: float) -> int:
     """How many workers sent a heartbeat in the last `alive_s` seconds."""
     return int(await redis.zcount(keys.WORKERS, _now_ms() - int(alive_s * 1000), "+inf"))
+
+
+def worker_id(host: str, pid: int, token: str) -> str:
+    """`host:pid:token`: unique per process, and tells which host a heartbeat came from."""
+    return f"{host}:{pid}:{token}"
+
+
+async def alive_on_host(redis: Redis, host: str, alive_s: float) -> bool:
+    """Whether a worker on `host` sent a heartbeat in the last `alive_s` seconds."""
+    since = _now_ms() - int(alive_s * 1000)
+    members = await redis.zrangebyscore(keys.WORKERS, since, "+inf")
+    return any(m.decode().startswith(f"{host}:") for m in members)

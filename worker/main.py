@@ -31,7 +31,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
     # one pool per process and event loop, shared by every batch this worker runs.
     http = openai.DefaultAsyncHttpxClient()
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    worker_id = workers.worker_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
     ctx.update(
         settings=settings,
         store=BatchStore(ctx["redis"]),

@@ -6,13 +6,19 @@ import logging
 import time
 from typing import Any, cast
 
+from arq import Retry
+from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
+from redis.exceptions import RedisError
 
 from shared.llm import build_chain, outcome_of
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
+from shared.store import BatchSpec, BatchStore
 from worker.context import WorkerContext
 
 log = logging.getLogger("promptbatch.worker")
+
+REDIS_RETRY_DELAY_S = 5
 
 
 async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
@@ -30,6 +36,26 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
         log.error("batch %s: provider %s not configured on this worker", batch_id, spec.provider)
         return {"written": 0}
 
+    try:
+        return await _run(store, spec, model, chunk)
+    except RedisError as exc:
+        # Redis went away mid-chunk: run the chunk again later; finished items are skipped.
+        log.warning(
+            "batch %s chunk %d: Redis error (%s), retrying", batch_id, chunk, type(exc).__name__
+        )
+        raise Retry(defer=REDIS_RETRY_DELAY_S) from exc
+    except Exception as exc:
+        # The type only: an exception's text may quote a prompt, and prompts never reach logs.
+        log.error("batch %s chunk %d: could not run (%s)", batch_id, chunk, type(exc).__name__)
+        reason = f"The worker could not run this batch ({type(exc).__name__})."
+        await store.fail(batch_id, ErrorInfo(type="internal_error", message=reason))
+        return {"written": 0}
+
+
+async def _run(
+    store: BatchStore, spec: BatchSpec, model: BaseChatModel, chunk: int
+) -> dict[str, int]:
+    batch_id = spec.id
     start, stop = spec.chunk_bounds(chunk)
     await store.mark_started(batch_id)
     pending = await store.pending_items(batch_id, start, stop)

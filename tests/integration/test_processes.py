@@ -1,0 +1,91 @@
+"""How the processes start and stop: fail fast without Redis, and `make run` end to end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ROOT, Proc, free_port, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def _no_redis_env() -> dict[str, str]:
+    env = worker_env("unused")
+    del env["REDIS_URL"]
+    return env
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "arq", "worker.main.WorkerSettings"],
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(free_port())],
+    ],
+    ids=["worker", "api"],
+)
+def test_without_redis_url_a_process_fails_fast_saying_so(command: list[str]) -> None:
+    done = subprocess.run(
+        command, cwd=ROOT, env=_no_redis_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "REDIS_URL is not set" in done.stdout + done.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    env = _no_redis_env() | {"PORT": str(port), "PROMPTBATCH_DATA_DIR": str(tmp_path)}
+    log = tmp_path / "run.log"
+    runner = Proc([sys.executable, "scripts/run_stack.py"], env, log).start()
+    try:
+        wait_until(lambda: "promptbatch is up" in runner.log(), 90, "make run to come up")
+        base = f"http://127.0.0.1:{port}"
+        assert base in runner.log()
+        assert "curl" in runner.log()
+        children = _children(runner.pid)
+        assert len(children) == 3  # Valkey, the worker, the API
+
+        prompts = ["What are some colors of the rainbow?", "Where is Seoul?"]
+        batch = httpx.post(f"{base}/v1/batches", json={"prompts": prompts}).json()
+
+        def finished() -> bool:
+            got = httpx.get(f"{base}/v1/batches/{batch['id']}").json()
+            return bool(got["status"] == "completed")
+
+        wait_until(finished, 30, "the batch")
+        results = httpx.get(f"{base}/v1/batches/{batch['id']}/results").json()
+        assert [r["output"] for r in results["data"]] == [
+            f"[offline] You asked: {p}" for p in prompts
+        ]
+        assert (tmp_path / "valkey" / "appendonlydir").is_dir()  # AOF on, data in the data dir
+    finally:
+        runner.popen.send_signal(signal.SIGINT)
+        code = runner.popen.wait(timeout=60)
+    assert code == 0, runner.log()
+    assert "make run: stopped." in runner.log()
+    assert all(_gone(pid) for pid in children), runner.log()
