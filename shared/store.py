@@ -220,16 +220,15 @@ class BatchStore:
         has_more = stop < total
         return ResultsPage(data=data, has_more=has_more, next_after=stop - 1 if has_more else None)
 
-    async def stream_results(self, batch_id: str) -> AsyncIterator[ItemResult]:
-        """Every item in input order, read a page at a time; NotFound is raised before the
-        first item, so a caller can answer 404 before it starts a streamed response."""
+    async def result_pages(self, batch_id: str) -> AsyncIterator[list[ItemResult]]:
+        """Every item in input order, a page at a time. NotFound is raised here, before the
+        first page, so a caller can still answer 404 before it starts a streamed response."""
         total = await self._total(batch_id)
-        return self._iter_items(batch_id, total)
+        return self._pages(batch_id, total)
 
-    async def _iter_items(self, batch_id: str, total: int) -> AsyncIterator[ItemResult]:
+    async def _pages(self, batch_id: str, total: int) -> AsyncIterator[list[ItemResult]]:
         for start in range(0, total, PAGE):
-            for item in await self._items(batch_id, start, min(start + PAGE, total)):
-                yield item
+            yield await self._items(batch_id, start, min(start + PAGE, total))
 
     async def _total(self, batch_id: str) -> int:
         total = await self.redis.hget(keys.batch(batch_id), "total")  # type: ignore[misc]

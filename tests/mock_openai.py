@@ -164,7 +164,13 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, nargs=2, default=(0.0, 0.0))
     args = parser.parse_args()
     state = MockState(latency_ms=(args.latency_ms[0], args.latency_ms[1]))
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(state),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=1,  # hung requests never end by themselves
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ async def get_results(
     """Items in input order, readable while the batch runs. `Accept: application/x-ndjson`
     streams every item, one JSON object a line."""
     if accept is not None and NDJSON in accept:
-        items = await store.stream_results(batch_id)
-        lines = (item.model_dump_json() + "\n" async for item in items)
-        return StreamingResponse(lines, media_type=NDJSON)
+        pages = await store.result_pages(batch_id)
+        chunks = ("".join(item.model_dump_json() + "\n" for item in page) async for page in pages)
+        return StreamingResponse(chunks, media_type=NDJSON)
     return await store.results_page(batch_id, after=after, limit=limit)

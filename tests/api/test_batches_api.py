@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 import redis as sync_redis
+from arq.constants import job_key_prefix
 
 from shared import keys
 from shared.settings import Settings
@@ -69,6 +70,19 @@ async def test_submit_queues_one_arq_job_per_chunk(
     with sync_redis.Redis.from_url(redis_url) as redis:
         queued = redis.zrange(keys.QUEUE, 0, -1)
     assert queued == [keys.job_id(batch["id"], 0).encode()]
+
+
+async def test_the_queued_job_is_json_carrying_only_ids(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    batch = (await client.post("/v1/batches", json=BODY)).json()
+    with sync_redis.Redis.from_url(redis_url) as redis:
+        raw = redis.get(job_key_prefix + keys.job_id(batch["id"], 0))
+    assert raw is not None
+    job = json.loads(raw)  # JSON, not pickle
+    assert job["f"] == "run_chunk"
+    assert job["a"] == [batch["id"], 0]
+    assert "Seoul" not in raw.decode()  # prompts stay in the batch's keys, not in the job
 
 
 async def test_results_show_pending_items_in_input_order(client: httpx.AsyncClient) -> None:
@@ -162,6 +176,10 @@ async def test_unknown_batch_is_404_for_ndjson_too(client: httpx.AsyncClient) ->
 
 async def test_unknown_route_uses_the_error_shape(client: httpx.AsyncClient) -> None:
     assert _error(await client.get("/v2/nothing"), 404)["type"] == "not_found"
+
+
+async def test_wrong_method_uses_the_error_shape(client: httpx.AsyncClient) -> None:
+    assert _error(await client.put("/v1/batches"), 405)["type"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize(

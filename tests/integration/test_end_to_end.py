@@ -143,3 +143,27 @@ async def test_results_are_readable_while_the_batch_runs(
         done = await wait_final(client, batch["id"])
     assert done["status"] == "completed"
     assert done["request_counts"]["succeeded"] == 8
+
+
+async def test_provider_faults_are_retried_a_bounded_number_of_times(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    openai_worker(workers, mock, PROMPTBATCH_MAX_RETRIES="2", PROMPTBATCH_REQUEST_TIMEOUT_S="1")
+    prompts = [
+        "fine",
+        "limited once [[fail=429:1]]",
+        "server error twice [[fail=500:2]]",
+        "always unavailable [[status=503]]",
+        "never answers [[hang]]",
+    ]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts)
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+    assert done["status"] == "completed"
+    assert [item["status"] for item in items] == ["succeeded"] * 3 + ["failed"] * 2
+    assert [item["output"] for item in items[:3]] == [f"mock reply to: {p}" for p in prompts[:3]]
+    assert items[3]["error"]["type"] == "provider_error"
+    assert items[4]["error"]["type"] == "timeout"
+    statuses = mock.stats()["statuses"]
+    assert statuses == {"200": 3, "429": 1, "500": 2, "503": 3}  # 2 retries, then it gives up

@@ -57,9 +57,14 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("own_redis", [False, True], ids=["embedded-valkey", "REDIS_URL"])
+def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(
+    tmp_path: Path, redis_url: str, own_redis: bool
+) -> None:
     port = free_port()
     env = _no_redis_env() | {"PORT": str(port), "PROMPTBATCH_DATA_DIR": str(tmp_path)}
+    if own_redis:
+        env["REDIS_URL"] = redis_url
     log = tmp_path / "run.log"
     runner = Proc([sys.executable, "scripts/run_stack.py"], env, log).start()
     try:
@@ -68,7 +73,7 @@ def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(tmp_path: Path) -> 
         assert base in runner.log()
         assert "curl" in runner.log()
         children = _children(runner.pid)
-        assert len(children) == 3  # Valkey, the worker, the API
+        assert len(children) == (2 if own_redis else 3)  # the worker, the API (and Valkey)
 
         prompts = ["What are some colors of the rainbow?", "Where is Seoul?"]
         batch = httpx.post(f"{base}/v1/batches", json={"prompts": prompts}).json()
@@ -82,7 +87,8 @@ def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(tmp_path: Path) -> 
         assert [r["output"] for r in results["data"]] == [
             f"[offline] You asked: {p}" for p in prompts
         ]
-        assert (tmp_path / "valkey" / "appendonlydir").is_dir()  # AOF on, data in the data dir
+        # AOF on, data in the data dir; or nothing embedded when REDIS_URL is given
+        assert (tmp_path / "valkey" / "appendonlydir").is_dir() != own_redis
     finally:
         runner.popen.send_signal(signal.SIGINT)
         code = runner.popen.wait(timeout=60)
