@@ -122,11 +122,7 @@ def new_batch_id() -> str:
     return f"batch_{secrets.token_hex(16)}"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _dt(ms: bytes | str | None) -> datetime | None:
+def _dt(ms: str | None) -> datetime | None:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC) if ms else None
 
 
@@ -148,6 +144,7 @@ class BatchStore:
         chunk holds the whole batch, so `max_concurrency` bounds the batch's calls exactly.
         """
         batch_id = new_batch_id()
+        now_us = time.time_ns() // 1000
         chunk_size = len(plan.items)
         fields: dict[str, str | int] = {
             "id": batch_id,
@@ -157,7 +154,7 @@ class BatchStore:
             "provider": plan.provider,
             "params": plan.params.model_dump_json(exclude_none=True),
             "max_concurrency": plan.max_concurrency,
-            "created_at": _now_ms(),
+            "created_at": now_us // 1000,
             "total": len(plan.items),
             "chunk_size": chunk_size,
         }
@@ -170,7 +167,7 @@ class BatchStore:
             pipe.hset(keys.batch(batch_id), mapping=fields)
             for start in range(0, len(encoded), PAGE):
                 pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
-            pipe.zadd(keys.batch_index(owner), {batch_id: time.time_ns() // 1000})
+            pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
             await pipe.execute()
         chunks = -(-len(plan.items) // chunk_size)
         return _batch_from_fields({k: str(v) for k, v in fields.items()}), chunks

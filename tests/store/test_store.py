@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from redis.asyncio import Redis
 
 from shared import keys
 from shared.errors import InvalidRequest
-from shared.schemas import BatchParams, BatchPlan, ErrorInfo, Usage
+from shared.schemas import ErrorInfo, Usage
 from shared.store import BatchStore, ItemOutcome
-
-
-def _plan(n: int) -> BatchPlan:
-    return BatchPlan(
-        items=[(str(i), f"prompt {i}") for i in range(n)],
-        model="m",
-        system=None,
-        params=BatchParams(),
-        max_concurrency=4,
-        metadata=None,
-        provider="offline",
-    )
+from tests.store.conftest import make_plan
 
 
 def _ok(text: str, tokens: int = 1) -> ItemOutcome:
     return ItemOutcome(status="succeeded", output=text, usage=Usage.of(tokens, tokens))
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[BatchStore]:
-    redis = Redis.from_url(redis_url)
-    yield BatchStore(redis)
-    await redis.aclose()
-
-
 async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(3))
+    batch, _ = await store.create(make_plan(3))
     assert await store.record(batch.id, 1, _ok("first", 2)) == "written"
     assert await store.record(batch.id, 1, _ok("second", 5)) == "duplicate"
     got = await store.get(batch.id)
@@ -48,7 +27,7 @@ async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchSt
 
 
 async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(3))
+    batch, _ = await store.create(make_plan(3))
     await store.mark_started(batch.id)
     outcomes = [await store.record(batch.id, i, _ok(str(i))) for i in (2, 0, 1)]
     assert outcomes == ["written", "written", "finished"]
@@ -61,7 +40,7 @@ async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) 
 
 
 async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(5))
+    batch, _ = await store.create(make_plan(5))
     await store.record(batch.id, 0, _ok("x"))
     await store.record(
         batch.id, 3, ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
@@ -74,14 +53,14 @@ async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
 
 
 async def test_a_write_for_a_removed_batch_leaves_nothing(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(2))
+    batch, _ = await store.create(make_plan(2))
     await store.remove(batch.id)
     assert await store.record(batch.id, 0, _ok("late")) == "gone"
     assert await store.redis.exists(*keys.batch_keys(batch.id)) == 0
 
 
 async def test_a_batch_failed_as_a_whole_takes_no_more_results(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(2))
+    batch, _ = await store.create(make_plan(2))
     assert await store.fail(batch.id, ErrorInfo(type="x", message="why"))
     assert await store.record(batch.id, 0, _ok("late")) == "gone"
     failed = await store.get(batch.id)
@@ -90,7 +69,7 @@ async def test_a_batch_failed_as_a_whole_takes_no_more_results(store: BatchStore
 
 
 async def test_listing_is_newest_first_with_a_cursor(store: BatchStore) -> None:
-    ids = [(await store.create(_plan(1)))[0].id for _ in range(5)]
+    ids = [(await store.create(make_plan(1)))[0].id for _ in range(5)]
     first = await store.list_batches(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2]
     assert first.has_more

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel
-from shared.schemas import BatchParams, BatchPlan
 from shared.store import BatchStore, ItemOutcome
+from tests.store.conftest import make_plan
 from worker.tasks import run_chunk
 
 
@@ -20,27 +17,8 @@ class _UnbindableModel(OfflineChatModel):
         raise RuntimeError("secret prompt text must not be logged")
 
 
-def _plan(n: int) -> BatchPlan:
-    return BatchPlan(
-        items=[(str(i), f"prompt {i}") for i in range(n)],
-        model="m",
-        system=None,
-        params=BatchParams(),
-        max_concurrency=3,
-        metadata=None,
-        provider="offline",
-    )
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[BatchStore]:
-    redis = Redis.from_url(redis_url)
-    yield BatchStore(redis)
-    await redis.aclose()
-
-
 async def test_a_chunk_that_runs_again_skips_finished_items(store: BatchStore) -> None:
-    batch, _ = await store.create(_plan(4))
+    batch, _ = await store.create(make_plan(4))
     await store.record(batch.id, 2, ItemOutcome(status="succeeded", output="kept"))
     ctx: dict[str, Any] = {"store": store, "models": {"offline": OfflineChatModel()}}
     assert await run_chunk(ctx, batch.id, 0) == {"written": 3, "failed": 0}
@@ -55,7 +33,7 @@ async def test_a_chunk_that_runs_again_skips_finished_items(store: BatchStore) -
 async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
     store: BatchStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    batch, _ = await store.create(_plan(2))
+    batch, _ = await store.create(make_plan(2))
     ctx: dict[str, Any] = {"store": store, "models": {"offline": _UnbindableModel()}}
     await run_chunk(ctx, batch.id, 0)
     failed = await store.get(batch.id)
@@ -67,7 +45,7 @@ async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
 
 
 async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(store: BatchStore) -> None:
-    batch, _ = await store.create(replace(_plan(1), provider="openai"))
+    batch, _ = await store.create(make_plan(1, provider="openai"))
     ctx: dict[str, Any] = {"store": store, "models": {"offline": OfflineChatModel()}}
     await run_chunk(ctx, batch.id, 0)
     failed = await store.get(batch.id)

@@ -1,0 +1,33 @@
+"""A BatchStore on the test session's real Redis, and plans to store in it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.schemas import BatchParams, BatchPlan
+from shared.store import BatchStore
+
+
+def make_plan(n: int, **overrides: Any) -> BatchPlan:
+    """A validated batch of `n` prompts `prompt <i>` with custom ids `<i>`."""
+    fields: dict[str, Any] = {
+        "items": [(str(i), f"prompt {i}") for i in range(n)],
+        "model": "m",
+        "system": None,
+        "params": BatchParams(),
+        "max_concurrency": 3,
+        "metadata": None,
+        "provider": "offline",
+    }
+    return BatchPlan(**(fields | overrides))
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[BatchStore]:
+    redis = Redis.from_url(redis_url)
+    yield BatchStore(redis)
+    await redis.aclose()
