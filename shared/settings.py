@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=64, ge=1)
     default_concurrency: int = Field(default=16, ge=1)
     max_output_tokens: int = Field(default=32_768, ge=1)
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=20)
 

@@ -101,5 +101,5 @@ class WorkerSettings:
     max_jobs = _SETTINGS.worker_max_jobs
     job_timeout = _SETTINGS.job_timeout_s
     poll_delay = _SETTINGS.worker_poll_delay_s
-    keep_result = 3600
+    keep_result = 3600  # arq's own record of a finished job, not the batch's results
     max_tries = 5
