@@ -22,7 +22,8 @@ RUN_CHUNK = "run_chunk"
 
 
 def dumps_job(data: dict[str, Any]) -> bytes:
-    """arq job payloads are JSON, never pickle: whoever writes Redis must not run code."""
+    """arq job payloads are JSON, not arq's default format: whoever writes Redis must not be
+    able to run code in a worker."""
     return json.dumps(data, default=str).encode()
 
 
