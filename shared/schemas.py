@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP contract (../shared/API.md), shared by API and worker."""
+"""Request and response bodies of the HTTP contract, shared by the API and the worker."""
 
 from __future__ import annotations
 
