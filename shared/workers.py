@@ -13,12 +13,16 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _since_ms(alive_s: float) -> int:
+    """The oldest heartbeat that still counts."""
+    return _now_ms() - int(alive_s * 1000)
+
+
 async def beat(redis: Redis, worker_id: str, alive_s: float) -> None:
     """Say this worker is alive now, and forget workers silent for longer than `alive_s`."""
-    now = _now_ms()
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(keys.WORKERS, {worker_id: now})
-        pipe.zremrangebyscore(keys.WORKERS, "-inf", now - int(alive_s * 1000))
+        pipe.zadd(keys.WORKERS, {worker_id: _now_ms()})
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", f"({_since_ms(alive_s)}")
         await pipe.execute()
 
 
@@ -29,7 +33,7 @@ async def forget(redis: Redis, worker_id: str) -> None:
 
 async def alive(redis: Redis, alive_s: float) -> int:
     """How many workers sent a heartbeat in the last `alive_s` seconds."""
-    return int(await redis.zcount(keys.WORKERS, _now_ms() - int(alive_s * 1000), "+inf"))
+    return int(await redis.zcount(keys.WORKERS, _since_ms(alive_s), "+inf"))
 
 
 def worker_id(host: str, pid: int, token: str) -> str:
@@ -39,6 +43,5 @@ def worker_id(host: str, pid: int, token: str) -> str:
 
 async def alive_on_host(redis: Redis, host: str, alive_s: float) -> bool:
     """Whether a worker on `host` sent a heartbeat in the last `alive_s` seconds."""
-    since = _now_ms() - int(alive_s * 1000)
-    members = await redis.zrangebyscore(keys.WORKERS, since, "+inf")
+    members = await redis.zrangebyscore(keys.WORKERS, _since_ms(alive_s), "+inf")
     return any(m.decode().startswith(f"{host}:") for m in members)

@@ -25,18 +25,17 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     """Run the pending items of one chunk, writing each result the moment it finishes."""
     wctx = cast(WorkerContext, ctx)
     store = wctx["store"]
-    spec = await store.spec(batch_id)
-    if spec is None or spec.status in FINAL_BATCH_STATUSES:
-        log.info("batch %s chunk %d: nothing to do (batch gone or final)", batch_id, chunk)
-        return {"written": 0}
-    model = wctx["models"].get(spec.provider)
-    if model is None:
-        reason = f"This worker has no '{spec.provider}' provider configured."
-        await store.fail(batch_id, ErrorInfo(type="provider_unavailable", message=reason))
-        log.error("batch %s: provider %s not configured on this worker", batch_id, spec.provider)
-        return {"written": 0}
-
     try:
+        spec = await store.spec(batch_id)
+        if spec is None or spec.status in FINAL_BATCH_STATUSES:
+            log.info("batch %s chunk %d: nothing to do (batch gone or final)", batch_id, chunk)
+            return {"written": 0}
+        model = wctx["models"].get(spec.provider)
+        if model is None:
+            reason = f"This worker has no '{spec.provider}' provider configured."
+            await store.fail(batch_id, ErrorInfo(type="provider_unavailable", message=reason))
+            log.error("batch %s: provider %s not on this worker", batch_id, spec.provider)
+            return {"written": 0}
         return await _run(store, spec, model, chunk)
     except RedisError as exc:
         # Redis went away mid-chunk: run the chunk again later; finished items are skipped.

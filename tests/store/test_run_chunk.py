@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from arq import Retry
+from redis.asyncio import Redis
 
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel
 from shared.store import BatchStore, ItemOutcome
+from tests.helpers import free_port
 from tests.store.conftest import make_plan
 from worker.tasks import run_chunk
 
@@ -53,3 +56,13 @@ async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(store: B
     assert failed.error is not None
     assert failed.error.type == "provider_unavailable"
     assert "openai" in failed.error.message
+
+
+async def test_redis_unreachable_makes_arq_run_the_chunk_again_later() -> None:
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    ctx: dict[str, Any] = {"store": BatchStore(redis), "models": {"offline": OfflineChatModel()}}
+    try:
+        with pytest.raises(Retry):
+            await run_chunk(ctx, "batch_x", 0)
+    finally:
+        await redis.aclose()
