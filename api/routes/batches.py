@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import RedisDep, SettingsDep, StoreDep
+from api.deps import SettingsDep, StoreDep
 from shared.queue import submit
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
 
@@ -20,10 +20,10 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=_ERRORS)
 
 @router.post("", status_code=202, response_model=Batch)
 async def create_batch(
-    body: BatchCreate, response: Response, store: StoreDep, redis: RedisDep, settings: SettingsDep
+    body: BatchCreate, response: Response, store: StoreDep, settings: SettingsDep
 ) -> Batch:
     """Submit a list of prompts; the batch is stored and queued at once."""
-    batch = await submit(store, redis, plan_batch(body, settings))
+    batch = await submit(store, plan_batch(body, settings), settings)
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return batch
 
