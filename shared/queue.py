@@ -60,7 +60,9 @@ def redis_settings(settings: Settings) -> RedisSettings:
     rs.retry = Retry(
         backoff, retries=math.ceil(settings.worker_redis_retry_s / REDIS_BACKOFF_CAP_S)
     )
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError]  # loading after restart, too
+    # OSError: a refused or timed-out connect (redis-py retries those inside `connect`);
+    # ConnectionError covers a dropped connection and the LOADING reply after a restart.
+    rs.retry_on_error = [OSError, RedisConnectionError, RedisTimeoutError]
     return rs
 
 
