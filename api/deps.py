@@ -7,6 +7,7 @@ from typing import Annotated, TypedDict, cast
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from api.events import EventHub
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -17,6 +18,7 @@ class AppState(TypedDict):
     settings: Settings
     redis: ArqRedis
     store: BatchStore
+    events: EventHub
 
 
 def get_settings(request: Request) -> Settings:
@@ -31,6 +33,11 @@ def get_store(request: Request) -> BatchStore:
     return cast(BatchStore, request.state.store)
 
 
+def get_events(request: Request) -> EventHub:
+    return cast(EventHub, request.state.events)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[BatchStore, Depends(get_store)]
+EventsDep = Annotated[EventHub, Depends(get_events)]

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from api.deps import AppState
 from api.errors import install_error_handlers
-from api.routes import batches, health
+from api.events import EventHub
+from api.routes import batches, health, metrics
 from shared.queue import connect
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
@@ -28,7 +29,10 @@ def _lifespan(
         if resolved.resolved_provider == "offline":
             log.warning("No OPENAI_API_KEY: batches run on the offline model.")
         try:
-            yield AppState(settings=resolved, redis=redis, store=BatchStore(redis))
+            store = BatchStore(redis, result_ttl_s=resolved.result_ttl_s)
+            events = EventHub(store, block_ms=int(resolved.redis_timeout_s * 500))
+            yield AppState(settings=resolved, redis=redis, store=store, events=events)
+            await events.close()
         finally:
             await redis.aclose(close_connection_pool=True)
 
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(batches.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app
 
 

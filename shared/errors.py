@@ -28,3 +28,8 @@ class NotFound(AppError):
 class ServiceUnavailable(AppError):
     status_code = 503
     type = "service_unavailable"
+
+
+class Conflict(AppError):
+    status_code = 409
+    type = "conflict"

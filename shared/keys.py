@@ -1,13 +1,13 @@
 """Every Redis key the service uses, named here and only here, with its lifetime beside it.
 
 A batch's own keys share the hash tag `{<batch id>}`, so they live in one cluster slot and one
-Lua script may touch them together. A batch's own keys do not expire yet: a batch lives until
-it is deleted.
+Lua script may touch them together. A batch's own keys live until it is deleted, or until
+`PROMPTBATCH_RESULT_TTL_S` after it became final (every one of them is then given that expiry).
 """
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "pb"
 
@@ -61,8 +61,14 @@ def slots(batch_id: str) -> str:
     return f"{PREFIX}:{{{batch_id}}}:slots"
 
 
+def events(batch_id: str) -> str:
+    """Stream: the batch's progress (status changes, item completions), capped at about
+    `EVENTS_MAXLEN` entries; its entry ids are the `id:`s of the SSE events stream."""
+    return f"{PREFIX}:{{{batch_id}}}:events"
+
+
 def batch_keys(batch_id: str) -> tuple[str, ...]:
-    """Every key that belongs to one batch (for rollback and delete)."""
+    """Every key that belongs to one batch, in the order the store's Lua scripts take them."""
     return (
         batch(batch_id),
         inputs(batch_id),
@@ -70,7 +76,23 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
         chunks(batch_id),
         attempts(batch_id),
         slots(batch_id),
+        events(batch_id),
     )
+
+
+#: Entries a batch's events stream keeps (approximately): enough to resume a watcher that
+#: fell behind by seconds; one that fell further behind still gets the current state first.
+EVENTS_MAXLEN = 10_000
+
+#: Hash: service-wide counters for /metrics, e.g. `items:succeeded`, `batches:completed`,
+#: `tokens:input`, and the workers' provider-call latency buckets. Never expires.
+STATS = f"{PREFIX}:stats"
+
+
+def idempotency(owner: str, key_hash: str) -> str:
+    """String: `<batch id> <request hash>` for an `Idempotency-Key` (stored as its SHA-256);
+    expires after `PROMPTBATCH_IDEMPOTENCY_TTL_S`."""
+    return f"{PREFIX}:idem:{owner}:{key_hash}"
 
 
 def batch_index(owner: str) -> str:
@@ -86,6 +108,11 @@ def job_id(batch_id: str, chunk: int) -> str:
 def arq_job(job_id: str) -> str:
     """arq's record of a queued job (its JSON payload); we write it with the queue entry."""
     return f"{job_key_prefix}{job_id}"
+
+
+def arq_retry(job_id: str) -> str:
+    """arq's count of a job's tries (kept a day); deleted with a deleted batch's jobs."""
+    return f"{retry_key_prefix}{job_id}"
 
 
 def arq_in_progress(job_id: str) -> str:

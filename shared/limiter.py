@@ -33,6 +33,10 @@ log = logging.getLogger("promptbatch.limiter")
 # Idempotent: the holder states its absolute holding, so a retried call changes nothing more.
 _EXCHANGE = """
 local key, holder = KEYS[1], ARGV[1]
+if redis.call('EXISTS', KEYS[2]) == 0 then  -- the batch was deleted: hold nothing
+  redis.call('DEL', key)
+  return {0, 0}
+end
 local keep, want, limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -73,6 +77,7 @@ class BatchLimiter:
     def __init__(self, redis: Redis, batch_id: str, limit: int, holder: str, ttl_s: float) -> None:
         self._script = redis.register_script(_EXCHANGE)
         self._key = keys.slots(batch_id)
+        self._batch_key = keys.batch(batch_id)
         self.batch_id = batch_id
         self.limit = limit
         self.holder = holder
@@ -144,7 +149,8 @@ class BatchLimiter:
         # meanwhile (keep is never below the slots in use).
         self.held = min(self.held, keep)
         grant, askers = await self._script(
-            keys=[self._key], args=[self.holder, keep, want, self.limit, self._ttl_ms]
+            keys=[self._key, self._batch_key],
+            args=[self.holder, keep, want, self.limit, self._ttl_ms],
         )
         self.held = keep + int(grant)
         self.cap = self.limit if int(askers) == 0 else math.ceil(self.limit / (int(askers) + 1))

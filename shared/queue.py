@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -24,9 +25,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
-from shared.schemas import Batch, BatchPlan
+from shared.errors import Conflict, NotFound
+from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchPlan
 from shared.settings import Settings
-from shared.store import BatchStore
+from shared.store import BatchStore, Idempotency
 
 #: Name of the task function the worker registers for one chunk of a batch.
 RUN_CHUNK = "run_chunk"
@@ -99,9 +101,30 @@ def stage_chunks(pipe: Pipeline, batch_id: str, chunks: Iterable[int]) -> None:
         pipe.zadd(keys.QUEUE, {job_id: now_ms + chunk}, nx=True)
 
 
-async def submit(store: BatchStore, plan: BatchPlan, settings: Settings) -> Batch:
-    """Store a batch and queue its chunks in one transaction."""
-    return await store.create(plan, chunk_size=settings.chunk_size, stage=stage_chunks)
+async def submit(
+    store: BatchStore,
+    plan: BatchPlan,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+    owner: str = keys.PUBLIC_OWNER,
+) -> tuple[Batch, bool]:
+    """Store a batch and queue its chunks in one transaction. With an `Idempotency-Key`, a
+    repeat of an earlier request returns that request's batch; returns (batch, created)."""
+    idempotency = None
+    if idempotency_key is not None:
+        key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        idempotency = Idempotency(
+            keys.idempotency(owner, key_hash), request_hash, settings.idempotency_ttl_s
+        )
+    return await store.create(
+        plan,
+        chunk_size=settings.chunk_size,
+        owner=owner,
+        stage=stage_chunks,
+        idempotency=idempotency,
+    )
 
 
 async def requeue(redis: Redis, batch_id: str, chunks: Iterable[int]) -> None:
@@ -130,12 +153,13 @@ async def live_jobs(redis: Redis, job_ids: Sequence[str], lease_s: float) -> lis
     return [score is not None or ttl != -2 for score, ttl in zip(queued, ttls, strict=True)]
 
 
-# Renew this worker's claim on a running job: its own claim is extended, a lapsed one taken
-# again; a claim that now names another worker is not touched (returns 0: this run lost it).
+# Renew this worker's claim on a running job: its own claim is extended, and a lapsed one taken
+# again while the job is still queued. A claim that names another worker, or a lapsed claim on a
+# job that left the queue (its batch was deleted), is not touched: returns 0, this run lost it.
 _RENEW = """
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if owner then return 0 end
+if owner or not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -180,8 +204,8 @@ class Leases:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
                     await self._renew(
-                        keys=[keys.arq_in_progress(job_id)],
-                        args=[self.owner, self.lease_ms],
+                        keys=[keys.arq_in_progress(job_id), keys.QUEUE],
+                        args=[self.owner, self.lease_ms, job_id],
                         client=pipe,
                     )
                 renewed = await pipe.execute()
@@ -189,3 +213,48 @@ class Leases:
             for job_id in lost:
                 self._held[job_id].set()
             return lost
+
+
+async def cancel(store: BatchStore, redis: Redis, batch_id: str) -> Batch:
+    """Stop a batch: no new provider call starts for it. Chunks no worker has claimed leave the
+    queue and their items are cancelled here; workers running the others notice within
+    `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest."""
+    await store.request_cancel(batch_id)
+    spec = await store.spec(batch_id)
+    if spec is not None:
+        job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.arq_in_progress(job_id))
+            claimed = await pipe.execute()
+        idle = [chunk for chunk, running in enumerate(claimed) if not running]
+        await _drop_jobs(redis, [job_ids[chunk] for chunk in idle])
+        for chunk in idle:
+            await store.cancel_pending(spec, chunk)
+    return await store.get(batch_id)
+
+
+async def delete(
+    store: BatchStore, redis: Redis, batch_id: str, owner: str = keys.PUBLIC_OWNER
+) -> None:
+    """Delete a batch, its results and its queued work. A running batch is cancelled first;
+    its workers notice the batch is gone and stop, and their writes find nothing to write to."""
+    spec = await store.spec(batch_id)
+    if spec is None:
+        raise NotFound(f"No batch {batch_id}.")
+    if spec.status not in FINAL_BATCH_STATUSES:
+        with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
+            await store.request_cancel(batch_id)
+    await store.remove(batch_id, owner)
+    await _drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)])
+
+
+async def _drop_jobs(redis: Redis, job_ids: Sequence[str]) -> None:
+    """Take jobs off the queue with arq's records of them."""
+    if not job_ids:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.QUEUE, *job_ids)
+        for job_id in job_ids:
+            pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id), keys.arq_in_progress(job_id))
+        await pipe.execute()

@@ -99,6 +99,8 @@ class Batch(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: When a final batch and its results will be deleted (null until final).
+    expires_at: datetime | None = None
     request_counts: RequestCounts
     usage: Usage
     metadata: dict[str, str] | None

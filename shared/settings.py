@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     chunk_max_attempts: int = Field(default=3, ge=1)
     #: How often one worker looks for batches whose work is on no queue and re-queues it.
     reconcile_s: float = Field(default=30.0, gt=0)
+    #: How often a worker checks whether the batches it runs were cancelled or deleted.
+    worker_watch_s: float = Field(default=0.5, gt=0)
+    #: How long a finished batch and its results are kept.
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    #: How long an `Idempotency-Key` is remembered.
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     #: How long a worker keeps retrying Redis (with backoff) before giving up on a command.
     worker_redis_retry_s: float = Field(default=60.0, gt=0)
     offline_latency_ms: int = Field(default=0, ge=0)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
 from shared import keys
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.schemas import (
     FINAL_BATCH_STATUSES,
     Batch,
@@ -33,11 +34,34 @@ from shared.settings import Provider
 #: that no single Redis command blocks the server for long.
 PAGE = 1000
 
+# Every script takes KEYS = keys.batch_keys(id) + [keys.STATS]; the helpers below name them.
+_PRELUDE = f"""
+local meta, inputs, results, chunks, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local events, stats = KEYS[7], KEYS[8]
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local function event(...)
+  redis.call('XADD', events, 'MAXLEN', '~', {keys.EVENTS_MAXLEN}, '*', ...)
+end
+-- The batch is final: stamp it, count it, and let every one of its keys expire after ttl ms.
+local function finish(status, ttl)
+  local now = now_ms()
+  redis.call('HSET', meta, 'status', status, 'finished_at', now, 'expires_at', now + ttl)
+  redis.call('HINCRBY', stats, 'batches:' .. status, 1)
+  event('k', 'status', 's', status)
+  for i = 1, 7 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+"""
+
 # Write one item's result once. Returns -1 when the batch is gone or already failed as a whole,
 # 0 when the item already had a result (a repeated write changes nothing), 1 when written,
 # 2 when written and it was the batch's last item (the batch is then final, exactly once).
-_RECORD = """
-local meta, results, chunks = KEYS[1], KEYS[2], KEYS[3]
+# ARGV: index, result JSON, item status, input tokens, output tokens, chunk, custom_id, ttl ms.
+_RECORD = (
+    _PRELUDE
+    + """
 local status = redis.call('HGET', meta, 'status')
 if not status or status == 'failed' then return -1 end
 if redis.call('HSETNX', results, ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -45,35 +69,105 @@ redis.call('HINCRBY', meta, ARGV[3], 1)
 redis.call('HINCRBY', meta, 'input_tokens', ARGV[4])
 redis.call('HINCRBY', meta, 'output_tokens', ARGV[5])
 redis.call('HINCRBY', chunks, ARGV[6], 1)
+redis.call('HINCRBY', stats, 'items:' .. ARGV[3], 1)
+redis.call('HINCRBY', stats, 'tokens:input', ARGV[4])
+redis.call('HINCRBY', stats, 'tokens:output', ARGV[5])
+event('k', 'item', 'i', ARGV[1], 's', ARGV[3], 'c', ARGV[7])
 local done = redis.call('HINCRBY', meta, 'done', 1)
 if done < tonumber(redis.call('HGET', meta, 'total')) then return 1 end
-local t = redis.call('TIME')
-local final = 'completed'
-if status == 'cancelling' then final = 'cancelled' end
-redis.call('HSET', meta, 'status', final, 'finished_at', t[1] * 1000 + math.floor(t[2] / 1000))
+if status == 'cancelling' then finish('cancelled', ARGV[8]) else finish('completed', ARGV[8]) end
 return 2
 """
+)
 
 # queued -> in_progress, once, stamping started_at. Returns 1 if this call started it.
-_START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'status', 'in_progress',
-           'started_at', t[1] * 1000 + math.floor(t[2] / 1000))
+_START = (
+    _PRELUDE
+    + """
+if redis.call('HGET', meta, 'status') ~= 'queued' then return 0 end
+redis.call('HSET', meta, 'status', 'in_progress', 'started_at', now_ms())
+event('k', 'status', 's', 'in_progress')
 return 1
 """
+)
 
 # Fail a batch as a whole unless it is already final. Returns 1 if this call failed it.
-_FAIL = """
-local status = redis.call('HGET', KEYS[1], 'status')
+# ARGV: error JSON, ttl ms.
+_FAIL = (
+    _PRELUDE
+    + """
+local status = redis.call('HGET', meta, 'status')
 if not status or status == 'completed' or status == 'failed' or status == 'cancelled' then
   return 0
 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1],
-           'finished_at', t[1] * 1000 + math.floor(t[2] / 1000))
+redis.call('HSET', meta, 'error', ARGV[1])
+finish('failed', ARGV[2])
 return 1
 """
+)
+
+# Ask a batch to stop: queued or in_progress -> cancelling. Returns 1 if this call asked,
+# 0 if it was already cancelling, -1 if it is final, -2 if there is no such batch.
+_CANCEL = (
+    _PRELUDE
+    + """
+local status = redis.call('HGET', meta, 'status')
+if not status then return -2 end
+if status == 'cancelling' then return 0 end
+if status ~= 'queued' and status ~= 'in_progress' then return -1 end
+redis.call('HSET', meta, 'status', 'cancelling', 'cancel_requested_at', now_ms())
+event('k', 'status', 's', 'cancelling')
+return 1
+"""
+)
+
+# Count a run of a chunk as begun (ARGV[2] = 1) or ended (-1); nothing for a deleted batch.
+_ATTEMPT = (
+    _PRELUDE
+    + """
+if redis.call('EXISTS', meta) == 0 then return 0 end
+return redis.call('HINCRBY', attempts, ARGV[1], ARGV[2])
+"""
+)
+
+#: How long a final batch is kept unless the store is told otherwise.
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class PendingItem:
+    """An item without a result yet: its index, custom id and prompt."""
+
+    index: int
+    custom_id: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An `Idempotency-Key` (its Redis key), the hash of the request it came with, its TTL."""
+
+    key: str
+    request_hash: str
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One entry of a batch's events stream: an item became final, or the batch's status changed."""
+
+    id: str
+    kind: Literal["item", "status"]
+    status: str
+    index: int | None = None
+    custom_id: str | None = None
+
+    @classmethod
+    def of(cls, entry_id: bytes, fields: Mapping[bytes, bytes]) -> ProgressEvent:
+        f = _decode(fields)
+        index = int(f["i"]) if "i" in f else None
+        return cls(entry_id.decode(), cast(Any, f["k"]), f["s"], index, f.get("c"))
+
 
 #: Adds the commands that queue a new batch's chunks to the transaction that stores it.
 StageJobs = Callable[[Pipeline, str, Iterable[int]], None]
@@ -140,11 +234,14 @@ def _dt(ms: str | None) -> datetime | None:
 class BatchStore:
     """Reads and writes batches in Redis; the only code that knows their layout."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, result_ttl_s: int = DEFAULT_RESULT_TTL_S) -> None:
         self.redis = redis
+        self.result_ttl_ms = result_ttl_s * 1000
         self._record = redis.register_script(_RECORD)
         self._start = redis.register_script(_START)
         self._fail = redis.register_script(_FAIL)
+        self._cancel = redis.register_script(_CANCEL)
+        self._attempt = redis.register_script(_ATTEMPT)
 
     # -- the API side -------------------------------------------------------------------------
 
@@ -155,12 +252,64 @@ class BatchStore:
         chunk_size: int,
         owner: str = keys.PUBLIC_OWNER,
         stage: StageJobs | None = None,
-    ) -> Batch:
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Batch, bool]:
         """Store a new batch and its items in one transaction; nothing is half-written.
 
         `stage` adds the commands that queue the batch's chunks to the same transaction, so a
-        batch is stored if and only if its work is queued.
+        batch is stored if and only if its work is queued. With `idempotency`, a request seen
+        before returns its batch instead (the bool is False), and the same key with another
+        request is a Conflict. Returns the batch and whether this call created it.
         """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if idempotency is not None:
+                        earlier = await self._earlier(pipe, idempotency)
+                        if earlier is not None:
+                            return earlier, False
+                    batch = self._stage_batch(pipe, plan, chunk_size, owner, stage)
+                    if idempotency is not None:
+                        pipe.set(
+                            idempotency.key,
+                            f"{batch.id} {idempotency.request_hash}",
+                            ex=idempotency.ttl_s,
+                        )
+                    await pipe.execute()
+                    return batch, True
+                except WatchError:  # the same key, concurrently: read what the other stored
+                    continue
+
+    async def _earlier(self, pipe: Pipeline, idempotency: Idempotency) -> Batch | None:
+        """The batch an earlier request with this key made, if it still exists; watches the
+        key so that a concurrent request with it makes the transaction retry."""
+        await pipe.watch(idempotency.key)
+        stored = await pipe.get(idempotency.key)
+        if stored is None:
+            pipe.multi()  # type: ignore[no-untyped-call]
+            return None
+        batch_id, request_hash = stored.decode().split(" ")
+        if request_hash != idempotency.request_hash:
+            await pipe.reset()  # type: ignore[no-untyped-call]
+            raise Conflict(
+                "This Idempotency-Key was used with a different request body.",
+                param="Idempotency-Key",
+            )
+        raw = await pipe.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        if not raw:  # deleted or expired since: this request makes a new one
+            pipe.multi()  # type: ignore[no-untyped-call]
+            return None
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        return _batch_from_fields(_decode(raw))
+
+    def _stage_batch(
+        self,
+        pipe: Pipeline,
+        plan: BatchPlan,
+        chunk_size: int,
+        owner: str,
+        stage: StageJobs | None,
+    ) -> Batch:
         batch_id = new_batch_id()
         now_us = time.time_ns() // 1000
         fields: dict[str, str | int] = {
@@ -180,15 +329,14 @@ class BatchStore:
         if plan.metadata is not None:
             fields["metadata"] = json.dumps(plan.metadata, ensure_ascii=False)
         encoded = [json.dumps(item, ensure_ascii=False) for item in plan.items]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.batch(batch_id), mapping=fields)
-            for start in range(0, len(encoded), PAGE):
-                pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
-            pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
-            pipe.zadd(keys.ACTIVE, {batch_id: now_us})
-            if stage is not None:
-                stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
-            await pipe.execute()
+        pipe.hset(keys.batch(batch_id), mapping=fields)
+        for start in range(0, len(encoded), PAGE):
+            pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
+        pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
+        pipe.zadd(keys.ACTIVE, {batch_id: now_us})
+        pipe.hincrby(keys.STATS, "batches:created", 1)
+        if stage is not None:
+            stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
         return _batch_from_fields({k: str(v) for k, v in fields.items()})
 
     async def remove(self, batch_id: str, owner: str = keys.PUBLIC_OWNER) -> None:
@@ -291,42 +439,110 @@ class BatchStore:
         )
 
     async def mark_started(self, batch_id: str) -> bool:
-        return bool(await self._start(keys=[keys.batch(batch_id)]))
+        return bool(await self._start(keys=_script_keys(batch_id)))
 
-    async def pending_items(self, batch_id: str, start: int, stop: int) -> list[tuple[int, str]]:
-        """(index, prompt) of the items in [start, stop) that have no result yet."""
+    async def pending_items(self, batch_id: str, start: int, stop: int) -> list[PendingItem]:
+        """The items in [start, stop) that have no result yet."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(keys.inputs(batch_id), start, stop - 1)
             pipe.hmget(keys.results(batch_id), list(range(start, stop)))
             inputs, results = await pipe.execute()
         return [
-            (start + offset, json.loads(raw)[1])
+            PendingItem(start + offset, *json.loads(raw))
             for offset, (raw, done) in enumerate(zip(inputs, results, strict=True))
             if done is None
         ]
 
-    async def record(self, spec: BatchSpec, index: int, outcome: ItemOutcome) -> RecordOutcome:
+    async def record(
+        self, spec: BatchSpec, item: PendingItem, outcome: ItemOutcome
+    ) -> RecordOutcome:
         """Write one item's result once, with its counts and usage; see `_RECORD`."""
-        code = await self._record(*_record_call(spec, index, outcome))
+        code = await self._record(*self._record_call(spec, item, outcome))
         return _OUTCOMES[int(code)]
 
     async def fail_pending(self, spec: BatchSpec, chunk: int, error: ErrorInfo) -> int:
         """Fail every item of a chunk that has no result yet; returns how many were failed."""
+        return await self._close_pending(spec, chunk, ItemOutcome(status="failed", error=error))
+
+    async def cancel_pending(self, spec: BatchSpec, chunk: int) -> int:
+        """Cancel every item of a chunk that has no result yet; returns how many."""
+        return await self._close_pending(spec, chunk, ItemOutcome(status="cancelled"))
+
+    async def _close_pending(self, spec: BatchSpec, chunk: int, outcome: ItemOutcome) -> int:
         pending = await self.pending_items(spec.id, *spec.chunk_bounds(chunk))
-        outcome = ItemOutcome(status="failed", error=error)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for index, _ in pending:
-                await self._record(*_record_call(spec, index, outcome), client=pipe)
+            for item in pending:
+                await self._record(*self._record_call(spec, item, outcome), client=pipe)
             codes = await pipe.execute()
         return sum(1 for code in codes if int(code) > 0)
 
+    def _record_call(
+        self, spec: BatchSpec, item: PendingItem, outcome: ItemOutcome
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of `_RECORD` for one item."""
+        usage = outcome.usage or Usage()
+        args: list[str | int] = [
+            item.index,
+            outcome.to_json(),
+            outcome.status,
+            usage.input_tokens,
+            usage.output_tokens,
+            item.index // spec.chunk_size,
+            item.custom_id,
+            self.result_ttl_ms,
+        ]
+        return _script_keys(spec.id), args
+
     async def begin_attempt(self, batch_id: str, chunk: int) -> int:
         """Count a run of a chunk as started; returns the runs that started and never ended."""
-        return int(await self.redis.hincrby(keys.attempts(batch_id), str(chunk), 1))  # type: ignore[misc]
+        return int(await self._attempt(keys=_script_keys(batch_id), args=[chunk, 1]))
 
     async def end_attempt(self, batch_id: str, chunk: int) -> None:
         """A run that ends (finished, stopped or released) does not count against the chunk."""
-        await self.redis.hincrby(keys.attempts(batch_id), str(chunk), -1)  # type: ignore[misc]
+        await self._attempt(keys=_script_keys(batch_id), args=[chunk, -1])
+
+    async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
+        """Mark the whole batch failed with a reason, unless it is already final."""
+        args: list[str | int] = [error.model_dump_json(), self.result_ttl_ms]
+        return bool(await self._fail(keys=_script_keys(batch_id), args=args))
+
+    async def request_cancel(self, batch_id: str) -> bool:
+        """Ask a queued or running batch to stop. False if it was already cancelling;
+        Conflict if it is final; NotFound if there is no such batch."""
+        code = int(await self._cancel(keys=_script_keys(batch_id)))
+        if code == -2:
+            raise NotFound(f"No batch {batch_id}.")
+        if code == -1:
+            status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
+            raise Conflict(f"Batch {batch_id} is already {status.decode()}; nothing to cancel.")
+        return code == 1
+
+    async def statuses(self, batch_ids: Sequence[str]) -> list[str | None]:
+        """Each batch's status, or None for a batch that no longer exists."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.hget(keys.batch(batch_id), "status")
+            found = await pipe.execute()
+        return [raw.decode() if raw is not None else None for raw in found]
+
+    # -- progress events ------------------------------------------------------------------------
+
+    async def last_event_id(self, batch_id: str) -> str:
+        """The id of the batch's newest progress event ("0-0" before any)."""
+        newest = await self.redis.xrevrange(keys.events(batch_id), count=1)
+        return str(newest[0][0].decode()) if newest else "0-0"
+
+    async def events_between(self, batch_id: str, after: str, upto: str) -> list[ProgressEvent]:
+        """Progress events with ids in (after, upto]."""
+        entries = await self.redis.xrange(keys.events(batch_id), min=f"({after}", max=upto)
+        return [ProgressEvent.of(entry_id, fields) for entry_id, fields in entries]
+
+    async def next_events(self, batch_id: str, after: str, block_ms: int) -> list[ProgressEvent]:
+        """Progress events after `after`, waiting up to `block_ms` for the first."""
+        found = await self.redis.xread({keys.events(batch_id): after}, count=1000, block=block_ms)
+        if not found:
+            return []
+        return [ProgressEvent.of(entry_id, fields) for entry_id, fields in found[0][1]]
 
     # -- the reconciler -----------------------------------------------------------------------
 
@@ -349,27 +565,10 @@ class BatchStore:
             if done.get(chunk, 0) < spec.chunk_bounds(chunk)[1] - spec.chunk_bounds(chunk)[0]
         ]
 
-    async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
-        """Mark the whole batch failed with a reason, unless it is already final."""
-        return bool(await self._fail(keys=[keys.batch(batch_id)], args=[error.model_dump_json()]))
 
-
-def _record_call(
-    spec: BatchSpec, index: int, outcome: ItemOutcome
-) -> tuple[list[str], list[str | int]]:
-    """The keys and arguments of `_RECORD` for one item."""
-    usage = outcome.usage or Usage()
-    return (
-        [keys.batch(spec.id), keys.results(spec.id), keys.chunks(spec.id)],
-        [
-            index,
-            outcome.to_json(),
-            outcome.status,
-            usage.input_tokens,
-            usage.output_tokens,
-            index // spec.chunk_size,
-        ],
-    )
+def _script_keys(batch_id: str) -> list[str]:
+    """KEYS of every store script: the batch's own keys, then the service-wide counters."""
+    return [*keys.batch_keys(batch_id), keys.STATS]
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
@@ -391,6 +590,7 @@ def _batch_from_fields(f: Mapping[str, str]) -> Batch:
         created_at=cast(datetime, _dt(f["created_at"])),
         started_at=_dt(f.get("started_at")),
         finished_at=_dt(f.get("finished_at")),
+        expires_at=_dt(f.get("expires_at")),
         request_counts=RequestCounts(
             total=total,
             succeeded=succeeded,

@@ -10,9 +10,11 @@ from arq.connections import ArqRedis
 from langchain_core.language_models import BaseChatModel
 
 from shared.limiter import Limiters
+from shared.metrics import WorkerMetrics
 from shared.queue import Leases
 from shared.settings import Provider, Settings
 from shared.store import BatchStore
+from worker.watch import BatchWatch
 
 
 class WorkerContext(TypedDict):
@@ -24,5 +26,8 @@ class WorkerContext(TypedDict):
     worker_id: str
     limiters: Limiters
     leases: Leases
+    watch: BatchWatch
+    metrics: WorkerMetrics
     heartbeat: asyncio.Task[None]
     reconciler: asyncio.Task[None]
+    watcher: asyncio.Task[None]

@@ -16,12 +16,14 @@ from arq.worker import Function, func
 from shared import keys, workers
 from shared.limiter import Limiters
 from shared.llm import build_models
+from shared.metrics import WorkerMetrics
 from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
 from worker.context import WorkerContext
 from worker.reconcile import reconcile, take_turn
 from worker.tasks import run_chunk
+from worker.watch import BatchWatch
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -32,11 +34,19 @@ async def startup(ctx: dict[str, Any]) -> None:
     _show_logs()
     # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
     # one pool per process and event loop, shared by every batch this worker runs.
-    http = openai.DefaultAsyncHttpxClient()
+    metrics = WorkerMetrics()
+
+    async def count_response(response: Any) -> None:
+        metrics.count_response(response.status_code)
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [count_response]})
     worker_id = workers.worker_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
+    store = BatchStore(ctx["redis"], result_ttl_s=settings.result_ttl_s)
     ctx.update(
         settings=settings,
-        store=BatchStore(ctx["redis"]),
+        store=store,
+        watch=BatchWatch(store),
+        metrics=metrics,
         http=http,
         models=build_models(settings, http),
         worker_id=worker_id,
@@ -46,19 +56,23 @@ async def startup(ctx: dict[str, Any]) -> None:
     wctx = cast(WorkerContext, ctx)
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(wctx), name="heartbeat")
     ctx["reconciler"] = asyncio.create_task(_reconciler(wctx), name="reconciler")
+    ctx["watcher"] = asyncio.create_task(_watcher(wctx), name="watcher")
     log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Stop the heartbeat (so readiness drops at once), give back slots, close the HTTP pool."""
     wctx = cast(WorkerContext, ctx)
-    for name in ("heartbeat", "reconciler"):
+    for name in ("heartbeat", "reconciler", "watcher"):
         if name in ctx:
             ctx[name].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ctx[name]
     if "limiters" in ctx:
         await wctx["limiters"].close()
+    if "metrics" in ctx:
+        with contextlib.suppress(Exception):
+            await wctx["metrics"].flush(wctx["redis"])
     if "worker_id" in ctx:
         with contextlib.suppress(Exception):
             await workers.forget(wctx["redis"], wctx["worker_id"])
@@ -67,11 +81,13 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _heartbeat(ctx: WorkerContext) -> None:
-    """Say this worker is alive and renew its claim on the chunks it runs, every beat."""
+    """Say this worker is alive, add its metrics to the shared ones, and renew its claim on
+    the chunks it runs, every beat."""
     settings = ctx["settings"]
     while True:
         try:
             await workers.beat(ctx["redis"], ctx["worker_id"], settings.worker_alive_s)
+            await ctx["metrics"].flush(ctx["redis"])
             for job_id in await ctx["leases"].renew():
                 log.warning("job %s: claim lost to another worker; stopping this run", job_id)
         except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
@@ -89,6 +105,16 @@ async def _reconciler(ctx: WorkerContext) -> None:
         except Exception as exc:
             log.warning("reconcile failed: %s", type(exc).__name__)
         await asyncio.sleep(settings.reconcile_s)
+
+
+async def _watcher(ctx: WorkerContext) -> None:
+    """Stop the runs of batches that were cancelled or deleted, within one watch period."""
+    while True:
+        try:
+            await ctx["watch"].check()
+        except Exception as exc:
+            log.warning("watch failed: %s", type(exc).__name__)
+        await asyncio.sleep(ctx["settings"].worker_watch_s)
 
 
 def _show_logs() -> None:

@@ -17,19 +17,18 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.limiter import BatchLimiter
 from shared.llm import build_chain, outcome_of
+from shared.metrics import WorkerMetrics
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
-from shared.store import BatchSpec, BatchStore, ItemOutcome
+from shared.store import BatchSpec, ItemOutcome, PendingItem
 from worker.context import WorkerContext
 
 log = logging.getLogger("promptbatch.worker")
 
 REDIS_RETRY_DELAY_S = 5
 
-Item = tuple[int, str]
-
 
 class ChunkStopped(Exception):
-    """This run must start no more provider calls (its claim on the chunk was lost)."""
+    """This run must start no more provider calls (its claim was lost, or its batch stopped)."""
 
 
 async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
@@ -79,6 +78,10 @@ async def _run_attempt(
         await store.fail(batch_id, ErrorInfo(type="provider_unavailable", message=reason))
         log.error("batch %s: provider %s not on this worker", batch_id, spec.provider)
         return {"written": 0}
+    if spec.status == "cancelling":
+        closed = await store.cancel_pending(spec, chunk)
+        log.info("batch %s chunk %d: cancelled %d items", batch_id, chunk, closed)
+        return {"written": closed, "cancelled": closed}
     limit = ctx["settings"].chunk_max_attempts
     if attempt > limit:
         failed = await store.fail_pending(spec, chunk, _worker_lost(attempt - 1))
@@ -87,8 +90,23 @@ async def _run_attempt(
             batch_id, chunk, attempt - 1, failed,
         )  # fmt: skip
         return {"written": failed, "failed": failed}
-    async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
-        return await _run_items(store, spec, model, chunk, limiter, stop)
+    with ctx["watch"].watch(spec.id) as stopped:
+        async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
+            stops = _Stop(stop, stopped)
+            counts = await _run_items(ctx, spec, model, chunk, limiter, stops)
+    if stopped.is_set():  # calls in flight finished and were kept; the rest are cancelled
+        counts["cancelled"] = await store.cancel_pending(spec, chunk)
+    return counts
+
+
+class _Stop:
+    """Why a run must start no more provider calls: its claim was lost, or its batch stopped."""
+
+    def __init__(self, lost: asyncio.Event, cancelled: asyncio.Event) -> None:
+        self.lost, self.cancelled = lost, cancelled
+
+    def __bool__(self) -> bool:
+        return self.lost.is_set() or self.cancelled.is_set()
 
 
 def _worker_lost(deaths: int) -> ErrorInfo:
@@ -102,13 +120,14 @@ def _worker_lost(deaths: int) -> ErrorInfo:
 
 
 async def _run_items(
-    store: BatchStore,
+    ctx: WorkerContext,
     spec: BatchSpec,
     model: BaseChatModel,
     chunk: int,
     limiter: BatchLimiter,
-    stop: asyncio.Event,
+    stop: _Stop,
 ) -> dict[str, int]:
+    store = ctx["store"]
     start, end = spec.chunk_bounds(chunk)
     await store.mark_started(spec.id)
     pending = await store.pending_items(spec.id, start, end)
@@ -118,17 +137,18 @@ async def _run_items(
     )  # fmt: skip
     began = time.perf_counter()
     counts = {"written": 0, "failed": 0, "stopped": 0}
-    items = _item_runnable(build_chain(model, spec.model, spec.system, spec.params), limiter, stop)
+    chain = build_chain(model, spec.model, spec.system, spec.params)
+    items = _item_runnable(chain, limiter, stop, ctx["metrics"])
     config = RunnableConfig(max_concurrency=spec.max_concurrency)
     async for position, result in items.abatch_as_completed(
         pending, config=config, return_exceptions=True
     ):
-        index = pending[position][0]
+        item = pending[position]
         if isinstance(result, ChunkStopped):
             counts["stopped"] += 1
             continue
-        outcome = _outcome(index, result)
-        if await store.record(spec, index, outcome) in ("written", "finished"):
+        outcome = _outcome(item.index, result)
+        if await store.record(spec, item, outcome) in ("written", "finished"):
             counts["written"] += 1
             counts["failed"] += outcome.status == "failed"
     log.info(
@@ -140,19 +160,22 @@ async def _run_items(
 
 
 def _item_runnable(
-    chain: Runnable[str, BaseMessage], limiter: BatchLimiter, stop: asyncio.Event
-) -> Runnable[Item, tuple[int, BaseMessage]]:
+    chain: Runnable[str, BaseMessage], limiter: BatchLimiter, stop: _Stop, metrics: WorkerMetrics
+) -> Runnable[PendingItem, tuple[int, BaseMessage]]:
     """One item -> (its index, the model's reply), holding one of the batch's slots meanwhile.
 
     The index travels with the reply, so a reply can never be written to another item.
     """
 
-    async def call(item: Item, config: RunnableConfig) -> tuple[int, BaseMessage]:
-        index, prompt = item
+    async def call(item: PendingItem, config: RunnableConfig) -> tuple[int, BaseMessage]:
         async with limiter.slot():
-            if stop.is_set():
+            if stop:
                 raise ChunkStopped
-            return index, await chain.ainvoke(prompt, config)
+            began = time.perf_counter()
+            try:
+                return item.index, await chain.ainvoke(item.prompt, config)
+            finally:
+                metrics.observe_latency(time.perf_counter() - began)
 
     return RunnableLambda(call, name="promptbatch_item")
 

@@ -1,14 +1,17 @@
-"""Batches: submit, read, list, and read results (JSON pages or streamed NDJSON)."""
+"""Batches: submit, read, list, cancel, delete, and read results (JSON pages or NDJSON)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
 
-from api.deps import SettingsDep, StoreDep
-from shared.queue import submit
+from api.deps import EventsDep, RedisDep, SettingsDep, StoreDep
+from api.events import valid_event_id
+from shared.queue import cancel, delete, submit
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
 
 NDJSON = "application/x-ndjson"
@@ -18,13 +21,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=_ERRORS)
 
 
-@router.post("", status_code=202, response_model=Batch)
+@router.post("", status_code=202, response_model=Batch, responses={409: {"model": ErrorBody}})
 async def create_batch(
-    body: BatchCreate, response: Response, store: StoreDep, settings: SettingsDep
+    body: BatchCreate,
+    response: Response,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Batch:
-    """Submit a list of prompts; the batch is stored and queued at once."""
-    batch = await submit(store, plan_batch(body, settings), settings)
+    """Submit a list of prompts; the batch is stored and queued at once. A repeat with the
+    same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
+    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    batch, created = await submit(
+        store,
+        plan_batch(body, settings),
+        settings,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
     response.headers["Location"] = f"/v1/batches/{batch.id}"
+    if not created:
+        response.status_code = 200
     return batch
 
 
@@ -42,6 +59,40 @@ async def list_batches(
 async def get_batch(batch_id: str, store: StoreDep) -> Batch:
     """The batch: status, counts and summed usage."""
     return await store.get(batch_id)
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    status_code=202,
+    response_model=Batch,
+    responses={409: {"model": ErrorBody}},
+)
+async def cancel_batch(batch_id: str, store: StoreDep, redis: RedisDep) -> Batch:
+    """Stop a batch: no new item starts; items running may finish and are kept; the rest
+    become `cancelled`. A finished batch cannot be cancelled (409)."""
+    return await cancel(store, redis, batch_id)
+
+
+@router.delete("/{batch_id}", status_code=204)
+async def delete_batch(batch_id: str, store: StoreDep, redis: RedisDep) -> None:
+    """Delete a batch and its results (a running batch is cancelled first)."""
+    await delete(store, redis, batch_id)
+
+
+@router.get(
+    "/{batch_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def watch_batch(
+    batch_id: str,
+    hub: EventsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Live progress as server-sent events: `batch` (the batch object) first and on every
+    change, `items` (items that became final, batched), ending with the final `batch`.
+    Send `Last-Event-ID` to resume."""
+    return EventSourceResponse(await hub.stream(batch_id, valid_event_id(last_event_id)), ping=15)
 
 
 @router.get(

@@ -206,7 +206,7 @@ async def test_a_batch_whose_queued_work_was_lost_is_queued_again_and_runs(
 ) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
     try:  # stored but never queued: as if Redis lost the queue entries in a crash
-        batch = await BatchStore(client).create(make_plan(5), chunk_size=2)
+        batch, _ = await BatchStore(client).create(make_plan(5), chunk_size=2)
     finally:
         await client.aclose()
     workers(PROMPTBATCH_RECONCILE_S="1")

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.schemas import BatchParams, BatchPlan
-from shared.store import BatchSpec, BatchStore
+from shared.store import BatchSpec, BatchStore, PendingItem
 
 
 def make_plan(n: int, **overrides: Any) -> BatchPlan:
@@ -37,7 +37,12 @@ async def stored(
     store: BatchStore, n: int, *, chunk_size: int = 100, **overrides: Any
 ) -> BatchSpec:
     """Store a batch of `make_plan(n)` (nothing queued) and return what a worker reads of it."""
-    batch = await store.create(make_plan(n, **overrides), chunk_size=chunk_size)
+    batch, _ = await store.create(make_plan(n, **overrides), chunk_size=chunk_size)
     spec = await store.spec(batch.id)
     assert spec is not None
     return spec
+
+
+def item(index: int) -> PendingItem:
+    """Item `index` of a `make_plan` batch, as a worker reads it."""
+    return PendingItem(index, str(index), f"prompt {index}")

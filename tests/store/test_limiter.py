@@ -17,6 +17,8 @@ from tests.helpers import wait_for
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
+    for batch_id in ("batch_l", "batch_f", "batch_d", "batch_c"):
+        await client.hset(keys.batch(batch_id), "status", "in_progress")
     yield client
     await client.aclose()
 
@@ -89,6 +91,12 @@ async def test_closing_gives_the_slots_back_at_once(redis: Redis) -> None:
     for _ in range(3):
         await asyncio.wait_for(second.acquire(), timeout=1)  # granted on its first ask
     await second.close()
+
+
+async def test_a_deleted_batch_grants_no_slots_and_leaves_no_key(redis: Redis) -> None:
+    limiter = BatchLimiter(redis, "batch_gone", 3, "w", ttl_s=60)
+    assert await limiter._exchange(keep=0, want=3) == 0
+    assert await redis.exists(keys.slots("batch_gone")) == 0
 
 
 async def _true(value: bool) -> bool:

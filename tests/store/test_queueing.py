@@ -13,7 +13,7 @@ from shared import keys
 from shared.queue import RUN_CHUNK, Leases, live_jobs, submit
 from shared.store import BatchStore, ItemOutcome
 from tests.conftest import make_settings
-from tests.store.conftest import make_plan
+from tests.store.conftest import item, make_plan
 from worker.reconcile import reconcile, take_turn
 
 
@@ -30,7 +30,7 @@ async def _queued(redis: Redis) -> list[str]:
 
 async def test_a_batch_is_stored_with_one_queued_job_per_chunk(redis: Redis) -> None:
     settings = make_settings("redis://unused", chunk_size=4)
-    batch = await submit(BatchStore(redis), make_plan(10), settings)
+    batch, _ = await submit(BatchStore(redis), make_plan(10), settings)
     job_ids = [keys.job_id(batch.id, chunk) for chunk in range(3)]
     assert await _queued(redis) == job_ids  # in chunk order
     payload = json.loads(await redis.get(keys.arq_job(job_ids[2])))
@@ -40,15 +40,20 @@ async def test_a_batch_is_stored_with_one_queued_job_per_chunk(redis: Redis) -> 
 
 async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis: Redis) -> None:
     mine, theirs = Leases(redis, "me", lease_s=30), Leases(redis, "them", lease_s=30)
+    await redis.zadd(keys.QUEUE, {"ja": 1, "jb": 1, "jc": 1})  # jd's batch was deleted
     async with contextlib.AsyncExitStack() as held:
-        a, b, c = [await held.enter_async_context(mine.hold(j)) for j in ("ja", "jb", "jc")]
+        a, b, c, d = [
+            await held.enter_async_context(mine.hold(j)) for j in ("ja", "jb", "jc", "jd")
+        ]
         assert await redis.pttl(keys.arq_in_progress("ja")) <= 30_000
         await redis.delete(keys.arq_in_progress("jb"))  # Redis lost it, nobody took it
         await held.enter_async_context(theirs.hold("jc"))  # lost, and another worker started it
-        assert await mine.renew() == ["jc"]
-        assert (a.is_set(), b.is_set(), c.is_set()) == (False, False, True)
+        await redis.delete(keys.arq_in_progress("jd"))  # deleted with its batch
+        assert await mine.renew() == ["jc", "jd"]
+        assert [e.is_set() for e in (a, b, c, d)] == [False, False, True, True]
         assert await redis.get(keys.arq_in_progress("jb")) == b"me"
         assert await redis.get(keys.arq_in_progress("jc")) == b"them"
+        assert await redis.exists(keys.arq_in_progress("jd")) == 0
     await redis.delete(keys.arq_in_progress("ja"))  # arq deletes a finished job's claim
     assert await mine.renew() == []
     assert await redis.exists(keys.arq_in_progress("ja")) == 0  # and nothing brings it back
@@ -65,11 +70,11 @@ async def test_the_reconciler_queues_again_only_unfinished_chunks_on_no_queue(
     redis: Redis,
 ) -> None:
     store = BatchStore(redis)
-    batch = await submit(store, make_plan(6), make_settings("redis://unused", chunk_size=2))
+    batch, _ = await submit(store, make_plan(6), make_settings("redis://unused", chunk_size=2))
     spec = await store.spec(batch.id)
     assert spec is not None
     for index in (0, 1):  # chunk 0 is done
-        await store.record(spec, index, ItemOutcome(status="succeeded", output="x"))
+        await store.record(spec, item(index), ItemOutcome(status="succeeded", output="x"))
     await redis.delete(keys.QUEUE)  # every queue entry lost
     await redis.set(keys.arq_in_progress(keys.job_id(batch.id, 1)), b"w", px=30_000)  # running
     assert await reconcile(redis, store, lease_s=30) == 1

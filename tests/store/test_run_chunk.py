@@ -11,12 +11,14 @@ from redis.asyncio import Redis
 
 from shared.limiter import Limiters
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel
+from shared.metrics import WorkerMetrics
 from shared.queue import Leases
 from shared.store import BatchStore, ItemOutcome
 from tests.conftest import make_settings
 from tests.helpers import free_port
-from tests.store.conftest import stored
+from tests.store.conftest import item, stored
 from worker.tasks import run_chunk
+from worker.watch import BatchWatch
 
 
 class _UnbindableModel(OfflineChatModel):
@@ -26,10 +28,13 @@ class _UnbindableModel(OfflineChatModel):
 
 def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
     """What `worker.main.startup` puts in arq's ctx, for a worker with the offline model."""
+    store = BatchStore(redis)
     return {
         "redis": redis,
         "settings": make_settings("redis://unused", chunk_max_attempts=2),
-        "store": BatchStore(redis),
+        "store": store,
+        "watch": BatchWatch(store),
+        "metrics": WorkerMetrics(),
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
         "leases": Leases(redis, "test-worker", lease_s=30),
@@ -47,7 +52,7 @@ async def ctx(redis_url: str) -> AsyncIterator[dict[str, Any]]:
 async def test_a_chunk_that_runs_again_skips_finished_items(ctx: dict[str, Any]) -> None:
     store: BatchStore = ctx["store"]
     batch = await stored(store, 4)
-    await store.record(batch, 2, ItemOutcome(status="succeeded", output="kept"))
+    await store.record(batch, item(2), ItemOutcome(status="succeeded", output="kept"))
     assert await run_chunk(ctx, batch.id, 0) == {"written": 3, "failed": 0, "stopped": 0}
     page = await store.results_page(batch.id, after=None, limit=10)
     expected = [f"{OFFLINE_PREFIX}prompt {i}" for i in range(4)]
@@ -79,7 +84,7 @@ async def test_a_chunk_whose_runs_keep_dying_fails_its_items_with_a_reason(
 ) -> None:
     store: BatchStore = ctx["store"]
     batch = await stored(store, 4, chunk_size=2)
-    await store.record(batch, 0, ItemOutcome(status="succeeded", output="kept"))
+    await store.record(batch, item(0), ItemOutcome(status="succeeded", output="kept"))
     for _ in range(2):  # two runs began and their worker died (no end was recorded)
         await store.begin_attempt(batch.id, 0)
     assert await run_chunk(ctx, batch.id, 0) == {"written": 1, "failed": 1}

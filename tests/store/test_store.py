@@ -8,7 +8,7 @@ from shared import keys
 from shared.errors import InvalidRequest
 from shared.schemas import ErrorInfo, Usage
 from shared.store import BatchStore, ItemOutcome
-from tests.store.conftest import stored
+from tests.store.conftest import item, stored
 
 
 def _ok(text: str, tokens: int = 1) -> ItemOutcome:
@@ -17,8 +17,8 @@ def _ok(text: str, tokens: int = 1) -> ItemOutcome:
 
 async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchStore) -> None:
     batch = await stored(store, 3)
-    assert await store.record(batch, 1, _ok("first", 2)) == "written"
-    assert await store.record(batch, 1, _ok("second", 5)) == "duplicate"
+    assert await store.record(batch, item(1), _ok("first", 2)) == "written"
+    assert await store.record(batch, item(1), _ok("second", 5)) == "duplicate"
     got = await store.get(batch.id)
     assert got.request_counts.succeeded == 1
     assert got.usage.input_tokens == 2
@@ -29,40 +29,41 @@ async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchSt
 async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) -> None:
     batch = await stored(store, 3)
     await store.mark_started(batch.id)
-    outcomes = [await store.record(batch, i, _ok(str(i))) for i in (2, 0, 1)]
+    outcomes = [await store.record(batch, item(i), _ok(str(i))) for i in (2, 0, 1)]
     assert outcomes == ["written", "written", "finished"]
-    assert await store.record(batch, 1, _ok("again")) == "duplicate"
+    assert await store.record(batch, item(1), _ok("again")) == "duplicate"
     done = await store.get(batch.id)
     assert done.status == "completed"
     assert done.finished_at is not None
     assert done.started_at is not None
     assert done.request_counts.pending == 0
+    assert done.expires_at is not None
+    assert (done.expires_at - done.finished_at).total_seconds() == 7 * 24 * 3600
+    for key in keys.batch_keys(batch.id):  # every key of the batch expires with it
+        ttl = await store.redis.pttl(key)
+        assert ttl == -2 or 0 < ttl <= 7 * 24 * 3600 * 1000, key
 
 
 async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
     batch = await stored(store, 5)
-    await store.record(batch, 0, _ok("x"))
+    await store.record(batch, item(0), _ok("x"))
     await store.record(
-        batch, 3, ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
+        batch, item(3), ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
     )
-    assert await store.pending_items(batch.id, 0, 5) == [
-        (1, "prompt 1"),
-        (2, "prompt 2"),
-        (4, "prompt 4"),
-    ]
+    assert await store.pending_items(batch.id, 0, 5) == [item(1), item(2), item(4)]
 
 
 async def test_a_write_for_a_removed_batch_leaves_nothing(store: BatchStore) -> None:
     batch = await stored(store, 2)
     await store.remove(batch.id)
-    assert await store.record(batch, 0, _ok("late")) == "gone"
+    assert await store.record(batch, item(0), _ok("late")) == "gone"
     assert await store.redis.exists(*keys.batch_keys(batch.id)) == 0
 
 
 async def test_a_batch_failed_as_a_whole_takes_no_more_results(store: BatchStore) -> None:
     batch = await stored(store, 2)
     assert await store.fail(batch.id, ErrorInfo(type="x", message="why"))
-    assert await store.record(batch, 0, _ok("late")) == "gone"
+    assert await store.record(batch, item(0), _ok("late")) == "gone"
     failed = await store.get(batch.id)
     assert failed.status == "failed"
     assert failed.error == ErrorInfo(type="x", message="why")
@@ -86,20 +87,20 @@ async def test_chunks_count_their_final_items_for_the_reconciler(store: BatchSto
     batch = await stored(store, 5, chunk_size=2)
     assert batch.chunks == 3
     assert await store.active_batches() == [batch.id]
-    await store.record(batch, 0, _ok("a"))
-    await store.record(batch, 1, _ok("b"))
-    await store.record(batch, 4, _ok("c"))
-    await store.record(batch, 4, _ok("again"))
+    await store.record(batch, item(0), _ok("a"))
+    await store.record(batch, item(1), _ok("b"))
+    await store.record(batch, item(4), _ok("c"))
+    await store.record(batch, item(4), _ok("again"))
     assert await store.unfinished_chunks(batch.id) == [1]
-    await store.record(batch, 2, _ok("d"))
-    await store.record(batch, 3, _ok("e"))
+    await store.record(batch, item(2), _ok("d"))
+    await store.record(batch, item(3), _ok("e"))
     assert await store.unfinished_chunks(batch.id) is None  # final: dropped from the active set
     assert await store.active_batches() == []
 
 
 async def test_fail_pending_fails_only_the_chunks_unfinished_items(store: BatchStore) -> None:
     batch = await stored(store, 6, chunk_size=3)
-    await store.record(batch, 4, _ok("kept"))
+    await store.record(batch, item(4), _ok("kept"))
     lost = ErrorInfo(type="worker_lost", message="gone")
     assert await store.fail_pending(batch, 1, lost) == 2
     assert await store.fail_pending(batch, 1, lost) == 0

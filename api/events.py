@@ -1,0 +1,152 @@
+"""Live progress as server-sent events, fanned out so that many watchers cost Redis one reader.
+
+Each API process keeps one reader per watched batch: it follows the batch's events stream with
+a blocking XREAD, reads the batch once per batch of new events, and hands both to every local
+watcher. A watcher that resumes from an older `Last-Event-ID` reads only its own gap itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
+
+from shared.errors import NotFound
+from shared.schemas import FINAL_BATCH_STATUSES, Batch
+from shared.store import BatchStore, ProgressEvent
+
+#: Fastest a reader passes on updates: events that arrive faster are sent together.
+MIN_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    events: list[ProgressEvent]
+    batch: Batch | None  # None: the batch is gone
+
+
+@dataclass
+class _Reader:
+    position: str
+    watchers: set[asyncio.Queue[Update]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+
+class EventHub:
+    """The API process's readers of batches' events streams, one per watched batch."""
+
+    def __init__(self, store: BatchStore, block_ms: int) -> None:
+        self._store = store
+        self._block_ms = block_ms
+        self._readers: dict[str, _Reader] = {}
+
+    async def stream(
+        self, batch_id: str, last_event_id: str | None
+    ) -> AsyncIterator[ServerSentEvent]:
+        """The current state first, then progress until the batch is final. NotFound is raised
+        before the first event, so the route can still answer 404."""
+        batch = await self._store.get(batch_id)
+        after = last_event_id or await self._store.last_event_id(batch_id)
+        return self._events(batch, after)
+
+    async def _events(self, batch: Batch, after: str) -> AsyncIterator[ServerSentEvent]:
+        yield _batch_event(batch, after)
+        if batch.status in FINAL_BATCH_STATUSES:
+            return
+        async for update in self._follow(batch.id, after):
+            last = update.events[-1].id if update.events else after
+            items = [
+                {"index": e.index, "custom_id": e.custom_id, "status": e.status}
+                for e in update.events
+                if e.kind == "item"
+            ]
+            if items:
+                yield ServerSentEvent(json.dumps({"data": items}), event="items", id=last)
+            if update.batch is None:
+                return
+            yield _batch_event(update.batch, last)
+            if update.batch.status in FINAL_BATCH_STATUSES:
+                return
+
+    async def _follow(self, batch_id: str, after: str) -> AsyncIterator[Update]:
+        reader = self._readers.get(batch_id)
+        if reader is None:
+            reader = self._readers[batch_id] = _Reader(position=after)
+            reader.task = asyncio.create_task(
+                self._read(batch_id, reader), name=f"events {batch_id}"
+            )
+        queue: asyncio.Queue[Update] = asyncio.Queue()
+        joined_at = reader.position  # later updates from the reader start after this
+        reader.watchers.add(queue)
+        try:
+            if _newer(joined_at, after):  # this watcher is behind the reader: read the gap
+                gap = await self._store.events_between(batch_id, after, joined_at)
+                if gap:
+                    after = gap[-1].id
+                    yield Update(gap, await self._current(batch_id))
+            while True:
+                update = await queue.get()
+                fresh = [e for e in update.events if _newer(e.id, after)]
+                after = fresh[-1].id if fresh else after
+                yield Update(fresh, update.batch)
+                if update.batch is None or update.batch.status in FINAL_BATCH_STATUSES:
+                    return
+        finally:
+            reader.watchers.discard(queue)
+            if not reader.watchers and self._readers.get(batch_id) is reader:
+                del self._readers[batch_id]
+                if reader.task is not None:
+                    reader.task.cancel()
+
+    async def _read(self, batch_id: str, reader: _Reader) -> None:
+        while True:
+            try:
+                events = await self._store.next_events(batch_id, reader.position, self._block_ms)
+            except RedisError:  # Redis away: watchers keep their stream open meanwhile
+                await asyncio.sleep(1)
+                continue
+            if events:
+                reader.position = events[-1].id
+            batch = await self._current(batch_id)
+            if events or batch is None:
+                for queue in reader.watchers:
+                    queue.put_nowait(Update(events, batch))
+                await asyncio.sleep(MIN_INTERVAL_S)  # let fast events gather into one update
+            if batch is None or batch.status in FINAL_BATCH_STATUSES:
+                return
+
+    async def _current(self, batch_id: str) -> Batch | None:
+        with contextlib.suppress(NotFound):
+            return await self._store.get(batch_id)
+        return None
+
+    async def close(self) -> None:
+        for reader in list(self._readers.values()):
+            if reader.task is not None:
+                reader.task.cancel()
+        self._readers.clear()
+
+
+def valid_event_id(value: str | None) -> str | None:
+    """A `Last-Event-ID` this stream can resume from, or None to start from now."""
+    return value if value is not None and re.fullmatch(r"\d+-\d+", value) else None
+
+
+def _batch_event(batch: Batch, event_id: str) -> ServerSentEvent:
+    return ServerSentEvent(batch.model_dump_json(), event="batch", id=event_id)
+
+
+def _newer(a: str, b: str) -> bool:
+    """Whether stream id `a` comes after stream id `b`."""
+    return _parts(a) > _parts(b)
+
+
+def _parts(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,149 @@
+"""Prometheus metrics for the whole service, kept in Redis so every process and host adds up.
+
+Counters that the store's scripts keep (batches, items, tokens) and what workers add (provider
+latency, provider responses) live in one hash, `keys.STATS`; gauges (batches by status, queued
+jobs, workers alive) are read at scrape time. Whichever API process is scraped answers for all,
+so there is no per-process directory to share, across processes or across hosts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+
+from shared import keys, workers
+
+#: Upper bounds (seconds) of the provider-latency histogram's buckets.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+
+ACTIVE_STATUSES = ("queued", "in_progress", "cancelling")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+ITEM_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class WorkerMetrics:
+    """What one worker observed since its last flush; `flush` adds it to the shared hash."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._latency_sum = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        bucket = next(le for le in LATENCY_BUCKETS if seconds <= le)
+        self._counts[f"latency:bucket:{bucket}"] += 1
+        self._counts["latency:count"] += 1
+        self._latency_sum += seconds
+
+    def count_response(self, status_code: int) -> None:
+        self._counts[f"provider:responses:{status_code}"] += 1
+
+    async def flush(self, redis: Redis) -> None:
+        """Add what was observed to Redis; kept for the next flush if Redis is away."""
+        counts, latency_sum = dict(self._counts), self._latency_sum
+        if not counts:
+            return
+        async with redis.pipeline(transaction=True) as pipe:
+            for name, value in counts.items():
+                pipe.hincrby(keys.STATS, name, value)
+            pipe.hincrbyfloat(keys.STATS, "latency:sum", latency_sum)
+            await pipe.execute()
+        self._counts.subtract(counts)
+        self._counts = +self._counts  # drop the zeros
+        self._latency_sum -= latency_sum
+
+
+async def render(redis: Redis, alive_s: float) -> bytes:
+    """The service's metrics in Prometheus text format."""
+    raw = await redis.hgetall(keys.STATS)  # type: ignore[misc]
+    stats = {k.decode(): v.decode() for k, v in raw.items()}
+    active = [raw_id.decode() for raw_id in await redis.zrange(keys.ACTIVE, 0, -1)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in active:
+            pipe.hget(keys.batch(batch_id), "status")
+        statuses = Counter(s.decode() for s in await pipe.execute() if s is not None)
+    queued = int(await redis.zcard(keys.QUEUE))
+    alive = await workers.alive(redis, alive_s)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats, statuses, queued, alive))
+    return generate_latest(registry)
+
+
+class _Snapshot(Collector):
+    """Metric families from values read from Redis a moment ago."""
+
+    def __init__(
+        self, stats: Mapping[str, str], statuses: Mapping[str, int], queued: int, alive: int
+    ) -> None:
+        self.stats, self.statuses, self.queued, self.alive = stats, statuses, queued, alive
+
+    def _n(self, name: str) -> float:
+        return float(self.stats.get(name, 0))
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "promptbatch_batches_created", "Batches accepted.", value=self._n("batches:created")
+        )
+        finished = CounterMetricFamily(
+            "promptbatch_batches_finished", "Batches that became final.", labels=["status"]
+        )
+        for status in FINAL_STATUSES:
+            finished.add_metric([status], self._n(f"batches:{status}"))
+        yield finished
+        running = GaugeMetricFamily(
+            "promptbatch_batches", "Batches not yet final, by status.", labels=["status"]
+        )
+        for status in ACTIVE_STATUSES:
+            running.add_metric([status], self.statuses.get(status, 0))
+        yield running
+        items = CounterMetricFamily(
+            "promptbatch_items", "Items that became final, by status.", labels=["status"]
+        )
+        for status in ITEM_STATUSES:
+            items.add_metric([status], self._n(f"items:{status}"))
+        yield items
+        tokens = CounterMetricFamily("promptbatch_tokens", "Tokens used.", labels=["kind"])
+        for kind in ("input", "output"):
+            tokens.add_metric([kind], self._n(f"tokens:{kind}"))
+        yield tokens
+        yield self._responses()
+        yield self._latency()
+        yield GaugeMetricFamily(
+            "promptbatch_queue_jobs", "Chunk jobs queued or running.", value=self.queued
+        )
+        yield GaugeMetricFamily(
+            "promptbatch_workers_alive", "Workers with a recent heartbeat.", value=self.alive
+        )
+
+    def _responses(self) -> Metric:
+        family = CounterMetricFamily(
+            "promptbatch_provider_responses",
+            "Provider HTTP responses by status code; 429 and 5xx ones are retried.",
+            labels=["code"],
+        )
+        prefix = "provider:responses:"
+        for name in sorted(n for n in self.stats if n.startswith(prefix)):
+            family.add_metric([name.removeprefix(prefix)], self._n(name))
+        return family
+
+    def _latency(self) -> Metric:
+        cumulative, buckets = 0.0, []
+        for le in LATENCY_BUCKETS:
+            cumulative += self._n(f"latency:bucket:{le}")
+            buckets.append(("+Inf" if le == math.inf else str(le), cumulative))
+        return HistogramMetricFamily(
+            "promptbatch_provider_latency_seconds",
+            "Time from a provider call's start to its answer, retries included.",
+            buckets=buckets,
+            sum_value=self._n("latency:sum"),
+        )
