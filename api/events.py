@@ -49,8 +49,9 @@ class EventHub:
     async def stream(
         self, batch_id: str, last_event_id: str | None
     ) -> AsyncIterator[ServerSentEvent]:
-        """The current state first, then progress until the batch is final. NotFound is raised
-        before the first event, so the route can still answer 404."""
+        """The current state first, then the events after `last_event_id` (or from now on)
+        until the final state. NotFound is raised before the first event, so the route can
+        still answer 404."""
         batch = await self._store.get(batch_id)
         after = last_event_id or await self._store.last_event_id(batch_id)
         return self._events(batch, after)
@@ -58,8 +59,10 @@ class EventHub:
     async def _events(self, batch: Batch, after: str) -> AsyncIterator[ServerSentEvent]:
         yield _batch_event(batch, after)
         if batch.status in FINAL_BATCH_STATUSES:
-            return
-        async for update in self._follow(batch.id, after):
+            updates = self._missed(batch, after)
+        else:
+            updates = self._follow(batch.id, after)
+        async for update in updates:
             last = update.events[-1].id if update.events else after
             items = [
                 {"index": e.index, "custom_id": e.custom_id, "status": e.status}
@@ -73,6 +76,12 @@ class EventHub:
             yield _batch_event(update.batch, last)
             if update.batch.status in FINAL_BATCH_STATUSES:
                 return
+
+    async def _missed(self, batch: Batch, after: str) -> AsyncIterator[Update]:
+        """For a final batch: the events after `after`, which a resuming watcher missed."""
+        missed = await self._store.events_between(batch.id, after, "+")
+        if missed:
+            yield Update(missed, batch)
 
     async def _follow(self, batch_id: str, after: str) -> AsyncIterator[Update]:
         reader = self._readers.get(batch_id)

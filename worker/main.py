@@ -20,7 +20,7 @@ from shared.metrics import WorkerMetrics
 from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
-from worker.context import WorkerContext
+from worker.context import WorkerContext, Writes
 from worker.reconcile import reconcile, take_turn
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
@@ -47,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         store=store,
         watch=BatchWatch(store),
         metrics=metrics,
+        writes=Writes(),
         http=http,
         models=build_models(settings, http),
         worker_id=worker_id,
@@ -61,8 +62,11 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the heartbeat (so readiness drops at once), give back slots, close the HTTP pool."""
+    """Finish result writes, stop the heartbeat (so readiness drops at once), give back
+    slots, close the HTTP pool."""
     wctx = cast(WorkerContext, ctx)
+    if "writes" in ctx:
+        await wctx["writes"].drain()
     for name in ("heartbeat", "reconciler", "watcher"):
         if name in ctx:
             ctx[name].cancel()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from arq import Retry
@@ -19,7 +20,7 @@ from shared.limiter import BatchLimiter
 from shared.llm import build_chain, outcome_of
 from shared.metrics import WorkerMetrics
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
-from shared.store import BatchSpec, ItemOutcome, PendingItem
+from shared.store import BatchSpec, ItemOutcome, PendingItem, RecordOutcome
 from worker.context import WorkerContext
 
 log = logging.getLogger("promptbatch.worker")
@@ -138,19 +139,22 @@ async def _run_items(
     began = time.perf_counter()
     counts = {"written": 0, "failed": 0, "stopped": 0}
     chain = build_chain(model, spec.model, spec.system, spec.params)
-    items = _item_runnable(chain, limiter, stop, ctx["metrics"])
-    config = RunnableConfig(max_concurrency=spec.max_concurrency)
-    async for position, result in items.abatch_as_completed(
-        pending, config=config, return_exceptions=True
-    ):
-        item = pending[position]
+
+    async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
+        return await ctx["writes"].run(store.record(spec, item, outcome))
+
+    items = _item_runnable(chain, limiter, stop, ctx["metrics"], write)
+    # The batch's max_concurrency is enforced around each provider call by the limiter, across
+    # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
+    # does not keep the next item from calling the provider.
+    for result in await items.abatch(pending, return_exceptions=True):
         if isinstance(result, ChunkStopped):
             counts["stopped"] += 1
-            continue
-        outcome = _outcome(item.index, result)
-        if await store.record(spec, item, outcome) in ("written", "finished"):
+        elif isinstance(result, BaseException):
+            raise result  # Redis stayed away (the chunk runs again), or a bug
+        elif result[0] in ("written", "finished"):
             counts["written"] += 1
-            counts["failed"] += outcome.status == "failed"
+            counts["failed"] += result[1] == "failed"
     log.info(
         "batch %s chunk %d: %d written (%d failed, %d left for another run) in %.2fs",
         spec.id, chunk, counts["written"], counts["failed"], counts["stopped"],
@@ -159,33 +163,32 @@ async def _run_items(
     return counts
 
 
+Write = Callable[[PendingItem, ItemOutcome], Awaitable[RecordOutcome]]
+
+
 def _item_runnable(
-    chain: Runnable[str, BaseMessage], limiter: BatchLimiter, stop: _Stop, metrics: WorkerMetrics
-) -> Runnable[PendingItem, tuple[int, BaseMessage]]:
-    """One item -> (its index, the model's reply), holding one of the batch's slots meanwhile.
+    chain: Runnable[str, BaseMessage],
+    limiter: BatchLimiter,
+    stop: _Stop,
+    metrics: WorkerMetrics,
+    write: Write,
+) -> Runnable[PendingItem, tuple[RecordOutcome, str]]:
+    """One item through the chain while holding one of the batch's slots, its result written
+    by the same coroutine the moment the reply arrives: a reply never leaves the item it
+    answers (so it cannot be stored as another's), and a stop after the reply (SIGTERM)
+    cannot lose it. Returns how the write went and the item's status."""
 
-    The index travels with the reply, so a reply can never be written to another item.
-    """
-
-    async def call(item: PendingItem, config: RunnableConfig) -> tuple[int, BaseMessage]:
+    async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
             began = time.perf_counter()
             try:
-                return item.index, await chain.ainvoke(item.prompt, config)
+                outcome = outcome_of(await chain.ainvoke(item.prompt, config))
+            except Exception as exc:  # the provider's error is this item's result
+                outcome = outcome_of(exc)
             finally:
                 metrics.observe_latency(time.perf_counter() - began)
+        return await write(item, outcome), outcome.status
 
     return RunnableLambda(call, name="promptbatch_item")
-
-
-def _outcome(index: int, result: tuple[int, BaseMessage] | BaseException) -> ItemOutcome:
-    if isinstance(result, BaseException):
-        return outcome_of(result)
-    replied_for, message = result
-    if replied_for != index:  # never store one item's reply as another's
-        log.error("item %d got the reply meant for item %d; failing it", index, replied_for)
-        error = ErrorInfo(type="internal_error", message="The reply was for another item.")
-        return ItemOutcome(status="failed", error=error)
-    return outcome_of(message)

@@ -184,10 +184,14 @@ async def test_a_chunk_that_keeps_killing_workers_fails_its_items_and_the_rest_c
     settings = openai_settings(redis_url, mock).model_copy(update={"chunk_size": 5})
     async with api_client(settings) as client:
         batch = await submit(client, prompts=prompts)
-        for calls in (10, 11):  # the first run of everything, then one more run of chunk 0
-            worker = openai_worker(workers, mock, **fast_lease)
-            wait_until(partial(_calls_are, mock, calls), what=f"{calls} provider calls")
-            _kill(worker)
+        first = openai_worker(workers, mock, **fast_lease)
+        # Every other item written: a new run of chunk 0 calls the provider for the pill only.
+        await wait_for(lambda: _at_least(client, batch["id"], 9), what="the other 9 items")
+        wait_until(partial(_calls_are, mock, 10), what="the pill's first call")
+        _kill(first)
+        second = openai_worker(workers, mock, **fast_lease)
+        wait_until(partial(_calls_are, mock, 11), what="the pill's second call")
+        _kill(second)
         openai_worker(workers, mock, **fast_lease)
         done = await wait_final(client, batch["id"])
         items = await all_results(client, batch["id"])

@@ -17,6 +17,7 @@ from shared.store import BatchStore, ItemOutcome
 from tests.conftest import make_settings
 from tests.helpers import free_port
 from tests.store.conftest import item, stored
+from worker.context import Writes
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
 
@@ -35,6 +36,7 @@ def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
         "store": store,
         "watch": BatchWatch(store),
         "metrics": WorkerMetrics(),
+        "writes": Writes(),
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
         "leases": Leases(redis, "test-worker", lease_s=30),
