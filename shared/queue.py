@@ -7,7 +7,8 @@ arq is in maintenance mode; everything the service knows about it stays here and
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio import ConnectionPool
@@ -16,6 +17,8 @@ from shared import keys
 from shared.schemas import Batch, BatchPlan
 from shared.settings import Settings
 from shared.store import BatchStore
+
+log = logging.getLogger("promptbatch.queue")
 
 #: Name of the task function the worker registers for one chunk of a batch.
 RUN_CHUNK = "run_chunk"
@@ -27,11 +30,50 @@ def dumps_job(data: dict[str, Any]) -> bytes:
     return json.dumps(data, default=str).encode()
 
 
+#: The arguments each job function takes: ids and counts, nothing else. A payload naming any
+#: other function, or carrying other arguments, is refused before a worker runs anything.
+JOB_ARGS: dict[str, tuple[type, ...]] = {RUN_CHUNK: (str, int)}
+
+_JOB_FIELDS = frozenset({"t", "f", "a", "k", "et"})
+#: arq's record of a finished job is read back through the same function and adds these.
+_RESULT_FIELDS = frozenset({"s", "r", "st", "ft", "q", "id"})
+
+
 def loads_job(raw: bytes) -> dict[str, Any]:
-    data = json.loads(raw)
+    """Read a job payload, refusing (ValueError) anything but the JSON this service writes.
+
+    arq logs the refusal and drops the job without running it; the worker goes on serving.
+    """
+    try:
+        data = json.loads(raw)
+        _check_job(data)
+    except ValueError as exc:  # the reason only: never the payload
+        log.warning("refused a job payload: %s", exc)
+        raise
+    return cast(dict[str, Any], data)
+
+
+def _check_job(data: object) -> None:
     if not isinstance(data, dict):
         raise ValueError("job payload is not a JSON object")
-    return data
+    fields = data.keys()
+    if not (_JOB_FIELDS.issubset(fields) and _RESULT_FIELDS.union(_JOB_FIELDS).issuperset(fields)):
+        raise ValueError("job payload does not have arq's job fields")
+    function = data["f"]
+    expected = JOB_ARGS.get(function) if isinstance(function, str) else None
+    if expected is None:
+        raise ValueError("job payload names no job function of this service")
+    args = data["a"]
+    if not (
+        isinstance(args, list)
+        and len(args) == len(expected)
+        and all(type(arg) is kind for arg, kind in zip(args, expected, strict=True))
+    ):
+        raise ValueError(f"job payload's arguments are not those of {function}")
+    if data["k"] != {}:
+        raise ValueError("job payload has keyword arguments; jobs take none")
+    if not (isinstance(data["t"], int | None) and type(data["et"]) is int):
+        raise ValueError("job payload's try count or enqueue time is not a number")
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
