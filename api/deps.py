@@ -7,6 +7,7 @@ from typing import Annotated, TypedDict, cast
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from shared.limits import Limits
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -17,6 +18,7 @@ class AppState(TypedDict):
     settings: Settings
     redis: ArqRedis
     store: BatchStore
+    limits: Limits
 
 
 def get_settings(request: Request) -> Settings:
@@ -31,6 +33,11 @@ def get_store(request: Request) -> BatchStore:
     return cast(BatchStore, request.state.store)
 
 
+def get_limits(request: Request) -> Limits:
+    return cast(Limits, request.state.limits)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[BatchStore, Depends(get_store)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]

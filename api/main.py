@@ -10,7 +10,9 @@ from fastapi import FastAPI
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.middleware import BodyLimit, QuietErrors
 from api.routes import batches, health
+from shared.limits import Limits
 from shared.queue import connect
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
@@ -27,8 +29,16 @@ def _lifespan(
         redis = connect(resolved)
         if resolved.resolved_provider == "offline":
             log.warning("No OPENAI_API_KEY: batches run on the offline model.")
+        if not resolved.api_key_list:
+            log.warning(
+                "PROMPTBATCH_API_KEYS is not set: the API asks for no key and every caller "
+                "sees every batch. Set it anywhere but a trusted machine."
+            )
+        state = AppState(
+            settings=resolved, redis=redis, store=BatchStore(redis), limits=Limits(redis, resolved)
+        )
         try:
-            yield AppState(settings=resolved, redis=redis, store=BatchStore(redis))
+            yield state
         finally:
             await redis.aclose(close_connection_pool=True)
 
@@ -44,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(QuietErrors)  # added last: the outermost, it sees every error
     app.include_router(batches.router)
     app.include_router(health.router)
     return app

@@ -105,12 +105,14 @@ async def enqueue_batch(redis: ArqRedis, batch_id: str, chunks: int) -> None:
         await redis.enqueue_job(RUN_CHUNK, batch_id, chunk, _job_id=keys.job_id(batch_id, chunk))
 
 
-async def submit(store: BatchStore, redis: ArqRedis, plan: BatchPlan) -> Batch:
+async def submit(
+    store: BatchStore, redis: ArqRedis, plan: BatchPlan, *, owner: str = keys.PUBLIC_OWNER
+) -> Batch:
     """Store a batch and queue its chunks; if queueing fails, nothing of it is left behind."""
-    batch, chunks = await store.create(plan)
+    batch, chunks = await store.create(plan, owner=owner)
     try:
         await enqueue_batch(redis, batch.id, chunks)
     except BaseException:
-        await store.remove(batch.id)
+        await store.remove(batch.id, owner)
         raise
     return batch

@@ -179,9 +179,10 @@ class BatchStore:
             pipe.zrem(keys.batch_index(owner), batch_id)
             await pipe.execute()
 
-    async def get(self, batch_id: str) -> Batch:
+    async def get(self, batch_id: str, owner: str | None = None) -> Batch:
+        """The batch; NotFound when it is unknown or, with `owner`, belongs to another owner."""
         raw = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]
-        if not raw:
+        if not raw or not _owned_by(raw.get(b"owner"), owner):
             raise NotFound(f"No batch {batch_id}.")
         return _batch_from_fields(_decode(raw))
 
@@ -208,28 +209,32 @@ class BatchStore:
             data=data, has_more=has_more, next_after=page_ids[-1] if has_more else None
         )
 
-    async def results_page(self, batch_id: str, *, after: int | None, limit: int) -> ResultsPage:
+    async def results_page(
+        self, batch_id: str, *, after: int | None, limit: int, owner: str | None = None
+    ) -> ResultsPage:
         """Items in input order after index `after`; pending items show as pending."""
-        total = await self._total(batch_id)
+        total = await self._total(batch_id, owner)
         start = 0 if after is None else after + 1
         stop = min(start + limit, total)
         data = await self._items(batch_id, start, stop)
         has_more = stop < total
         return ResultsPage(data=data, has_more=has_more, next_after=stop - 1 if has_more else None)
 
-    async def result_pages(self, batch_id: str) -> AsyncIterator[list[ItemResult]]:
+    async def result_pages(
+        self, batch_id: str, owner: str | None = None
+    ) -> AsyncIterator[list[ItemResult]]:
         """Every item in input order, a page at a time. NotFound is raised here, before the
         first page, so a caller can still answer 404 before it starts a streamed response."""
-        total = await self._total(batch_id)
+        total = await self._total(batch_id, owner)
         return self._pages(batch_id, total)
 
     async def _pages(self, batch_id: str, total: int) -> AsyncIterator[list[ItemResult]]:
         for start in range(0, total, PAGE):
             yield await self._items(batch_id, start, min(start + PAGE, total))
 
-    async def _total(self, batch_id: str) -> int:
-        total = await self.redis.hget(keys.batch(batch_id), "total")  # type: ignore[misc]
-        if total is None:
+    async def _total(self, batch_id: str, owner: str | None = None) -> int:
+        total, found = await self.redis.hmget(keys.batch(batch_id), ["total", "owner"])  # type: ignore[misc]
+        if total is None or not _owned_by(found, owner):
             raise NotFound(f"No batch {batch_id}.")
         return int(total)
 
@@ -303,6 +308,11 @@ class BatchStore:
     async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
         """Mark the whole batch failed with a reason, unless it is already final."""
         return bool(await self._fail(keys=[keys.batch(batch_id)], args=[error.model_dump_json()]))
+
+
+def _owned_by(found: bytes | None, owner: str | None) -> bool:
+    """Whether a batch whose `owner` field is `found` may be read by `owner` (None: anyone)."""
+    return owner is None or found == owner.encode()
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:

@@ -4,26 +4,43 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import RedisDep, SettingsDep, StoreDep
-from shared.queue import submit
+from api.auth import OwnerDep, require_owner
+from api.deps import LimitsDep, RedisDep, SettingsDep, StoreDep
+from shared.limits import submit_within_limits
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
 
 NDJSON = "application/x-ndjson"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
+}
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=_ERRORS)
+# Every route here needs the caller's key when keys are configured, whether it reads the
+# owner or not.
+router = APIRouter(
+    prefix="/v1/batches",
+    tags=["batches"],
+    responses=_ERRORS,
+    dependencies=[Depends(require_owner)],
+)
 
 
 @router.post("", status_code=202, response_model=Batch)
 async def create_batch(
-    body: BatchCreate, response: Response, store: StoreDep, redis: RedisDep, settings: SettingsDep
+    body: BatchCreate,
+    response: Response,
+    owner: OwnerDep,
+    store: StoreDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
 ) -> Batch:
     """Submit a list of prompts; the batch is stored and queued at once."""
-    batch = await submit(store, redis, plan_batch(body, settings))
+    plan = plan_batch(body, settings)
+    batch = await submit_within_limits(limits, store, redis, plan, owner)
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return batch
 
@@ -31,17 +48,18 @@ async def create_batch(
 @router.get("", response_model=BatchList)
 async def list_batches(
     store: StoreDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="A batch id: list those older than it.")] = None,
 ) -> BatchList:
     """Batches, newest first; pass `next_after` as `after` for the next page."""
-    return await store.list_batches(limit=limit, after=after)
+    return await store.list_batches(owner, limit=limit, after=after)
 
 
 @router.get("/{batch_id}", response_model=Batch)
-async def get_batch(batch_id: str, store: StoreDep) -> Batch:
+async def get_batch(batch_id: str, store: StoreDep, owner: OwnerDep) -> Batch:
     """The batch: status, counts and summed usage."""
-    return await store.get(batch_id)
+    return await store.get(batch_id, owner)
 
 
 @router.get(
@@ -52,6 +70,7 @@ async def get_batch(batch_id: str, store: StoreDep) -> Batch:
 async def get_results(
     batch_id: str,
     store: StoreDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, description="An item index.")] = None,
     accept: Annotated[str | None, Header()] = None,
@@ -59,7 +78,7 @@ async def get_results(
     """Items in input order, readable while the batch runs. `Accept: application/x-ndjson`
     streams every item, one JSON object a line."""
     if accept is not None and NDJSON in accept:
-        pages = await store.result_pages(batch_id)
+        pages = await store.result_pages(batch_id, owner)
         chunks = ("".join(item.model_dump_json() + "\n" for item in page) async for page in pages)
         return StreamingResponse(chunks, media_type=NDJSON)
-    return await store.results_page(batch_id, after=after, limit=limit)
+    return await store.results_page(batch_id, after=after, limit=limit, owner=owner)
