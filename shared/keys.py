@@ -1,10 +1,13 @@
 """Every Redis key the service uses, named here and only here, with its lifetime beside it.
 
 A batch's own keys share the hash tag `{<batch id>}`, so they live in one cluster slot and one
-Lua script may touch them together. A batch's keys do not expire yet: it lives until deleted.
+Lua script may touch them together. A batch's own keys do not expire yet: a batch lives until
+it is deleted.
 """
 
 from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 PREFIX = "pb"
 
@@ -14,6 +17,13 @@ QUEUE = f"{PREFIX}:queue"
 #: Sorted set: worker id -> last heartbeat (epoch ms). Members older than the liveness window
 #: are pruned by whoever reads it; the set itself never expires.
 WORKERS = f"{PREFIX}:workers"
+
+#: Sorted set: ids of batches not yet final, scored by creation time (epoch µs). The reconciler
+#: walks it to re-queue work that is on no queue, and drops batches once they are final.
+ACTIVE = f"{PREFIX}:active"
+
+#: String: which worker is reconciling now; expires after one reconcile period.
+RECONCILE_LOCK = f"{PREFIX}:reconcile-lock"
 
 #: Owner of batches when the API runs without keys (local development).
 PUBLIC_OWNER = "public"
@@ -34,9 +44,32 @@ def results(batch_id: str) -> str:
     return f"{PREFIX}:{{{batch_id}}}:results"
 
 
+def chunks(batch_id: str) -> str:
+    """Hash: chunk number -> how many of its items are final (the reconciler skips full ones)."""
+    return f"{PREFIX}:{{{batch_id}}}:chunks"
+
+
+def attempts(batch_id: str) -> str:
+    """Hash: chunk number -> runs of it that started and never ended (their worker died)."""
+    return f"{PREFIX}:{{{batch_id}}}:attempts"
+
+
+def slots(batch_id: str) -> str:
+    """Hash: worker id -> `held:expires_ms:wanted`, the batch's concurrency shared out between
+    workers. Each field lapses at its own expiry; the key expires with its last holder."""
+    return f"{PREFIX}:{{{batch_id}}}:slots"
+
+
 def batch_keys(batch_id: str) -> tuple[str, ...]:
     """Every key that belongs to one batch (for rollback and delete)."""
-    return batch(batch_id), inputs(batch_id), results(batch_id)
+    return (
+        batch(batch_id),
+        inputs(batch_id),
+        results(batch_id),
+        chunks(batch_id),
+        attempts(batch_id),
+        slots(batch_id),
+    )
 
 
 def batch_index(owner: str) -> str:
@@ -47,6 +80,17 @@ def batch_index(owner: str) -> str:
 def job_id(batch_id: str, chunk: int) -> str:
     """arq job id of one chunk of a batch: deterministic, so enqueueing twice is a no-op."""
     return f"{batch_id}:{chunk}"
+
+
+def arq_job(job_id: str) -> str:
+    """arq's record of a queued job (its JSON payload); we write it with the queue entry."""
+    return f"{job_key_prefix}{job_id}"
+
+
+def arq_in_progress(job_id: str) -> str:
+    """arq's claim on a running job. arq sets it for job_timeout + 10 s; the running worker
+    shortens it to the lease and renews it, so it lapses soon after the worker dies."""
+    return f"{in_progress_key_prefix}{job_id}"
 
 
 # -- per-key limits (shared/limits.py) -----------------------------------------------------------

@@ -15,7 +15,6 @@ import math
 import secrets
 from dataclasses import dataclass
 
-from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -157,12 +156,12 @@ class Limits:
 
 
 async def submit_within_limits(
-    limits: Limits, store: BatchStore, redis: ArqRedis, plan: BatchPlan, owner: str
+    limits: Limits, store: BatchStore, plan: BatchPlan, settings: Settings, owner: str
 ) -> Batch:
     """Admit, store and queue a batch; a submission that fails gives its room back."""
     admission = await limits.admit(owner, len(plan.items))
     try:
-        batch = await submit(store, redis, plan, owner=owner)
+        batch = await submit(store, plan, settings, owner=owner)
     except BaseException:
         await limits.release(admission)
         raise

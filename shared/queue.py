@@ -1,4 +1,4 @@
-"""The seam to arq: connections, the JSON job format, and enqueueing a batch's work.
+"""The seam to arq: connections, the JSON job format, queueing a batch's chunks, and leases.
 
 arq is in maintenance mode; everything the service knows about it stays here and in
 `worker/main.py`, so swapping it touches two files.
@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
-from redis.asyncio import ConnectionPool
+from arq.jobs import serialize_job
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.schemas import Batch, BatchPlan
@@ -22,6 +31,13 @@ log = logging.getLogger("promptbatch.queue")
 
 #: Name of the task function the worker registers for one chunk of a batch.
 RUN_CHUNK = "run_chunk"
+
+#: How long a queued job's record lives: far longer than any queue wait; if it lapses anyway,
+#: the reconciler queues the chunk again.
+JOB_EXPIRES_MS = 7 * 24 * 3600 * 1000
+
+#: Longest pause between a worker's retries of a Redis command while Redis is away.
+REDIS_BACKOFF_CAP_S = 2.0
 
 
 def dumps_job(data: dict[str, Any]) -> bytes:
@@ -77,14 +93,24 @@ def _check_job(data: object) -> None:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from REDIS_URL (for the worker, which builds its own pool)."""
+    """arq's connection settings for a worker: REDIS_URL, plus retries with backoff so that the
+    worker rides out a Redis restart (about `worker_redis_retry_s`) instead of dying."""
     rs = RedisSettings.from_dsn(settings.require_redis_url())
     rs.conn_timeout = max(1, round(settings.redis_timeout_s))
+    rs.conn_retries = 0  # the retry policy below already covers the first connection
+    backoff = ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.05)
+    rs.retry = Retry(
+        backoff, retries=math.ceil(settings.worker_redis_retry_s / REDIS_BACKOFF_CAP_S)
+    )
+    # OSError: a refused or timed-out connect (redis-py retries those inside `connect`);
+    # ConnectionError covers a dropped connection and the LOADING reply after a restart.
+    rs.retry_on_error = [OSError, RedisConnectionError, RedisTimeoutError]
     return rs
 
 
 def connect(settings: Settings) -> ArqRedis:
-    """A lazily connecting Redis client that can also enqueue jobs; never blocks at start."""
+    """The API's client: connects lazily, never blocks at start, and fails fast (a 503) rather
+    than retrying while Redis is away."""
     pool = ConnectionPool.from_url(
         settings.require_redis_url(),
         socket_connect_timeout=settings.redis_timeout_s,
@@ -99,20 +125,92 @@ def connect(settings: Settings) -> ArqRedis:
     )
 
 
-async def enqueue_batch(redis: ArqRedis, batch_id: str, chunks: int) -> None:
-    """Queue every chunk of a batch; deterministic job ids make a repeat a no-op."""
-    for chunk in range(chunks):
-        await redis.enqueue_job(RUN_CHUNK, batch_id, chunk, _job_id=keys.job_id(batch_id, chunk))
+def stage_chunks(pipe: Pipeline, batch_id: str, chunks: Iterable[int]) -> None:
+    """Queue chunk jobs as part of a transaction: arq's job record plus its queue entry, with
+    deterministic ids, so a batch and its queued work are written together or not at all."""
+    now_ms = time.time_ns() // 1_000_000
+    for chunk in chunks:
+        job_id = keys.job_id(batch_id, chunk)
+        payload = serialize_job(
+            RUN_CHUNK, (batch_id, chunk), {}, None, now_ms, serializer=dumps_job
+        )
+        pipe.psetex(keys.arq_job(job_id), JOB_EXPIRES_MS, payload)
+        # One millisecond apart, so a batch's chunks start in order.
+        pipe.zadd(keys.QUEUE, {job_id: now_ms + chunk}, nx=True)
 
 
 async def submit(
-    store: BatchStore, redis: ArqRedis, plan: BatchPlan, *, owner: str = keys.PUBLIC_OWNER
+    store: BatchStore, plan: BatchPlan, settings: Settings, *, owner: str = keys.PUBLIC_OWNER
 ) -> Batch:
-    """Store a batch and queue its chunks; if queueing fails, nothing of it is left behind."""
-    batch, chunks = await store.create(plan, owner=owner)
-    try:
-        await enqueue_batch(redis, batch.id, chunks)
-    except BaseException:
-        await store.remove(batch.id, owner)
-        raise
-    return batch
+    """Store a batch and queue its chunks in one transaction."""
+    return await store.create(plan, chunk_size=settings.chunk_size, owner=owner, stage=stage_chunks)
+
+
+async def requeue(redis: Redis, batch_id: str, chunks: Iterable[int]) -> None:
+    """Queue chunks again whose jobs were lost (a job record expired, Redis lost a write)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        stage_chunks(pipe, batch_id, chunks)
+        await pipe.execute()
+
+
+async def live_jobs(redis: Redis, job_ids: Sequence[str], lease_s: float) -> list[bool]:
+    """Whether each job is queued or running. A running claim longer than the lease (arq's own,
+    set before the worker could shorten it, and the worker then died) is cut to the lease."""
+    lease_ms = int(lease_s * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.zscore(keys.QUEUE, job_id)
+            pipe.pttl(keys.arq_in_progress(job_id))
+        replies = await pipe.execute()
+    queued, ttls = replies[0::2], replies[1::2]
+    overlong = [job_id for job_id, ttl in zip(job_ids, ttls, strict=True) if ttl > lease_ms]
+    if overlong:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in overlong:
+                pipe.pexpire(keys.arq_in_progress(job_id), lease_ms)
+            await pipe.execute()
+    return [score is not None or ttl != -2 for score, ttl in zip(queued, ttls, strict=True)]
+
+
+# Renew this worker's claim on a running job: its own claim is extended, a lapsed one taken
+# again; a claim that now names another worker is not touched (returns 0: this run lost it).
+_RENEW = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if owner then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class Leases:
+    """A worker's claims on the jobs it runs: short, renewed while it lives, lapsing when it dies.
+
+    arq claims a started job for job_timeout + 10 s (a day, here), so a killed worker's chunk
+    would wait that long. The worker instead writes its id into arq's claim with a short lease
+    at once and renews it every heartbeat; arq only checks that the claim exists.
+    """
+
+    def __init__(self, redis: Redis, owner: str, lease_s: float) -> None:
+        self._redis = redis
+        self._renew = redis.register_script(_RENEW)
+        self.owner = owner
+        self.lease_ms = int(lease_s * 1000)
+
+    async def claim(self, job_id: str) -> None:
+        """Take a job this worker has just started, for one lease."""
+        await self._redis.set(keys.arq_in_progress(job_id), self.owner, px=self.lease_ms)
+
+    async def renew(self, job_ids: Sequence[str]) -> list[str]:
+        """Renew the claims on `job_ids`; returns those now claimed by another worker."""
+        if not job_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                await self._renew(
+                    keys=[keys.arq_in_progress(job_id)],
+                    args=[self.owner, self.lease_ms],
+                    client=pipe,
+                )
+            renewed = await pipe.execute()
+        return [job_id for job_id, ok in zip(job_ids, renewed, strict=True) if not ok]

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(default=2.0, gt=0)
     worker_alive_s: float = Field(default=6.0, gt=0)
     job_timeout_s: int = Field(default=24 * 3600, ge=1)
+    #: Items per chunk: a chunk is one arq job, the unit spread over workers and resumed.
+    chunk_size: int = Field(default=250, ge=1)
+    #: How long a chunk stays claimed by a worker that stopped renewing it (killed, frozen):
+    #: another worker resumes the chunk's unfinished items after this.
+    lease_s: float = Field(default=30.0, ge=1)
+    #: Runs of one chunk that may end with their worker dead before its items are failed.
+    chunk_max_attempts: int = Field(default=3, ge=1)
+    #: How often one worker looks for batches whose work is on no queue and re-queues it.
+    reconcile_s: float = Field(default=30.0, gt=0)
+    #: How long a worker keeps retrying Redis (with backoff) before giving up on a command.
+    worker_redis_retry_s: float = Field(default=60.0, gt=0)
     offline_latency_ms: int = Field(default=0, ge=0)
 
     # -- security and limits -------------------------------------------------------------------
@@ -98,6 +109,11 @@ class Settings(BaseSettings):
         if self.worker_alive_s <= self.worker_heartbeat_s:
             raise ValueError(
                 "PROMPTBATCH_WORKER_ALIVE_S must exceed PROMPTBATCH_WORKER_HEARTBEAT_S"
+            )
+        if self.lease_s < 3 * self.worker_heartbeat_s:
+            raise ValueError(
+                "PROMPTBATCH_LEASE_S must be at least 3 x PROMPTBATCH_WORKER_HEARTBEAT_S "
+                "(leases are renewed on every heartbeat)"
             )
         if self.resolved_provider == "openai" and not (self.openai_api_key or self.openai_base_url):
             raise ValueError(

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.errors import InvalidRequest, NotFound
 from shared.schemas import (
+    FINAL_BATCH_STATUSES,
     Batch,
     BatchList,
     BatchParams,
@@ -35,13 +37,14 @@ PAGE = 1000
 # 0 when the item already had a result (a repeated write changes nothing), 1 when written,
 # 2 when written and it was the batch's last item (the batch is then final, exactly once).
 _RECORD = """
-local meta, results = KEYS[1], KEYS[2]
+local meta, results, chunks = KEYS[1], KEYS[2], KEYS[3]
 local status = redis.call('HGET', meta, 'status')
 if not status or status == 'failed' then return -1 end
 if redis.call('HSETNX', results, ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', meta, ARGV[3], 1)
 redis.call('HINCRBY', meta, 'input_tokens', ARGV[4])
 redis.call('HINCRBY', meta, 'output_tokens', ARGV[5])
+redis.call('HINCRBY', chunks, ARGV[6], 1)
 local done = redis.call('HINCRBY', meta, 'done', 1)
 if done < tonumber(redis.call('HGET', meta, 'total')) then return 1 end
 local t = redis.call('TIME')
@@ -71,6 +74,9 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1],
            'finished_at', t[1] * 1000 + math.floor(t[2] / 1000))
 return 1
 """
+
+#: Adds the commands that queue a new batch's chunks to the transaction that stores it.
+StageJobs = Callable[[Pipeline, str, Iterable[int]], None]
 
 RecordOutcome = Literal["gone", "duplicate", "written", "finished"]
 _OUTCOMES: dict[int, RecordOutcome] = {-1: "gone", 0: "duplicate", 1: "written", 2: "finished"}
@@ -111,6 +117,11 @@ class BatchSpec:
     total: int
     chunk_size: int
 
+    @property
+    def chunks(self) -> int:
+        """How many chunks (jobs) the batch's items are split into."""
+        return -(-self.total // self.chunk_size)
+
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """The item indices [start, stop) of one chunk."""
         start = chunk * self.chunk_size
@@ -137,15 +148,21 @@ class BatchStore:
 
     # -- the API side -------------------------------------------------------------------------
 
-    async def create(self, plan: BatchPlan, owner: str = keys.PUBLIC_OWNER) -> tuple[Batch, int]:
+    async def create(
+        self,
+        plan: BatchPlan,
+        *,
+        chunk_size: int,
+        owner: str = keys.PUBLIC_OWNER,
+        stage: StageJobs | None = None,
+    ) -> Batch:
         """Store a new batch and its items in one transaction; nothing is half-written.
 
-        Returns the batch and how many chunks (jobs) its items are split into. For now one
-        chunk holds the whole batch, so `max_concurrency` bounds the batch's calls exactly.
+        `stage` adds the commands that queue the batch's chunks to the same transaction, so a
+        batch is stored if and only if its work is queued.
         """
         batch_id = new_batch_id()
         now_us = time.time_ns() // 1000
-        chunk_size = len(plan.items)
         fields: dict[str, str | int] = {
             "id": batch_id,
             "owner": owner,
@@ -168,15 +185,18 @@ class BatchStore:
             for start in range(0, len(encoded), PAGE):
                 pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
             pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
+            pipe.zadd(keys.ACTIVE, {batch_id: now_us})
+            if stage is not None:
+                stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
             await pipe.execute()
-        chunks = -(-len(plan.items) // chunk_size)
-        return _batch_from_fields({k: str(v) for k, v in fields.items()}), chunks
+        return _batch_from_fields({k: str(v) for k, v in fields.items()})
 
     async def remove(self, batch_id: str, owner: str = keys.PUBLIC_OWNER) -> None:
-        """Delete every key of a batch (used to roll back a submission that could not queue)."""
+        """Delete every key of a batch."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.batch_keys(batch_id))
             pipe.zrem(keys.batch_index(owner), batch_id)
+            pipe.zrem(keys.ACTIVE, batch_id)
             await pipe.execute()
 
     async def get(self, batch_id: str, owner: str | None = None) -> Batch:
@@ -290,20 +310,49 @@ class BatchStore:
             if done is None
         ]
 
-    async def record(self, batch_id: str, index: int, outcome: ItemOutcome) -> RecordOutcome:
+    async def record(self, spec: BatchSpec, index: int, outcome: ItemOutcome) -> RecordOutcome:
         """Write one item's result once, with its counts and usage; see `_RECORD`."""
-        usage = outcome.usage or Usage()
-        code = await self._record(
-            keys=[keys.batch(batch_id), keys.results(batch_id)],
-            args=[
-                index,
-                outcome.to_json(),
-                outcome.status,
-                usage.input_tokens,
-                usage.output_tokens,
-            ],
-        )
+        code = await self._record(*_record_call(spec, index, outcome))
         return _OUTCOMES[int(code)]
+
+    async def fail_pending(self, spec: BatchSpec, chunk: int, error: ErrorInfo) -> int:
+        """Fail every item of a chunk that has no result yet; returns how many were failed."""
+        pending = await self.pending_items(spec.id, *spec.chunk_bounds(chunk))
+        outcome = ItemOutcome(status="failed", error=error)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index, _ in pending:
+                await self._record(*_record_call(spec, index, outcome), client=pipe)
+            codes = await pipe.execute()
+        return sum(1 for code in codes if int(code) > 0)
+
+    async def begin_attempt(self, batch_id: str, chunk: int) -> int:
+        """Count a run of a chunk as started; returns the runs that started and never ended."""
+        return int(await self.redis.hincrby(keys.attempts(batch_id), str(chunk), 1))  # type: ignore[misc]
+
+    async def end_attempt(self, batch_id: str, chunk: int) -> None:
+        """A run that ends (finished, stopped or released) does not count against the chunk."""
+        await self.redis.hincrby(keys.attempts(batch_id), str(chunk), -1)  # type: ignore[misc]
+
+    # -- the reconciler -----------------------------------------------------------------------
+
+    async def active_batches(self) -> list[str]:
+        """Ids of batches that are not known to be final, oldest first."""
+        return [raw.decode() for raw in await self.redis.zrange(keys.ACTIVE, 0, -1)]
+
+    async def unfinished_chunks(self, batch_id: str) -> list[int] | None:
+        """Chunks with items not yet final, or None when the batch is gone or final (and is
+        then dropped from the active set)."""
+        spec = await self.spec(batch_id)
+        if spec is None or spec.status in FINAL_BATCH_STATUSES:
+            await self.redis.zrem(keys.ACTIVE, batch_id)
+            return None
+        final = await self.redis.hgetall(keys.chunks(batch_id))  # type: ignore[misc]
+        done = {int(chunk): int(count) for chunk, count in final.items()}
+        return [
+            chunk
+            for chunk in range(spec.chunks)
+            if done.get(chunk, 0) < spec.chunk_bounds(chunk)[1] - spec.chunk_bounds(chunk)[0]
+        ]
 
     async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
         """Mark the whole batch failed with a reason, unless it is already final."""
@@ -313,6 +362,24 @@ class BatchStore:
 def _owned_by(found: bytes | None, owner: str | None) -> bool:
     """Whether a batch whose `owner` field is `found` may be read by `owner` (None: anyone)."""
     return owner is None or found == owner.encode()
+
+
+def _record_call(
+    spec: BatchSpec, index: int, outcome: ItemOutcome
+) -> tuple[list[str], list[str | int]]:
+    """The keys and arguments of `_RECORD` for one item."""
+    usage = outcome.usage or Usage()
+    return (
+        [keys.batch(spec.id), keys.results(spec.id), keys.chunks(spec.id)],
+        [
+            index,
+            outcome.to_json(),
+            outcome.status,
+            usage.input_tokens,
+            usage.output_tokens,
+            index // spec.chunk_size,
+        ],
+    )
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:

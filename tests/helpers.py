@@ -101,22 +101,31 @@ class Proc:
 
 
 class RedisServer:
-    """A Redis-protocol server of the test session's own, on a free loopback port."""
+    """A Redis-protocol server of the test session's own, on a free loopback port.
 
-    def __init__(self, workdir: Path) -> None:
+    With `appendonly`, it keeps an append-only file in `workdir` (fsync every second, as the
+    compose stack does), so it can be stopped and started again with its data.
+    """
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
-        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
-        self.proc = Proc(args, dict(os.environ), workdir / "redis.log").start()
+        self.args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                     "--save", "", "--dir", str(workdir),
+                     "--appendonly", "yes" if appendonly else "no",
+                     "--appendfsync", "everysec"]  # fmt: skip
+        self.start()
+
+    def start(self) -> None:
+        self.proc = Proc(self.args, dict(os.environ), self.workdir / "redis.log").start()
         wait_until(self.ping, what="the test Redis server")
 
     def ping(self) -> bool:
         try:
             with redis.Redis.from_url(self.url, socket_timeout=1) as client:
                 return bool(client.ping())
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
             return False
 
     def stop(self) -> None:

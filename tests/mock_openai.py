@@ -5,10 +5,14 @@ Behaviour is asked for inside the prompt, so every item of a batch can differ:
 - `[[status=400]]`         answer that HTTP status with an OpenAI-style error body
 - `[[quote]]`              with `status`: the error message quotes the prompt, as some servers do
 - `[[fail=429:2]]`         fail the first 2 calls of this exact prompt with 429, then succeed
+- `[[retry_after=1]]`      with a 429, ask the client to wait 1 s (else 0); a client that comes
+                           back sooner is counted in `early_retries`
+- `[[flaky=503:10]]`       fail 10% of calls at random with 503
 - `[[hang]]`               never answer (until the client gives up)
 - `[[gate=name]]`          wait until `POST /_gates/name` opens the gate
 The reply is `mock reply to: <prompt>`; usage counts whitespace-separated words.
-`GET /_stats` reports calls, calls in flight and the most in flight at once; `POST /_reset`.
+`GET /_stats` reports calls, calls in flight, the most in flight at once, answers by status and
+early retries; `POST /_reset`.
 
 Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200]`.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -41,16 +46,18 @@ class MockState:
     max_in_flight: int = 0
     attempts: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
+    not_before: dict[str, float] = field(default_factory=dict)
+    early_retries: int = 0
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, retry_after: str = "0") -> JSONResponse:
     kind = {400: "invalid_request_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    headers = {"retry-after": "0"} if status == 429 else None
+    headers = {"retry-after": retry_after} if status == 429 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -78,6 +85,16 @@ def _completion(model: str, prompt: str, messages: list[dict[str, Any]]) -> dict
     }
 
 
+async def _wait(request: Request, event: asyncio.Event) -> bool:
+    """Wait for `event`; False if the client went away first (then the call is not in flight)."""
+    while not event.is_set():
+        if await request.is_disconnected():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), 0.05)
+    return True
+
+
 def create_app(state: MockState) -> Starlette:
     async def chat(request: Request) -> JSONResponse:
         payload = await request.json()
@@ -90,17 +107,22 @@ def create_app(state: MockState) -> Starlette:
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            return await _answer(payload, prompt, messages, directives)
+            return await _answer(request, payload, prompt, messages, directives)
         finally:
             state.in_flight -= 1
 
     async def _answer(
-        payload: dict[str, Any], prompt: str, messages: list[Any], directives: dict[str, str]
+        request: Request,
+        payload: dict[str, Any],
+        prompt: str,
+        messages: list[Any],
+        directives: dict[str, str],
     ) -> JSONResponse:
-        if "gate" in directives:
-            await state.gate(directives["gate"]).wait()
+        waits_for = state.gate(directives["gate"]) if "gate" in directives else None
         if "hang" in directives:
-            await asyncio.Event().wait()
+            waits_for = asyncio.Event()  # never set
+        if waits_for is not None and not await _wait(request, waits_for):
+            return _error(499, "the client went away")  # nobody reads this; not counted
         if "latency" in directives:
             delay_ms = float(directives["latency"])
         else:
@@ -108,6 +130,8 @@ def create_app(state: MockState) -> Starlette:
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         state.attempts[prompt] += 1
+        if time.monotonic() < state.not_before.get(prompt, 0.0):
+            state.early_retries += 1
         if "status" in directives:
             status = int(directives["status"])
             state.statuses[status] += 1
@@ -116,8 +140,15 @@ def create_app(state: MockState) -> Starlette:
         if "fail" in directives:
             code, times = directives["fail"].split(":")
             if state.attempts[prompt] <= int(times):
+                retry_after = directives.get("retry_after", "0")
+                state.not_before[prompt] = time.monotonic() + float(retry_after)
                 state.statuses[int(code)] += 1
-                return _error(int(code), f"mock provider failed with {code}")
+                return _error(int(code), f"mock provider failed with {code}", retry_after)
+        if "flaky" in directives:
+            code, percent = directives["flaky"].split(":")
+            if random.uniform(0, 100) < float(percent):
+                state.statuses[int(code)] += 1
+                return _error(int(code), f"mock provider failed with {code} at random")
         state.statuses[200] += 1
         return JSONResponse(_completion(payload.get("model", "mock"), prompt, messages))
 
@@ -128,12 +159,14 @@ def create_app(state: MockState) -> Starlette:
                 "in_flight": state.in_flight,
                 "max_in_flight": state.max_in_flight,
                 "statuses": {str(k): v for k, v in state.statuses.items()},
+                "early_retries": state.early_retries,
             }
         )
 
     async def reset(_: Request) -> JSONResponse:
-        state.calls = state.max_in_flight = 0
+        state.calls = state.max_in_flight = state.early_retries = 0
         state.attempts.clear()
+        state.not_before.clear()
         state.statuses.clear()
         return JSONResponse({"ok": True})
 

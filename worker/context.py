@@ -9,6 +9,8 @@ import openai
 from arq.connections import ArqRedis
 from langchain_core.language_models import BaseChatModel
 
+from shared.limiter import Limiters
+from shared.queue import Leases
 from shared.settings import Provider, Settings
 from shared.store import BatchStore
 
@@ -20,4 +22,9 @@ class WorkerContext(TypedDict):
     http: openai.DefaultAsyncHttpxClient
     models: dict[Provider, BaseChatModel]
     worker_id: str
+    limiters: Limiters
+    leases: Leases
+    #: Job id -> set when that run must stop (its claim was lost); the heartbeat renews these.
+    runs: dict[str, asyncio.Event]
     heartbeat: asyncio.Task[None]
+    reconciler: asyncio.Task[None]

@@ -14,11 +14,13 @@ import openai
 from arq.worker import Function, func
 
 from shared import keys, workers
+from shared.limiter import Limiters
 from shared.llm import build_models
-from shared.queue import RUN_CHUNK, dumps_job, loads_job, redis_settings
+from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
 from worker.context import WorkerContext
+from worker.reconcile import reconcile, take_turn
 from worker.tasks import run_chunk
 
 log = logging.getLogger("promptbatch.worker")
@@ -38,18 +40,27 @@ async def startup(ctx: dict[str, Any]) -> None:
         http=http,
         models=build_models(settings, http),
         worker_id=worker_id,
+        limiters=Limiters(ctx["redis"], worker_id, ttl_s=settings.worker_alive_s),
+        leases=Leases(ctx["redis"], worker_id, settings.lease_s),
+        runs={},
     )
-    ctx["heartbeat"] = asyncio.create_task(_heartbeat(cast(WorkerContext, ctx)))
+    wctx = cast(WorkerContext, ctx)
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(wctx), name="heartbeat")
+    ctx["reconciler"] = asyncio.create_task(_reconciler(wctx), name="reconciler")
     log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the heartbeat (so readiness drops at once) and close the HTTP pool."""
+    """Stop the heartbeat (so readiness drops at once), give back slots, close the HTTP pool."""
     wctx = cast(WorkerContext, ctx)
-    if "heartbeat" in ctx:
-        wctx["heartbeat"].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await wctx["heartbeat"]
+    for name in ("heartbeat", "reconciler"):
+        if name in ctx:
+            ctx[name].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx[name]
+    if "limiters" in ctx:
+        await wctx["limiters"].close()
+    if "worker_id" in ctx:
         with contextlib.suppress(Exception):
             await workers.forget(wctx["redis"], wctx["worker_id"])
     if "http" in ctx:
@@ -57,13 +68,30 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _heartbeat(ctx: WorkerContext) -> None:
+    """Say this worker is alive and renew its claim on the chunks it runs, every beat."""
     settings = ctx["settings"]
     while True:
         try:
             await workers.beat(ctx["redis"], ctx["worker_id"], settings.worker_alive_s)
+            for job_id in await ctx["leases"].renew(list(ctx["runs"])):
+                log.warning("job %s: claim lost to another worker; stopping this run", job_id)
+                if job_id in ctx["runs"]:
+                    ctx["runs"][job_id].set()
         except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
             log.warning("heartbeat failed: %s", type(exc).__name__)
         await asyncio.sleep(settings.worker_heartbeat_s)
+
+
+async def _reconciler(ctx: WorkerContext) -> None:
+    """Once per period, one of the workers re-queues work that is on no queue."""
+    settings = ctx["settings"]
+    while True:
+        try:
+            if await take_turn(ctx["redis"], ctx["worker_id"], settings.reconcile_s):
+                await reconcile(ctx["redis"], ctx["store"], settings.lease_s)
+        except Exception as exc:
+            log.warning("reconcile failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings.reconcile_s)
 
 
 def _show_logs() -> None:
@@ -89,7 +117,8 @@ _SETTINGS = _settings()
 
 
 class WorkerSettings:
-    """What `arq` reads to run a worker. Signal handling stays on: SIGTERM requeues cleanly."""
+    """What `arq` reads to run a worker. Signal handling stays on: SIGTERM cancels the running
+    chunks, and arq puts them back on the queue at once for another worker."""
 
     functions: ClassVar[list[Function]] = [func(run_chunk, name=RUN_CHUNK)]
     on_startup = startup
@@ -101,5 +130,9 @@ class WorkerSettings:
     max_jobs = _SETTINGS.worker_max_jobs
     job_timeout = _SETTINGS.job_timeout_s
     poll_delay = _SETTINGS.worker_poll_delay_s
-    keep_result = 3600  # arq's own record of a finished job, not the batch's results
-    max_tries = 5
+    # arq's record of a finished job is not needed (results live in the batch), and keeping it
+    # would block queueing the same deterministic job id again.
+    keep_result = 0
+    # Deaths are bounded per chunk by PROMPTBATCH_CHUNK_MAX_ATTEMPTS (which then fails the items
+    # with a reason); arq's own cap would drop the job without running the task at all.
+    max_tries = 1_000_000

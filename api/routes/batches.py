@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from api.auth import OwnerDep, require_owner
-from api.deps import LimitsDep, RedisDep, SettingsDep, StoreDep
+from api.deps import LimitsDep, SettingsDep, StoreDep
 from shared.limits import submit_within_limits
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
 
@@ -34,13 +34,12 @@ async def create_batch(
     response: Response,
     owner: OwnerDep,
     store: StoreDep,
-    redis: RedisDep,
     settings: SettingsDep,
     limits: LimitsDep,
 ) -> Batch:
     """Submit a list of prompts; the batch is stored and queued at once."""
     plan = plan_batch(body, settings)
-    batch = await submit_within_limits(limits, store, redis, plan, owner)
+    batch = await submit_within_limits(limits, store, plan, settings, owner)
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return batch
 

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.schemas import BatchParams, BatchPlan
-from shared.store import BatchStore
+from shared.store import BatchSpec, BatchStore
 
 
 def make_plan(n: int, **overrides: Any) -> BatchPlan:
@@ -31,3 +31,13 @@ async def store(redis_url: str) -> AsyncIterator[BatchStore]:
     redis = Redis.from_url(redis_url)
     yield BatchStore(redis)
     await redis.aclose()
+
+
+async def stored(
+    store: BatchStore, n: int, *, chunk_size: int = 100, **overrides: Any
+) -> BatchSpec:
+    """Store a batch of `make_plan(n)` (nothing queued) and return what a worker reads of it."""
+    batch = await store.create(make_plan(n, **overrides), chunk_size=chunk_size)
+    spec = await store.spec(batch.id)
+    assert spec is not None
+    return spec

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from arq import Retry
 from redis.asyncio import Redis
 
+from shared.limiter import Limiters
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel
+from shared.queue import Leases
 from shared.store import BatchStore, ItemOutcome
+from tests.conftest import make_settings
 from tests.helpers import free_port
-from tests.store.conftest import make_plan
+from tests.store.conftest import stored
 from worker.tasks import run_chunk
 
 
@@ -20,11 +24,32 @@ class _UnbindableModel(OfflineChatModel):
         raise RuntimeError("secret prompt text must not be logged")
 
 
-async def test_a_chunk_that_runs_again_skips_finished_items(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(4))
-    await store.record(batch.id, 2, ItemOutcome(status="succeeded", output="kept"))
-    ctx: dict[str, Any] = {"store": store, "models": {"offline": OfflineChatModel()}}
-    assert await run_chunk(ctx, batch.id, 0) == {"written": 3, "failed": 0}
+def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
+    """What `worker.main.startup` puts in arq's ctx, for a worker with the offline model."""
+    return {
+        "redis": redis,
+        "settings": make_settings("redis://unused", chunk_max_attempts=2),
+        "store": BatchStore(redis),
+        "models": {"offline": OfflineChatModel()},
+        "limiters": Limiters(redis, "test-worker", ttl_s=5),
+        "leases": Leases(redis, "test-worker", lease_s=30),
+        "runs": {},
+        **overrides,
+    }
+
+
+@pytest.fixture
+async def ctx(redis_url: str) -> AsyncIterator[dict[str, Any]]:
+    redis = Redis.from_url(redis_url)
+    yield _ctx(redis)
+    await redis.aclose()
+
+
+async def test_a_chunk_that_runs_again_skips_finished_items(ctx: dict[str, Any]) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 4)
+    await store.record(batch, 2, ItemOutcome(status="succeeded", output="kept"))
+    assert await run_chunk(ctx, batch.id, 0) == {"written": 3, "failed": 0, "stopped": 0}
     page = await store.results_page(batch.id, after=None, limit=10)
     expected = [f"{OFFLINE_PREFIX}prompt {i}" for i in range(4)]
     expected[2] = "kept"
@@ -33,12 +58,55 @@ async def test_a_chunk_that_runs_again_skips_finished_items(store: BatchStore) -
     assert await run_chunk(ctx, batch.id, 0) == {"written": 0}  # final: nothing to do
 
 
-async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
-    store: BatchStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    batch, _ = await store.create(make_plan(2))
-    ctx: dict[str, Any] = {"store": store, "models": {"offline": _UnbindableModel()}}
+async def test_chunks_run_only_their_own_items(ctx: dict[str, Any]) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 5, chunk_size=2)
+    assert (await run_chunk(ctx, batch.id, 1))["written"] == 2
+    page = await store.results_page(batch.id, after=None, limit=10)
+    assert [i.status for i in page.data] == [
+        "pending",
+        "pending",
+        "succeeded",
+        "succeeded",
+        "pending",
+    ]
+    await run_chunk(ctx, batch.id, 2)
     await run_chunk(ctx, batch.id, 0)
+    assert (await store.get(batch.id)).status == "completed"
+
+
+async def test_a_chunk_whose_runs_keep_dying_fails_its_items_with_a_reason(
+    ctx: dict[str, Any],
+) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 4, chunk_size=2)
+    await store.record(batch, 0, ItemOutcome(status="succeeded", output="kept"))
+    for _ in range(2):  # two runs began and their worker died (no end was recorded)
+        await store.begin_attempt(batch.id, 0)
+    assert await run_chunk(ctx, batch.id, 0) == {"written": 1, "failed": 1}
+    await run_chunk(ctx, batch.id, 1)  # the rest of the batch still runs
+    done = await store.get(batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.succeeded, done.request_counts.failed) == (3, 1)
+    lost = (await store.results_page(batch.id, after=None, limit=10)).data[1]
+    assert lost.error is not None
+    assert lost.error.type == "worker_lost"
+    assert "2 times" in lost.error.message
+
+
+async def test_a_run_that_ends_does_not_count_as_an_attempt(ctx: dict[str, Any]) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 2)
+    await run_chunk(ctx, batch.id, 0)
+    assert await store.begin_attempt(batch.id, 0) == 1
+
+
+async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
+    ctx: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 2)
+    await run_chunk({**ctx, "models": {"offline": _UnbindableModel()}}, batch.id, 0)
     failed = await store.get(batch.id)
     assert failed.status == "failed"
     assert failed.error is not None
@@ -47,9 +115,11 @@ async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
     assert "secret prompt text" not in caplog.text
 
 
-async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(1, provider="openai"))
-    ctx: dict[str, Any] = {"store": store, "models": {"offline": OfflineChatModel()}}
+async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(
+    ctx: dict[str, Any],
+) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 1, provider="openai")
     await run_chunk(ctx, batch.id, 0)
     failed = await store.get(batch.id)
     assert failed.status == "failed"
@@ -60,9 +130,8 @@ async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(store: B
 
 async def test_redis_unreachable_makes_arq_run_the_chunk_again_later() -> None:
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    ctx: dict[str, Any] = {"store": BatchStore(redis), "models": {"offline": OfflineChatModel()}}
     try:
         with pytest.raises(Retry):
-            await run_chunk(ctx, "batch_x", 0)
+            await run_chunk(_ctx(redis), "batch_x", 0)
     finally:
         await redis.aclose()

@@ -8,7 +8,7 @@ from shared import keys
 from shared.errors import InvalidRequest
 from shared.schemas import ErrorInfo, Usage
 from shared.store import BatchStore, ItemOutcome
-from tests.store.conftest import make_plan
+from tests.store.conftest import stored
 
 
 def _ok(text: str, tokens: int = 1) -> ItemOutcome:
@@ -16,9 +16,9 @@ def _ok(text: str, tokens: int = 1) -> ItemOutcome:
 
 
 async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(3))
-    assert await store.record(batch.id, 1, _ok("first", 2)) == "written"
-    assert await store.record(batch.id, 1, _ok("second", 5)) == "duplicate"
+    batch = await stored(store, 3)
+    assert await store.record(batch, 1, _ok("first", 2)) == "written"
+    assert await store.record(batch, 1, _ok("second", 5)) == "duplicate"
     got = await store.get(batch.id)
     assert got.request_counts.succeeded == 1
     assert got.usage.input_tokens == 2
@@ -27,11 +27,11 @@ async def test_a_repeated_write_changes_neither_output_nor_counts(store: BatchSt
 
 
 async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(3))
+    batch = await stored(store, 3)
     await store.mark_started(batch.id)
-    outcomes = [await store.record(batch.id, i, _ok(str(i))) for i in (2, 0, 1)]
+    outcomes = [await store.record(batch, i, _ok(str(i))) for i in (2, 0, 1)]
     assert outcomes == ["written", "written", "finished"]
-    assert await store.record(batch.id, 1, _ok("again")) == "duplicate"
+    assert await store.record(batch, 1, _ok("again")) == "duplicate"
     done = await store.get(batch.id)
     assert done.status == "completed"
     assert done.finished_at is not None
@@ -40,10 +40,10 @@ async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) 
 
 
 async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(5))
-    await store.record(batch.id, 0, _ok("x"))
+    batch = await stored(store, 5)
+    await store.record(batch, 0, _ok("x"))
     await store.record(
-        batch.id, 3, ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
+        batch, 3, ItemOutcome(status="failed", error=ErrorInfo(type="t", message="m"))
     )
     assert await store.pending_items(batch.id, 0, 5) == [
         (1, "prompt 1"),
@@ -53,23 +53,23 @@ async def test_pending_items_skips_finished_ones(store: BatchStore) -> None:
 
 
 async def test_a_write_for_a_removed_batch_leaves_nothing(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(2))
+    batch = await stored(store, 2)
     await store.remove(batch.id)
-    assert await store.record(batch.id, 0, _ok("late")) == "gone"
+    assert await store.record(batch, 0, _ok("late")) == "gone"
     assert await store.redis.exists(*keys.batch_keys(batch.id)) == 0
 
 
 async def test_a_batch_failed_as_a_whole_takes_no_more_results(store: BatchStore) -> None:
-    batch, _ = await store.create(make_plan(2))
+    batch = await stored(store, 2)
     assert await store.fail(batch.id, ErrorInfo(type="x", message="why"))
-    assert await store.record(batch.id, 0, _ok("late")) == "gone"
+    assert await store.record(batch, 0, _ok("late")) == "gone"
     failed = await store.get(batch.id)
     assert failed.status == "failed"
     assert failed.error == ErrorInfo(type="x", message="why")
 
 
 async def test_listing_is_newest_first_with_a_cursor(store: BatchStore) -> None:
-    ids = [(await store.create(make_plan(1)))[0].id for _ in range(5)]
+    ids = [(await stored(store, 1)).id for _ in range(5)]
     first = await store.list_batches(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2]
     assert first.has_more
@@ -80,3 +80,43 @@ async def test_listing_is_newest_first_with_a_cursor(store: BatchStore) -> None:
     assert third.next_after is None
     with pytest.raises(InvalidRequest):
         await store.list_batches(limit=2, after="batch_unknown")
+
+
+async def test_chunks_count_their_final_items_for_the_reconciler(store: BatchStore) -> None:
+    batch = await stored(store, 5, chunk_size=2)
+    assert batch.chunks == 3
+    assert await store.active_batches() == [batch.id]
+    await store.record(batch, 0, _ok("a"))
+    await store.record(batch, 1, _ok("b"))
+    await store.record(batch, 4, _ok("c"))
+    await store.record(batch, 4, _ok("again"))
+    assert await store.unfinished_chunks(batch.id) == [1]
+    await store.record(batch, 2, _ok("d"))
+    await store.record(batch, 3, _ok("e"))
+    assert await store.unfinished_chunks(batch.id) is None  # final: dropped from the active set
+    assert await store.active_batches() == []
+
+
+async def test_fail_pending_fails_only_the_chunks_unfinished_items(store: BatchStore) -> None:
+    batch = await stored(store, 6, chunk_size=3)
+    await store.record(batch, 4, _ok("kept"))
+    lost = ErrorInfo(type="worker_lost", message="gone")
+    assert await store.fail_pending(batch, 1, lost) == 2
+    assert await store.fail_pending(batch, 1, lost) == 0
+    page = await store.results_page(batch.id, after=None, limit=10)
+    assert [item.status for item in page.data] == ["pending"] * 3 + [
+        "failed",
+        "succeeded",
+        "failed",
+    ]
+    assert page.data[3].error == lost
+    assert (await store.get(batch.id)).request_counts.failed == 2
+
+
+async def test_attempts_count_runs_that_never_ended(store: BatchStore) -> None:
+    batch = await stored(store, 4, chunk_size=2)
+    assert await store.begin_attempt(batch.id, 1) == 1
+    await store.end_attempt(batch.id, 1)
+    assert await store.begin_attempt(batch.id, 1) == 1
+    assert await store.begin_attempt(batch.id, 1) == 2  # the first of these two never ended
+    assert await store.begin_attempt(batch.id, 0) == 1

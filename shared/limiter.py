@@ -1,0 +1,208 @@
+"""A batch's `max_concurrency`, held in Redis so that it bounds all workers together.
+
+Each worker process keeps one `BatchLimiter` per running batch. It holds some of the batch's
+slots in Redis and hands them to its own provider calls locally, so a call that finishes passes
+its slot straight to the next one without a Redis round trip. It talks to Redis only to ask for
+more slots, to give back what it does not need, and to renew its hold. A holder's slots lapse
+with it: a killed worker's share is free again after `ttl_s`.
+
+Sharing is fair: while other holders are asking for slots, a holder keeps no more than an even
+share (`ceil(limit / askers)`), and gives back the rest as its calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import keys
+
+log = logging.getLogger("promptbatch.limiter")
+
+# Set this holder's slots to `keep` plus what it may take of `want` more, and say how many other
+# holders are still asking. Every field is `held:expires_ms:wanted`; lapsed fields are dropped.
+# Idempotent: the holder states its absolute holding, so a retried call changes nothing more.
+_EXCHANGE = """
+local key, holder = KEYS[1], ARGV[1]
+local keep, want, limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+                               tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local others, askers = 0, 0
+local fields = redis.call('HGETALL', key)
+for i = 1, #fields, 2 do
+  if fields[i] ~= holder then
+    local held, expires, wanted = string.match(fields[i + 1], '^(%d+):(%d+):(%d+)$')
+    if not held or tonumber(expires) < now then
+      redis.call('HDEL', key, fields[i])
+    else
+      others = others + tonumber(held)
+      if tonumber(wanted) > 0 then askers = askers + 1 end
+    end
+  end
+end
+local grant = math.min(want, limit - others - keep)
+if askers > 0 then grant = math.min(grant, math.ceil(limit / (askers + 1)) - keep) end
+if grant < 0 then grant = 0 end
+if keep + grant == 0 and want == 0 then
+  redis.call('HDEL', key, holder)
+else
+  redis.call('HSET', key, holder, (keep + grant) .. ':' .. (now + ttl) .. ':' .. (want - grant))
+  redis.call('PEXPIRE', key, ttl)
+end
+return {grant, askers}
+"""
+
+#: How soon a holder that is short of slots asks again, at first and at most (seconds).
+POLL_MIN_S = 0.01
+POLL_MAX_S = 0.25
+
+
+class BatchLimiter:
+    """One worker's share of one batch's concurrency. Use `async with limiter.slot():`."""
+
+    def __init__(self, redis: Redis, batch_id: str, limit: int, holder: str, ttl_s: float) -> None:
+        self._script = redis.register_script(_EXCHANGE)
+        self._key = keys.slots(batch_id)
+        self.batch_id = batch_id
+        self.limit = limit
+        self.holder = holder
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._refresh_s = ttl_s / 4
+        self.held = 0  # slots this worker holds in Redis
+        self.in_use = 0  # of those, taken by calls now
+        self.cap = limit  # what this worker may hold while others ask for slots
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the batch's slots for the duration of one provider call."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def acquire(self) -> None:
+        if not self._waiters and self.in_use < min(self.held, self.cap):
+            self.in_use += 1
+            return
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run_pump(), name=f"limiter {self.batch_id}")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as this call was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._hand_out()
+        if self.held > self.cap:
+            self._wake.set()  # over the fair share: give the surplus back now
+
+    async def close(self) -> None:
+        """Give back every slot and stop (the worker has no more calls for this batch)."""
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        with contextlib.suppress(RedisError):
+            await self._exchange(keep=0, want=0)
+
+    def _hand_out(self) -> None:
+        while self._waiters and self.in_use < min(self.held, self.cap):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    def _demand(self) -> tuple[int, int]:
+        """(slots to keep, slots to ask for) given the calls running and waiting now."""
+        desired = self.in_use + sum(1 for w in self._waiters if not w.done())
+        keep = min(self.held, max(self.in_use, min(desired, self.cap)))
+        want = max(0, min(desired, self.limit) - keep)
+        return keep, want
+
+    async def _exchange(self, keep: int, want: int) -> int:
+        # Slots given back are gone here before Redis hears of it, so no call can take one
+        # meanwhile (keep is never below the slots in use).
+        self.held = min(self.held, keep)
+        grant, askers = await self._script(
+            keys=[self._key], args=[self.holder, keep, want, self.limit, self._ttl_ms]
+        )
+        self.held = keep + int(grant)
+        self.cap = self.limit if int(askers) == 0 else math.ceil(self.limit / (int(askers) + 1))
+        return int(grant)
+
+    async def _run_pump(self) -> None:
+        """Ask Redis for slots while calls wait, give back surplus, and renew the hold."""
+        poll_s = POLL_MIN_S
+        last = 0.0
+        while True:
+            keep, want = self._demand()
+            short = want > 0 and self.in_use >= self.held
+            due = time.monotonic() - last >= self._refresh_s and (self.held > 0 or want > 0)
+            if short or keep < self.held or due:
+                try:
+                    granted = await self._exchange(keep, want)
+                except RedisError as exc:  # Redis away: local hand-offs go on meanwhile
+                    log.warning(
+                        "batch %s: slots unavailable (%s)", self.batch_id, type(exc).__name__
+                    )
+                    granted = 0
+                last = time.monotonic()
+                self._hand_out()
+                poll_s = POLL_MIN_S if granted else min(poll_s * 2, POLL_MAX_S)
+            _, want = self._demand()
+            timeout = poll_s if want > 0 and self.in_use >= self.held else self._refresh_s
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+
+@dataclass
+class Limiters:
+    """A worker's limiters, one per batch it is running, shared by that batch's chunks."""
+
+    redis: Redis
+    holder: str
+    ttl_s: float
+    _active: dict[str, tuple[BatchLimiter, int]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, batch_id: str, limit: int) -> AsyncIterator[BatchLimiter]:
+        limiter, users = self._active.get(batch_id) or (
+            BatchLimiter(self.redis, batch_id, limit, self.holder, self.ttl_s),
+            0,
+        )
+        self._active[batch_id] = (limiter, users + 1)
+        try:
+            yield limiter
+        finally:
+            limiter, users = self._active[batch_id]
+            if users == 1:
+                del self._active[batch_id]
+                await limiter.close()
+            else:
+                self._active[batch_id] = (limiter, users - 1)
+
+    async def close(self) -> None:
+        for limiter, _ in list(self._active.values()):
+            await limiter.close()
+        self._active.clear()

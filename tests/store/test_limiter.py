@@ -1,0 +1,95 @@
+"""The batch-wide concurrency limit shared by several holders (workers) through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.limiter import BatchLimiter
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Calls:
+    """Counts calls in flight across every holder, as a provider would."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.by_holder: dict[str, int] = {}
+
+    async def call(self, limiter: BatchLimiter, work_s: float) -> None:
+        async with limiter.slot():
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.by_holder[limiter.holder] = self.by_holder.get(limiter.holder, 0) + 1
+            await asyncio.sleep(work_s)  # the provider call itself
+            self.now -= 1
+
+
+async def test_two_holders_together_never_exceed_the_limit(redis: Redis) -> None:
+    a, b = (BatchLimiter(redis, "batch_l", 5, holder, ttl_s=5) for holder in ("a", "b"))
+    calls, rng = Calls(), random.Random(3)
+    await asyncio.gather(
+        *(calls.call(limiter, rng.uniform(0.001, 0.02)) for _ in range(80) for limiter in (a, b))
+    )
+    await a.close()
+    await b.close()
+    assert calls.most == 5
+    assert calls.by_holder == {"a": 80, "b": 80}
+    assert await redis.exists(keys.slots("batch_l")) == 0  # both gave everything back
+
+
+async def test_a_newcomer_gets_a_fair_share_from_a_busy_holder(redis: Redis) -> None:
+    a, b = (BatchLimiter(redis, "batch_f", 4, holder, ttl_s=0.4) for holder in ("a", "b"))
+    calls = Calls()
+    busy = [asyncio.create_task(calls.call(a, 0.01)) for _ in range(400)]
+    await wait_for(lambda: _true(a.in_use == 4), what="a to use every slot")
+    newcomer = [asyncio.create_task(calls.call(b, 0.01)) for _ in range(400)]
+    await wait_for(lambda: _true(b.in_use == 2), what="b to get half of the slots")
+    for task in busy + newcomer:
+        task.cancel()
+    await asyncio.gather(*busy, *newcomer, return_exceptions=True)
+    await a.close()
+    await b.close()
+    assert calls.most == 4
+
+
+async def test_a_dead_holders_slots_lapse_after_its_ttl(redis: Redis) -> None:
+    dead = BatchLimiter(redis, "batch_d", 2, "dead", ttl_s=0.3)
+    await dead.acquire()
+    await dead.acquire()
+    assert dead._pump is not None
+    dead._pump.cancel()  # the process is gone: no renewals, no release
+    alive = BatchLimiter(redis, "batch_d", 2, "alive", ttl_s=5)
+    await asyncio.wait_for(alive.acquire(), timeout=10)
+    assert alive.in_use == 1
+    await alive.close()
+
+
+async def test_closing_gives_the_slots_back_at_once(redis: Redis) -> None:
+    first = BatchLimiter(redis, "batch_c", 3, "first", ttl_s=60)
+    for _ in range(3):
+        await first.acquire()
+    for _ in range(3):
+        first.release()
+    await first.close()
+    second = BatchLimiter(redis, "batch_c", 3, "second", ttl_s=60)
+    for _ in range(3):
+        await asyncio.wait_for(second.acquire(), timeout=1)  # granted on its first ask
+    await second.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
