@@ -11,7 +11,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 
 PREFIX = "pb"
 
-#: arq's queue (a sorted set of job ids). arq owns its own `arq:job:*` / `arq:in-progress:*` keys.
+#: arq's queue: a sorted set of job ids scored by when they may start. arq's per-job keys are
+#: named below (`arq_job`, `arq_in_progress`); arq also keeps `arq:retry:*` for a day.
 QUEUE = f"{PREFIX}:queue"
 
 #: Sorted set: worker id -> last heartbeat (epoch ms). Members older than the liveness window

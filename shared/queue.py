@@ -6,11 +6,13 @@ arq is in maintenance mode; everything the service knows about it stays here and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
@@ -196,21 +198,38 @@ class Leases:
         self._renew = redis.register_script(_RENEW)
         self.owner = owner
         self.lease_ms = int(lease_s * 1000)
+        self._held: dict[str, asyncio.Event] = {}
+        # A renewal may take a lapsed claim again, so a run lets go of its claim only between
+        # renewals: once it has, arq deletes the claim and no renewal brings it back.
+        self._renewing = asyncio.Lock()
 
-    async def claim(self, job_id: str) -> None:
-        """Take a job this worker has just started, for one lease."""
-        await self._redis.set(keys.arq_in_progress(job_id), self.owner, px=self.lease_ms)
+    @contextlib.asynccontextmanager
+    async def hold(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """Claim a job this worker has just started and keep it claimed until the block ends.
+        The event is set if another worker has taken the claim (this run must then stop)."""
+        lost = self._held[job_id] = asyncio.Event()
+        try:
+            await self._redis.set(keys.arq_in_progress(job_id), self.owner, px=self.lease_ms)
+            yield lost
+        finally:
+            async with self._renewing:
+                del self._held[job_id]
 
-    async def renew(self, job_ids: Sequence[str]) -> list[str]:
-        """Renew the claims on `job_ids`; returns those now claimed by another worker."""
-        if not job_ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                await self._renew(
-                    keys=[keys.arq_in_progress(job_id)],
-                    args=[self.owner, self.lease_ms],
-                    client=pipe,
-                )
-            renewed = await pipe.execute()
-        return [job_id for job_id, ok in zip(job_ids, renewed, strict=True) if not ok]
+    async def renew(self) -> list[str]:
+        """Renew every claim this worker holds; returns the jobs now claimed by another."""
+        async with self._renewing:
+            job_ids = list(self._held)
+            if not job_ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    await self._renew(
+                        keys=[keys.arq_in_progress(job_id)],
+                        args=[self.owner, self.lease_ms],
+                        client=pipe,
+                    )
+                renewed = await pipe.execute()
+            lost = [job_id for job_id, ok in zip(job_ids, renewed, strict=True) if not ok]
+            for job_id in lost:
+                self._held[job_id].set()
+            return lost

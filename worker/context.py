@@ -24,7 +24,5 @@ class WorkerContext(TypedDict):
     worker_id: str
     limiters: Limiters
     leases: Leases
-    #: Job id -> set when that run must stop (its claim was lost); the heartbeat renews these.
-    runs: dict[str, asyncio.Event]
     heartbeat: asyncio.Task[None]
     reconciler: asyncio.Task[None]

@@ -42,7 +42,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         worker_id=worker_id,
         limiters=Limiters(ctx["redis"], worker_id, ttl_s=settings.worker_alive_s),
         leases=Leases(ctx["redis"], worker_id, settings.lease_s),
-        runs={},
     )
     wctx = cast(WorkerContext, ctx)
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(wctx), name="heartbeat")
@@ -73,10 +72,8 @@ async def _heartbeat(ctx: WorkerContext) -> None:
     while True:
         try:
             await workers.beat(ctx["redis"], ctx["worker_id"], settings.worker_alive_s)
-            for job_id in await ctx["leases"].renew(list(ctx["runs"])):
+            for job_id in await ctx["leases"].renew():
                 log.warning("job %s: claim lost to another worker; stopping this run", job_id)
-                if job_id in ctx["runs"]:
-                    ctx["runs"][job_id].set()
         except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
             log.warning("heartbeat failed: %s", type(exc).__name__)
         await asyncio.sleep(settings.worker_heartbeat_s)

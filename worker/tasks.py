@@ -42,15 +42,14 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     wctx = cast(WorkerContext, ctx)
     store = wctx["store"]
     job_id = str(ctx.get("job_id") or keys.job_id(batch_id, chunk))
-    stop = wctx["runs"][job_id] = asyncio.Event()
     try:
-        await wctx["leases"].claim(job_id)
-        attempt = await store.begin_attempt(batch_id, chunk)
-        try:
-            return await _run_attempt(wctx, batch_id, chunk, attempt, stop)
-        finally:
-            with contextlib.suppress(RedisError):
-                await store.end_attempt(batch_id, chunk)
+        async with wctx["leases"].hold(job_id) as lost:
+            attempt = await store.begin_attempt(batch_id, chunk)
+            try:
+                return await _run_attempt(wctx, batch_id, chunk, attempt, lost)
+            finally:
+                with contextlib.suppress(RedisError):
+                    await store.end_attempt(batch_id, chunk)
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
         # finished items are skipped.
@@ -64,8 +63,6 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
         reason = f"The worker could not run this batch ({type(exc).__name__})."
         await store.fail(batch_id, ErrorInfo(type="internal_error", message=reason))
         return {"written": 0}
-    finally:
-        del wctx["runs"][job_id]
 
 
 async def _run_attempt(

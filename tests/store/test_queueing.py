@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -39,15 +40,18 @@ async def test_a_batch_is_stored_with_one_queued_job_per_chunk(redis: Redis) -> 
 
 async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis: Redis) -> None:
     mine, theirs = Leases(redis, "me", lease_s=30), Leases(redis, "them", lease_s=30)
-    await mine.claim("job_a")
-    await mine.claim("job_b")
-    await mine.claim("job_c")
-    assert await redis.pttl(keys.arq_in_progress("job_a")) <= 30_000
-    await redis.delete(keys.arq_in_progress("job_b"))  # Redis lost it, nobody took it
-    await theirs.claim("job_c")  # Redis lost it and another worker started the job
-    assert await mine.renew(["job_a", "job_b", "job_c"]) == ["job_c"]
-    assert await redis.get(keys.arq_in_progress("job_b")) == b"me"
-    assert await redis.get(keys.arq_in_progress("job_c")) == b"them"
+    async with contextlib.AsyncExitStack() as held:
+        a, b, c = [await held.enter_async_context(mine.hold(j)) for j in ("ja", "jb", "jc")]
+        assert await redis.pttl(keys.arq_in_progress("ja")) <= 30_000
+        await redis.delete(keys.arq_in_progress("jb"))  # Redis lost it, nobody took it
+        await held.enter_async_context(theirs.hold("jc"))  # lost, and another worker started it
+        assert await mine.renew() == ["jc"]
+        assert (a.is_set(), b.is_set(), c.is_set()) == (False, False, True)
+        assert await redis.get(keys.arq_in_progress("jb")) == b"me"
+        assert await redis.get(keys.arq_in_progress("jc")) == b"them"
+    await redis.delete(keys.arq_in_progress("ja"))  # arq deletes a finished job's claim
+    assert await mine.renew() == []
+    assert await redis.exists(keys.arq_in_progress("ja")) == 0  # and nothing brings it back
 
 
 async def test_live_jobs_cuts_a_day_long_claim_to_the_lease(redis: Redis) -> None:

@@ -33,7 +33,6 @@ def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
         "leases": Leases(redis, "test-worker", lease_s=30),
-        "runs": {},
         **overrides,
     }
 
