@@ -8,6 +8,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
 from api.events import EventHub
+from shared.limits import Limits
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -19,6 +20,7 @@ class AppState(TypedDict):
     redis: ArqRedis
     store: BatchStore
     events: EventHub
+    limits: Limits
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,7 +39,12 @@ def get_events(request: Request) -> EventHub:
     return cast(EventHub, request.state.events)
 
 
+def get_limits(request: Request) -> Limits:
+    return cast(Limits, request.state.limits)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[BatchStore, Depends(get_store)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]

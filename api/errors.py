@@ -28,6 +28,10 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def app_error_response(exc: AppError) -> JSONResponse:
+    return error_response(exc.status_code, exc.type, exc.message, exc.param, exc.headers)
+
+
 def _param(loc: Sequence[int | str]) -> str | None:
     """`("body", "prompts", 3, "custom_id")` -> `prompts[3].custom_id`."""
     parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
@@ -39,7 +43,7 @@ def _param(loc: Sequence[int | str]) -> str | None:
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc.status_code, exc.type, exc.message, exc.param)
+    return app_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -71,15 +75,9 @@ async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-    return error_response(500, "internal_error", "Internal server error.")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
-    app.add_exception_handler(Exception, _unexpected)

@@ -47,12 +47,12 @@ class EventHub:
         self._readers: dict[str, _Reader] = {}
 
     async def stream(
-        self, batch_id: str, last_event_id: str | None
+        self, batch_id: str, last_event_id: str | None, owner: str | None = None
     ) -> AsyncIterator[ServerSentEvent]:
         """The current state first, then the events after `last_event_id` (or from now on)
         until the final state. NotFound is raised before the first event, so the route can
-        still answer 404."""
-        batch = await self._store.get(batch_id)
+        still answer 404 (also for another owner's batch)."""
+        batch = await self._store.get(batch_id, owner)
         after = last_event_id or await self._store.last_event_id(batch_id)
         return self._events(batch, after)
 

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.events import EventHub
+from api.middleware import BodyLimit, QuietErrors
 from api.routes import batches, health, metrics
+from shared.limits import Limits
 from shared.queue import connect
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
@@ -28,10 +30,22 @@ def _lifespan(
         redis = connect(resolved)
         if resolved.resolved_provider == "offline":
             log.warning("No OPENAI_API_KEY: batches run on the offline model.")
+        if not resolved.api_key_list:
+            log.warning(
+                "PROMPTBATCH_API_KEYS is not set: the API asks for no key and every caller "
+                "sees every batch. Set it anywhere but a trusted machine."
+            )
+        store = BatchStore(redis, result_ttl_s=resolved.result_ttl_s)
+        events = EventHub(store, block_ms=int(resolved.redis_timeout_s * 500))
+        state = AppState(
+            settings=resolved,
+            redis=redis,
+            store=store,
+            limits=Limits(redis, resolved),
+            events=events,
+        )
         try:
-            store = BatchStore(redis, result_ttl_s=resolved.result_ttl_s)
-            events = EventHub(store, block_ms=int(resolved.redis_timeout_s * 500))
-            yield AppState(settings=resolved, redis=redis, store=store, events=events)
+            yield state
             await events.close()
         finally:
             await redis.aclose(close_connection_pool=True)
@@ -48,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(QuietErrors)  # added last: the outermost, it sees every error
     app.include_router(batches.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -14,6 +14,11 @@ class AppError(Exception):
         self.message = message
         self.param = param
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Response headers the status calls for (`WWW-Authenticate`, `Retry-After`)."""
+        return None
+
 
 class InvalidRequest(AppError):
     status_code = 422
@@ -33,3 +38,30 @@ class ServiceUnavailable(AppError):
 class Conflict(AppError):
     status_code = 409
     type = "conflict"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    type = "authentication_error"
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    type = "request_too_large"
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -119,3 +119,42 @@ def arq_in_progress(job_id: str) -> str:
     """arq's claim on a running job. arq sets it for job_timeout + 10 s; the running worker
     shortens it to the lease and renews it, so it lapses soon after the worker dies."""
     return f"{in_progress_key_prefix}{job_id}"
+
+
+# -- per-key limits (shared/limits.py) -----------------------------------------------------------
+# An owner is `public` or the hash of an API key (never the key). The three keys share the
+# hash tag `{<owner>}`.
+
+#: The sliding window of the rate limit: a submission's entry counts for this long.
+RATE_WINDOW_MS = 60_000
+
+#: How long a reservation of queue room may wait for its batch to be stored before it lapses.
+RESERVATION_TTL_MS = 60_000
+
+#: An owner's set of active batch ids lives this long after its last submission.
+ACTIVE_TTL_MS = 7 * 24 * 3600 * 1000
+
+
+def submissions(owner: str) -> str:
+    """Sorted set: an owner's submissions of the last minute (member: token, score: epoch ms).
+    Expires `RATE_WINDOW_MS` after the last one."""
+    return f"{PREFIX}:{{{owner}}}:submissions"
+
+
+def active_batches(owner: str) -> str:
+    """Set: ids of an owner's batches that may still have prompts not final. Finished or gone
+    ones are pruned at the owner's next submission; expires `ACTIVE_TTL_MS` after the last."""
+    return f"{PREFIX}:{{{owner}}}:active"
+
+
+def reservations(owner: str) -> str:
+    """Hash: reservation token -> `<prompts>:<expiry epoch ms>`, room held for a batch being
+    stored. A lapsed entry is ignored and pruned; the hash expires `RESERVATION_TTL_MS` after
+    the last write."""
+    return f"{PREFIX}:{{{owner}}}:reservations"
+
+
+def batch_key_parts() -> tuple[str, str]:
+    """`batch(id)` as (before id, after id), so a Lua script can name a batch's hash."""
+    before, after = batch("\0").split("\0")
+    return before, after

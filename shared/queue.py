@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import serialize_job
@@ -29,6 +30,8 @@ from shared.errors import Conflict, NotFound
 from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchPlan
 from shared.settings import Settings
 from shared.store import BatchStore, Idempotency
+
+log = logging.getLogger("promptbatch.queue")
 
 #: Name of the task function the worker registers for one chunk of a batch.
 RUN_CHUNK = "run_chunk"
@@ -47,11 +50,50 @@ def dumps_job(data: dict[str, Any]) -> bytes:
     return json.dumps(data, default=str).encode()
 
 
+#: The arguments each job function takes: ids and counts, nothing else. A payload naming any
+#: other function, or carrying other arguments, is refused before a worker runs anything.
+JOB_ARGS: dict[str, tuple[type, ...]] = {RUN_CHUNK: (str, int)}
+
+_JOB_FIELDS = frozenset({"t", "f", "a", "k", "et"})
+#: arq's record of a finished job is read back through the same function and adds these.
+_RESULT_FIELDS = frozenset({"s", "r", "st", "ft", "q", "id"})
+
+
 def loads_job(raw: bytes) -> dict[str, Any]:
-    data = json.loads(raw)
+    """Read a job payload, refusing (ValueError) anything but the JSON this service writes.
+
+    arq logs the refusal and drops the job without running it; the worker goes on serving.
+    """
+    try:
+        data = json.loads(raw)
+        _check_job(data)
+    except ValueError as exc:  # the reason only: never the payload
+        log.warning("refused a job payload: %s", exc)
+        raise
+    return cast(dict[str, Any], data)
+
+
+def _check_job(data: object) -> None:
     if not isinstance(data, dict):
         raise ValueError("job payload is not a JSON object")
-    return data
+    fields = data.keys()
+    if not (_JOB_FIELDS.issubset(fields) and _RESULT_FIELDS.union(_JOB_FIELDS).issuperset(fields)):
+        raise ValueError("job payload does not have arq's job fields")
+    function = data["f"]
+    expected = JOB_ARGS.get(function) if isinstance(function, str) else None
+    if expected is None:
+        raise ValueError("job payload names no job function of this service")
+    args = data["a"]
+    if not (
+        isinstance(args, list)
+        and len(args) == len(expected)
+        and all(type(arg) is kind for arg, kind in zip(args, expected, strict=True))
+    ):
+        raise ValueError(f"job payload's arguments are not those of {function}")
+    if data["k"] != {}:
+        raise ValueError("job payload has keyword arguments; jobs take none")
+    if not (isinstance(data["t"], int | None) and type(data["et"]) is int):
+        raise ValueError("job payload's try count or enqueue time is not a number")
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -215,10 +257,12 @@ class Leases:
             return lost
 
 
-async def cancel(store: BatchStore, redis: Redis, batch_id: str) -> Batch:
+async def cancel(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> Batch:
     """Stop a batch: no new provider call starts for it. Chunks no worker has claimed leave the
     queue and their items are cancelled here; workers running the others notice within
-    `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest."""
+    `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest. Another
+    owner's batch is NotFound."""
+    await store.get(batch_id, owner)
     await store.request_cancel(batch_id)
     spec = await store.spec(batch_id)
     if spec is not None:
@@ -234,18 +278,18 @@ async def cancel(store: BatchStore, redis: Redis, batch_id: str) -> Batch:
     return await store.get(batch_id)
 
 
-async def delete(
-    store: BatchStore, redis: Redis, batch_id: str, owner: str = keys.PUBLIC_OWNER
-) -> None:
+async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> None:
     """Delete a batch, its results and its queued work. A running batch is cancelled first;
-    its workers notice the batch is gone and stop, and their writes find nothing to write to."""
+    its workers notice the batch is gone and stop, and their writes find nothing to write to.
+    Another owner's batch is NotFound."""
+    await store.get(batch_id, owner)
     spec = await store.spec(batch_id)
     if spec is None:
         raise NotFound(f"No batch {batch_id}.")
     if spec.status not in FINAL_BATCH_STATUSES:
         with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
             await store.request_cancel(batch_id)
-    await store.remove(batch_id, owner)
+    await store.remove(batch_id)
     await _drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)])
 
 

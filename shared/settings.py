@@ -6,7 +6,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Provider = Literal["openai", "offline"]
@@ -36,7 +43,6 @@ class Settings(BaseSettings):
     )
     provider: Provider | None = None
     default_model: str = Field(default="gpt-4o-mini", min_length=1)
-    api_keys: str | None = None
 
     max_prompts: int = Field(default=50_000, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
@@ -71,6 +77,33 @@ class Settings(BaseSettings):
     worker_redis_retry_s: float = Field(default=60.0, gt=0)
     offline_latency_ms: int = Field(default=0, ge=0)
 
+    # -- security and limits -------------------------------------------------------------------
+    #: Comma-separated bearer keys; set = every /v1 route needs one, each key sees its own batches.
+    api_keys: SecretStr | None = None
+    #: Largest request body, counted while it is read (uvicorn has no limit of its own).
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: Batch submissions per minute per key, across every API process (0 = no limit).
+    rate_limit_per_min: int = Field(default=0, ge=0)
+    #: Most prompts one key may have not yet final across its batches (0 = no limit).
+    max_queued_prompts: int = Field(default=0, ge=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never quotes a key: settings errors are printed at start.
+        if value is not None:
+            for key in value.get_secret_value().split(","):
+                if not key.strip():
+                    raise ValueError("an empty key (look for ',,', a stray comma or blanks)")
+                if key != key.strip() or any(c.isspace() for c in key):
+                    raise ValueError("a key with white space in it")
+        return value
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The configured bearer keys; empty when authentication is off."""
+        return tuple(self.api_keys.get_secret_value().split(",")) if self.api_keys else ()
+
     port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
     #: Where `make run` keeps the embedded Valkey server's data (AOF).
     data_dir: Path = Path(".data")
@@ -79,11 +112,6 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.default_concurrency > self.max_concurrency:
             raise ValueError("PROMPTBATCH_DEFAULT_CONCURRENCY exceeds PROMPTBATCH_MAX_CONCURRENCY")
-        if self.api_keys:
-            raise ValueError(
-                "PROMPTBATCH_API_KEYS is not supported by this version yet: unset it, and keep "
-                "the API on a trusted network"
-            )
         if self.worker_alive_s <= self.worker_heartbeat_s:
             raise ValueError(
                 "PROMPTBATCH_WORKER_ALIVE_S must exceed PROMPTBATCH_WORKER_HEARTBEAT_S"

@@ -339,17 +339,20 @@ class BatchStore:
             stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
         return _batch_from_fields({k: str(v) for k, v in fields.items()})
 
-    async def remove(self, batch_id: str, owner: str = keys.PUBLIC_OWNER) -> None:
-        """Delete every key of a batch."""
+    async def remove(self, batch_id: str) -> None:
+        """Delete every key of a batch and drop it from its owner's list."""
+        owner = await self.redis.hget(keys.batch(batch_id), "owner")  # type: ignore[misc]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.batch_keys(batch_id))
-            pipe.zrem(keys.batch_index(owner), batch_id)
+            if owner is not None:
+                pipe.zrem(keys.batch_index(owner.decode()), batch_id)
             pipe.zrem(keys.ACTIVE, batch_id)
             await pipe.execute()
 
-    async def get(self, batch_id: str) -> Batch:
+    async def get(self, batch_id: str, owner: str | None = None) -> Batch:
+        """The batch; NotFound when it is unknown or, with `owner`, belongs to another owner."""
         raw = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]
-        if not raw:
+        if not raw or not _owned_by(raw.get(b"owner"), owner):
             raise NotFound(f"No batch {batch_id}.")
         return _batch_from_fields(_decode(raw))
 
@@ -376,28 +379,32 @@ class BatchStore:
             data=data, has_more=has_more, next_after=page_ids[-1] if has_more else None
         )
 
-    async def results_page(self, batch_id: str, *, after: int | None, limit: int) -> ResultsPage:
+    async def results_page(
+        self, batch_id: str, *, after: int | None, limit: int, owner: str | None = None
+    ) -> ResultsPage:
         """Items in input order after index `after`; pending items show as pending."""
-        total = await self._total(batch_id)
+        total = await self._total(batch_id, owner)
         start = 0 if after is None else after + 1
         stop = min(start + limit, total)
         data = await self._items(batch_id, start, stop)
         has_more = stop < total
         return ResultsPage(data=data, has_more=has_more, next_after=stop - 1 if has_more else None)
 
-    async def result_pages(self, batch_id: str) -> AsyncIterator[list[ItemResult]]:
+    async def result_pages(
+        self, batch_id: str, owner: str | None = None
+    ) -> AsyncIterator[list[ItemResult]]:
         """Every item in input order, a page at a time. NotFound is raised here, before the
         first page, so a caller can still answer 404 before it starts a streamed response."""
-        total = await self._total(batch_id)
+        total = await self._total(batch_id, owner)
         return self._pages(batch_id, total)
 
     async def _pages(self, batch_id: str, total: int) -> AsyncIterator[list[ItemResult]]:
         for start in range(0, total, PAGE):
             yield await self._items(batch_id, start, min(start + PAGE, total))
 
-    async def _total(self, batch_id: str) -> int:
-        total = await self.redis.hget(keys.batch(batch_id), "total")  # type: ignore[misc]
-        if total is None:
+    async def _total(self, batch_id: str, owner: str | None = None) -> int:
+        total, found = await self.redis.hmget(keys.batch(batch_id), ["total", "owner"])  # type: ignore[misc]
+        if total is None or not _owned_by(found, owner):
             raise NotFound(f"No batch {batch_id}.")
         return int(total)
 
@@ -569,6 +576,11 @@ class BatchStore:
 def _script_keys(batch_id: str) -> list[str]:
     """KEYS of every store script: the batch's own keys, then the service-wide counters."""
     return [*keys.batch_keys(batch_id), keys.STATS]
+
+
+def _owned_by(found: bytes | None, owner: str | None) -> bool:
+    """Whether a batch whose `owner` field is `found` may be read by `owner` (None: anyone)."""
+    return owner is None or found == owner.encode()
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:

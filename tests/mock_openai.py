@@ -3,6 +3,7 @@
 Behaviour is asked for inside the prompt, so every item of a batch can differ:
 - `[[latency=120]]`        answer after 120 ms (else a random latency in --latency-ms MIN MAX)
 - `[[status=400]]`         answer that HTTP status with an OpenAI-style error body
+- `[[quote]]`              with `status`: the error message quotes the prompt, as some servers do
 - `[[fail=429:2]]`         fail the first 2 calls of this exact prompt with 429, then succeed
 - `[[retry_after=1]]`      with a 429, ask the client to wait 1 s (else 0); a client that comes
                            back sooner is counted in `early_retries`
@@ -134,7 +135,8 @@ def create_app(state: MockState) -> Starlette:
         if "status" in directives:
             status = int(directives["status"])
             state.statuses[status] += 1
-            return _error(status, f"mock provider refused this prompt with {status}")
+            message = f"mock provider refused this prompt with {status}"
+            return _error(status, f"{message}: {prompt}" if "quote" in directives else message)
         if "fail" in directives:
             code, times = directives["fail"].split(":")
             if state.attempts[prompt] <= int(times):

@@ -5,39 +5,53 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from api.deps import EventsDep, RedisDep, SettingsDep, StoreDep
+from api.auth import OwnerDep, require_owner
+from api.deps import EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep
 from api.events import valid_event_id
-from shared.queue import cancel, delete, submit
+from shared.limits import submit_within_limits
+from shared.queue import cancel, delete
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
 
 NDJSON = "application/x-ndjson"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
+}
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=_ERRORS)
+# Every route here needs the caller's key when keys are configured, whether it reads the
+# owner or not.
+router = APIRouter(
+    prefix="/v1/batches",
+    tags=["batches"],
+    responses=_ERRORS,
+    dependencies=[Depends(require_owner)],
+)
 
 
 @router.post("", status_code=202, response_model=Batch, responses={409: {"model": ErrorBody}})
 async def create_batch(
     body: BatchCreate,
     response: Response,
+    owner: OwnerDep,
     store: StoreDep,
     settings: SettingsDep,
+    limits: LimitsDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Batch:
     """Submit a list of prompts; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
-    request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    batch, created = await submit(
+    batch, created = await submit_within_limits(
+        limits,
         store,
         plan_batch(body, settings),
         settings,
+        owner,
         idempotency_key=idempotency_key,
-        request_hash=request_hash,
+        request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
     )
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     if not created:
@@ -48,17 +62,18 @@ async def create_batch(
 @router.get("", response_model=BatchList)
 async def list_batches(
     store: StoreDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="A batch id: list those older than it.")] = None,
 ) -> BatchList:
     """Batches, newest first; pass `next_after` as `after` for the next page."""
-    return await store.list_batches(limit=limit, after=after)
+    return await store.list_batches(owner, limit=limit, after=after)
 
 
 @router.get("/{batch_id}", response_model=Batch)
-async def get_batch(batch_id: str, store: StoreDep) -> Batch:
+async def get_batch(batch_id: str, store: StoreDep, owner: OwnerDep) -> Batch:
     """The batch: status, counts and summed usage."""
-    return await store.get(batch_id)
+    return await store.get(batch_id, owner)
 
 
 @router.post(
@@ -67,16 +82,16 @@ async def get_batch(batch_id: str, store: StoreDep) -> Batch:
     response_model=Batch,
     responses={409: {"model": ErrorBody}},
 )
-async def cancel_batch(batch_id: str, store: StoreDep, redis: RedisDep) -> Batch:
+async def cancel_batch(batch_id: str, store: StoreDep, redis: RedisDep, owner: OwnerDep) -> Batch:
     """Stop a batch: no new item starts; items running may finish and are kept; the rest
     become `cancelled`. A finished batch cannot be cancelled (409)."""
-    return await cancel(store, redis, batch_id)
+    return await cancel(store, redis, batch_id, owner)
 
 
 @router.delete("/{batch_id}", status_code=204)
-async def delete_batch(batch_id: str, store: StoreDep, redis: RedisDep) -> None:
+async def delete_batch(batch_id: str, store: StoreDep, redis: RedisDep, owner: OwnerDep) -> None:
     """Delete a batch and its results (a running batch is cancelled first)."""
-    await delete(store, redis, batch_id)
+    await delete(store, redis, batch_id, owner)
 
 
 @router.get(
@@ -87,12 +102,14 @@ async def delete_batch(batch_id: str, store: StoreDep, redis: RedisDep) -> None:
 async def watch_batch(
     batch_id: str,
     hub: EventsDep,
+    owner: OwnerDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Live progress as server-sent events: `batch` (the batch object) first and on every
     change, `items` (items that became final, batched), ending with the final `batch`.
     Send `Last-Event-ID` to resume."""
-    return EventSourceResponse(await hub.stream(batch_id, valid_event_id(last_event_id)), ping=15)
+    updates = await hub.stream(batch_id, valid_event_id(last_event_id), owner)
+    return EventSourceResponse(updates, ping=15)
 
 
 @router.get(
@@ -103,6 +120,7 @@ async def watch_batch(
 async def get_results(
     batch_id: str,
     store: StoreDep,
+    owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, description="An item index.")] = None,
     accept: Annotated[str | None, Header()] = None,
@@ -110,7 +128,7 @@ async def get_results(
     """Items in input order, readable while the batch runs. `Accept: application/x-ndjson`
     streams every item, one JSON object a line."""
     if accept is not None and NDJSON in accept:
-        pages = await store.result_pages(batch_id)
+        pages = await store.result_pages(batch_id, owner)
         chunks = ("".join(item.model_dump_json() + "\n" for item in page) async for page in pages)
         return StreamingResponse(chunks, media_type=NDJSON)
-    return await store.results_page(batch_id, after=after, limit=limit)
+    return await store.results_page(batch_id, after=after, limit=limit, owner=owner)

@@ -85,11 +85,6 @@ def test_provider_defaults_to_openai_only_with_a_key() -> None:
     assert _settings(provider=None, openai_api_key="sk-x").resolved_provider == "openai"
 
 
-def test_api_keys_are_refused_until_authentication_exists() -> None:
-    with pytest.raises(ValidationError, match="PROMPTBATCH_API_KEYS"):
-        _settings(api_keys="k1,k2")
-
-
 def test_missing_redis_url_says_what_to_do() -> None:
     with pytest.raises(SettingsError, match=r"REDIS_URL is not set.*make run"):
         _settings(redis_url=None).require_redis_url()

@@ -1,0 +1,187 @@
+"""Per-key limits held in Redis, so they hold across every API process: a submission rate and a
+ceiling on prompts not yet final.
+
+The ceiling is counted at submit from the owner's own index of active batches (each batch
+hash's `total` less its final counts) plus the room reserved by submissions being stored right
+now; one Lua script checks and reserves at once, so two API processes cannot both slip past.
+Workers write nothing for it: finished batches are pruned from the index as it is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.errors import InvalidRequest, TooManyRequests
+from shared.queue import submit
+from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchPlan
+from shared.settings import Settings
+from shared.store import BatchStore
+
+log = logging.getLogger("promptbatch.limits")
+
+#: Retry-After when a key's queue is full: prompts finish at the provider's pace, not ours.
+QUEUE_FULL_RETRY_S = 5
+
+# KEYS: submissions, active batches, reservations (of one owner).
+# ARGV: rate per minute, prompt ceiling (0 = off), prompts, token, batch key before / after the
+# id, window ms, reservation ttl ms, then the final batch statuses.
+# Returns {0, 0} admitted (room reserved, submission counted), {1, ms until a submission leaves
+# the window}, or {2, prompts already queued}.
+_ADMIT = """
+local rate, ceiling, prompts = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local token, window, hold = ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8])
+local final = {}
+for i = 9, #ARGV do final[ARGV[i]] = true end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if rate > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[1]) >= rate then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {1, tonumber(oldest[2]) + window - now}
+  end
+end
+if ceiling > 0 then
+  local queued = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local f = redis.call('HMGET', ARGV[5] .. id .. ARGV[6],
+                         'status', 'total', 'succeeded', 'failed', 'cancelled')
+    if not f[1] or final[f[1]] then
+      redis.call('SREM', KEYS[2], id)
+    else
+      queued = queued + tonumber(f[2]) - (tonumber(f[3]) or 0) - (tonumber(f[4]) or 0)
+               - (tonumber(f[5]) or 0)
+    end
+  end
+  local held = redis.call('HGETALL', KEYS[3])
+  for i = 1, #held, 2 do
+    local n, expiry = string.match(held[i + 1], '^(%d+):(%d+)$')
+    if not n or tonumber(expiry) <= now then
+      redis.call('HDEL', KEYS[3], held[i])
+    else
+      queued = queued + tonumber(n)
+    end
+  end
+  if queued + prompts > ceiling then return {2, queued} end
+  redis.call('HSET', KEYS[3], token, prompts .. ':' .. (now + hold))
+  redis.call('PEXPIRE', KEYS[3], hold)
+end
+if rate > 0 then
+  redis.call('ZADD', KEYS[1], now, token)
+  redis.call('PEXPIRE', KEYS[1], window)
+end
+return {0, 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A submission let in: its entry in the rate window and its reserved room."""
+
+    owner: str
+    token: str
+
+
+class Limits:
+    """The per-key submission rate and queued-prompt ceiling; off when both settings are 0."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.rate_per_min = settings.rate_limit_per_min
+        self.max_queued = settings.max_queued_prompts
+        self._admit = redis.register_script(_ADMIT)
+
+    async def admit(self, owner: str, prompts: int) -> Admission | None:
+        """Count a submission of `prompts` against the owner's limits, or raise 429 (422 for a
+        batch that could never fit). None when no limit is set."""
+        if not (self.rate_per_min or self.max_queued):
+            return None
+        if self.max_queued and prompts > self.max_queued:
+            raise InvalidRequest(
+                f"A batch of {prompts} prompts exceeds this key's ceiling of "
+                f"{self.max_queued} prompts queued at once.",
+                param="prompts",
+            )
+        token = secrets.token_hex(8)
+        before, after = keys.batch_key_parts()
+        verdict, value = await self._admit(
+            keys=[keys.submissions(owner), keys.active_batches(owner), keys.reservations(owner)],
+            args=[self.rate_per_min, self.max_queued, prompts, token, before, after,
+                  keys.RATE_WINDOW_MS, keys.RESERVATION_TTL_MS, *sorted(FINAL_BATCH_STATUSES)],
+        )  # fmt: skip
+        if verdict == 1:
+            raise TooManyRequests(
+                f"This key may submit {self.rate_per_min} batches a minute; try again shortly.",
+                retry_after_s=math.ceil(int(value) / 1000),
+            )
+        if verdict == 2:
+            raise TooManyRequests(
+                f"This key has {int(value)} prompts queued and a ceiling of {self.max_queued}; "
+                "try again when some have finished.",
+                retry_after_s=QUEUE_FULL_RETRY_S,
+            )
+        return Admission(owner=owner, token=token)
+
+    async def settle(self, admission: Admission | None, batch_id: str) -> None:
+        """The batch is stored and queued: it now counts through the owner's active index."""
+        if admission is None or not self.max_queued:
+            return
+        active = keys.active_batches(admission.owner)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(active, batch_id)
+                pipe.pexpire(active, keys.ACTIVE_TTL_MS)
+                pipe.hdel(keys.reservations(admission.owner), admission.token)
+                await pipe.execute()
+        except RedisError as exc:  # the batch is accepted; its reservation lapses on its own
+            log.warning("could not index batch %s as active (%s)", batch_id, type(exc).__name__)
+
+    async def release(self, admission: Admission | None) -> None:
+        """The submission did not happen: give back its reserved room and its rate entry."""
+        if admission is None:
+            return
+        with contextlib.suppress(RedisError):  # both lapse on their own
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.reservations(admission.owner), admission.token)
+                pipe.zrem(keys.submissions(admission.owner), admission.token)
+                await pipe.execute()
+
+
+async def submit_within_limits(
+    limits: Limits,
+    store: BatchStore,
+    plan: BatchPlan,
+    settings: Settings,
+    owner: str,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+) -> tuple[Batch, bool]:
+    """Admit, store and queue a batch; returns it and whether it is new. A submission that
+    fails, or repeats an earlier one (`Idempotency-Key`), gives its room back."""
+    admission = await limits.admit(owner, len(plan.items))
+    try:
+        batch, created = await submit(
+            store,
+            plan,
+            settings,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+    except BaseException:
+        await limits.release(admission)
+        raise
+    if created:
+        await limits.settle(admission, batch.id)
+    else:
+        await limits.release(admission)
+    return batch, created
