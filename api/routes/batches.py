@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
+from api.bodies import BatchBodyRoute
 from api.deps import SettingsDep, StoreDep
 from shared.queue import submit
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage, plan_batch
@@ -15,7 +16,9 @@ NDJSON = "application/x-ndjson"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 422, 503)}
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=_ERRORS)
+router = APIRouter(
+    prefix="/v1/batches", tags=["batches"], responses=_ERRORS, route_class=BatchBodyRoute
+)
 
 
 @router.post("", status_code=202, response_model=Batch)
