@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from api.auth import OwnerDep, require_owner
+from api.bodies import BatchBodyRoute
 from api.deps import EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep
 from api.events import valid_event_id
 from shared.limits import submit_within_limits
@@ -23,12 +24,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 # Every route here needs the caller's key when keys are configured, whether it reads the
-# owner or not.
+# owner or not. A batch may also be posted as OpenAI Batch input lines (NDJSON).
 router = APIRouter(
     prefix="/v1/batches",
     tags=["batches"],
     responses=_ERRORS,
     dependencies=[Depends(require_owner)],
+    route_class=BatchBodyRoute,
 )
 
 

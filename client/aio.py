@@ -1,0 +1,136 @@
+"""The asyncio client: `await AsyncClient(url).submit(prompts)` returns an `AsyncBatch`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import nullcontext
+from types import TracebackType
+from typing import Any, Unpack
+
+import httpx
+from rich.console import Console
+
+from client import _requests as req
+from client.errors import check, reaching
+from client.events import awatch
+from client.progress import BatchProgress
+from shared import schemas
+from shared.openai_format import OutputLine, output_line
+from shared.schemas import BatchCreate, BatchList, ItemResult
+
+
+class AsyncClient:
+    """`Client` for asyncio. Close it when done (or use `async with AsyncClient(...) as pb:`)."""
+
+    def __init__(
+        self,
+        base_url: str = req.DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.http = http or httpx.AsyncClient(
+            base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def submit(
+        self,
+        prompts: Iterable[req.Prompt],
+        **options: Unpack[req.BatchOptions],
+    ) -> AsyncBatch:
+        """Submit prompts (strings, or `{"prompt", "custom_id"}`) as one batch; `options` are
+        `model`, `system`, `params`, `max_concurrency` and `metadata`."""
+        return await self.create(req.batch_request(prompts, **options))
+
+    async def create(self, request: BatchCreate) -> AsyncBatch:
+        """Submit a batch built as the API's own `BatchCreate` body."""
+        response = await self._send(
+            "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
+        )
+        return AsyncBatch(self, schemas.Batch.model_validate_json(response.content))
+
+    async def get(self, batch_id: str) -> AsyncBatch:
+        """The batch with this id, as it is now."""
+        return AsyncBatch(self, await self._read(batch_id))
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
+        """Batches, newest first; pass `next_after` as `after` for the next page."""
+        query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
+        response = await self._send("GET", "/v1/batches", params=query)
+        return BatchList.model_validate_json(response.content)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with reaching(self.http.base_url):
+            return check(await self.http.request(method, path, **kwargs))
+
+    async def _read(self, batch_id: str) -> schemas.Batch:
+        response = await self._send("GET", req.batch_path(batch_id))
+        return schemas.Batch.model_validate_json(response.content)
+
+
+class AsyncBatch:
+    """A submitted batch. `info` is its last snapshot (status, counts, usage)."""
+
+    def __init__(self, client: AsyncClient, info: schemas.Batch) -> None:
+        self.client = client
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"<AsyncBatch {self.id} {self.info.status}>"
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    async def refresh(self) -> schemas.Batch:
+        self.info = await self.client._read(self.id)
+        return self.info
+
+    async def wait(
+        self, *, progress: bool = False, console: Console | None = None, poll_s: float = req.POLL_S
+    ) -> AsyncBatch:
+        """Wait until the batch is final, with a live progress bar when `progress`."""
+        bar = BatchProgress(console) if progress else None
+        with reaching(self.client.http.base_url), bar or nullcontext():
+            async for snapshot in awatch(self.client.http, self.id, poll_s):
+                self.info = snapshot
+                if bar is not None:
+                    bar.update(snapshot)
+        return self
+
+    async def results(self) -> AsyncIterator[ItemResult]:
+        """Every item in input order, streamed: one line read at a time, never all at once."""
+        http, path = self.client.http, req.batch_path(self.id, "/results")
+        headers = {"Accept": req.NDJSON}
+        with reaching(http.base_url):
+            async with http.stream("GET", path, headers=headers) as response:
+                if response.is_error:
+                    await response.aread()
+                    check(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield ItemResult.model_validate_json(line)
+
+    async def openai_results(self) -> AsyncIterator[OutputLine]:
+        """Finished items as OpenAI Batch output lines (pending items are left out)."""
+        async for item in self.results():
+            if (line := output_line(item, self.info)) is not None:
+                yield line
+
+    async def cancel(self) -> schemas.Batch:
+        """Ask the batch to stop: no new items start; finished results are kept."""
+        response = await self.client._send("POST", req.batch_path(self.id, "/cancel"))
+        self.info = schemas.Batch.model_validate_json(response.content)
+        return self.info

@@ -1,0 +1,289 @@
+"""The `promptbatch` command line: submit a file of prompts, watch it with a live progress bar,
+and write its results, in promptbatch's own format or as an OpenAI Batch output file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn, TextIO
+
+import typer
+from rich.console import Console
+
+from client._requests import DEFAULT_URL
+from client.errors import APIConnectionError, APIError, PromptbatchError
+from client.inputs import InputFormat, read_batch_file
+from client.sync import Batch, Client
+from shared.errors import AppError
+from shared.schemas import BatchCreate
+
+app = typer.Typer(
+    help="Run large LLM prompt batches on a promptbatch server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Exit status after Ctrl-C, as a shell reports a process stopped by SIGINT.
+INTERRUPTED = 130
+
+
+class Format(StrEnum):
+    promptbatch = "promptbatch"
+    openai = "openai"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the API is, and how the command was told so (to repeat it in hints)."""
+
+    url: str
+    api_key: str | None
+    url_given: bool
+
+
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Write results to this file (default: stdout).", dir_okay=False
+    ),
+]
+FormatOption = Annotated[
+    Format | None,
+    typer.Option(
+        "--format",
+        help="Results as promptbatch items or OpenAI Batch output lines [default: openai for an "
+        "OpenAI input file, else promptbatch].",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON.")]
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Option(envvar="PROMPTBATCH_URL", help="The promptbatch API.")
+    ] = DEFAULT_URL,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PROMPTBATCH_API_KEY", help="Sent as a bearer key.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    source = ctx.get_parameter_source("url")
+    given = source is not None and source.name == "COMMANDLINE"
+    ctx.obj = Target(url=url, api_key=api_key, url_given=given)
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="One prompt a line; JSONL of {custom_id, prompt}; or an OpenAI Batch input file.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    model: Annotated[str | None, typer.Option(help="The model (default: the server's).")] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt for every prompt.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Most calls in flight at once for this batch.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Watch progress, then write results.")
+    ] = False,
+    output: Output = None,
+    fmt: FormatOption = None,
+) -> None:
+    """Submit a file of prompts as one batch; print its id (or, with --wait, its results)."""
+    request, kind = _read(file)
+    request = _override(request, model, system, concurrency)
+    with _session(ctx) as client:
+        batch = client.create(request)
+        count = batch.info.request_counts.total
+        if not wait:
+            typer.echo(batch.id)
+            follow = _command(ctx, "watch", batch.id)
+            _note(f"Submitted {batch.id} ({count} prompts). Follow it: {follow}")
+            return
+        default = Format.openai if kind == "openai" else Format.promptbatch
+        _follow(
+            ctx, batch, output, fmt or default, intro=f"Submitted {batch.id} ({count} prompts)."
+        )
+
+
+@app.command()
+def watch(
+    ctx: typer.Context, batch_id: str, output: Output = None, fmt: FormatOption = None
+) -> None:
+    """Show a batch's progress until it is final, then write its results."""
+    with _session(ctx) as client:
+        _follow(ctx, client.get(batch_id), output, fmt or Format.promptbatch)
+
+
+@app.command()
+def status(ctx: typer.Context, batch_id: str, as_json: AsJson = False) -> None:
+    """Show a batch's status, counts and usage."""
+    with _session(ctx) as client:
+        info = client.get(batch_id).info
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    counts, usage = info.request_counts, info.usage
+    typer.echo(f"{info.id}  {info.status}  {info.model} ({info.provider})")
+    typer.echo(
+        f"  {counts.total - counts.pending}/{counts.total} done: {counts.succeeded} succeeded, "
+        f"{counts.failed} failed, {counts.cancelled} cancelled, {counts.pending} pending"
+    )
+    typer.echo(f"  tokens: {usage.input_tokens} in, {usage.output_tokens} out")
+    if info.error is not None:
+        typer.echo(f"  error: {info.error.type}: {info.error.message}")
+
+
+@app.command()
+def results(
+    ctx: typer.Context, batch_id: str, output: Output = None, fmt: FormatOption = None
+) -> None:
+    """Write a batch's results in input order (readable while it runs)."""
+    with _session(ctx) as client:
+        _write(client.get(batch_id), output, fmt or Format.promptbatch)
+
+
+@app.command()
+def cancel(ctx: typer.Context, batch_id: str) -> None:
+    """Cancel a batch: no new items start; finished results are kept."""
+    with _session(ctx) as client:
+        info = client.get(batch_id).cancel()
+    typer.echo(f"{info.id}  {info.status}")
+
+
+@app.command("list")
+def list_batches(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    as_json: AsJson = False,
+) -> None:
+    """List batches, newest first."""
+    with _session(ctx) as client:
+        page = client.list(limit=limit)
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    for info in page.data:
+        counts = info.request_counts
+        done = f"{counts.total - counts.pending}/{counts.total}"
+        typer.echo(
+            f"{info.id}  {info.status:<11}  {done:>13} done  {counts.failed:>6} failed  "
+            f"{info.model}  {info.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+# -- the parts commands share --------------------------------------------------------------------
+
+
+def _read(file: Path) -> tuple[BatchCreate, InputFormat]:
+    try:
+        return read_batch_file(file)
+    except AppError as exc:
+        _fail(f"{file}: {exc.message}")
+
+
+def _override(
+    request: BatchCreate, model: str | None, system: str | None, concurrency: int | None
+) -> BatchCreate:
+    """Options given on the command line win over what the file says."""
+    given = {"model": model, "system": system, "max_concurrency": concurrency}
+    return request.model_copy(update={k: v for k, v in given.items() if v is not None})
+
+
+@contextmanager
+def _session(ctx: typer.Context) -> Iterator[Client]:
+    """A client for the API; its errors end the command with one line on stderr."""
+    target = ctx.find_object(Target)
+    assert target is not None
+    try:
+        with Client(target.url, api_key=target.api_key) as client:
+            yield client
+    except APIConnectionError as exc:
+        _fail(f"{exc} (is it running? set --url or PROMPTBATCH_URL)")
+    except APIError as exc:
+        hint = " (set --api-key or PROMPTBATCH_API_KEY)" if exc.status_code == 401 else ""
+        _fail(f"{exc}{hint}")
+    except PromptbatchError as exc:
+        _fail(str(exc))
+
+
+def _follow(
+    ctx: typer.Context, batch: Batch, output: Path | None, fmt: Format, intro: str | None = None
+) -> None:
+    """Watch to the end, then write results; Ctrl-C stops watching, never the batch."""
+    try:
+        if intro:
+            _note(intro)
+        batch.wait(progress=True, console=Console(stderr=True))
+        _write(batch, output, fmt)
+    except KeyboardInterrupt:
+        again = _command(ctx, "watch", batch.id) + (f" -o {output}" if output else "")
+        status = _command(ctx, "status", batch.id)
+        _note(
+            f"Stopped watching; {batch.id} keeps running.\n"
+            f"  watch again: {again}\n  its status:  {status}"
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    info = batch.info
+    counts = info.request_counts
+    _note(
+        f"{info.id} {info.status}: {counts.succeeded} succeeded, {counts.failed} failed, "
+        f"{counts.cancelled} cancelled" + (f"; results in {output}" if output else "")
+    )
+    if info.status == "failed":
+        _fail(f"batch {info.id} failed: {info.error.message if info.error else 'no reason given'}")
+
+
+def _write(batch: Batch, output: Path | None, fmt: Format) -> None:
+    """Results, one JSON object a line, streamed; a file appears whole or not at all."""
+    lines: Iterator[str] = (
+        (line.model_dump_json() for line in batch.openai_results())
+        if fmt is Format.openai
+        else (item.model_dump_json() for item in batch.results())
+    )
+    if output is None:
+        _write_lines(lines, sys.stdout)
+        return
+    partial = output.with_name(output.name + ".part")
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            _write_lines(lines, file)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_lines(lines: Iterator[str], file: TextIO) -> None:
+    for line in lines:
+        file.write(line + "\n")
+
+
+def _command(ctx: typer.Context, name: str, batch_id: str) -> str:
+    target = ctx.find_object(Target)
+    url = f" --url {target.url}" if target is not None and target.url_given else ""
+    return f"promptbatch{url} {name} {batch_id}"
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo("error: " + " ".join(message.split()), err=True)
+    raise typer.Exit(1)

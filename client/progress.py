@@ -1,0 +1,67 @@
+"""A live progress bar of one batch (done/total, failed, rate, ETA), in a terminal or notebook."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from shared.schemas import Batch
+
+
+class RateColumn(ProgressColumn):
+    """Items finished per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
+
+
+class BatchProgress:
+    """Shows a batch's snapshots as they come; use as a context manager around `update` calls."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"),
+            RateColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> BatchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def update(self, batch: Batch) -> None:
+        counts = batch.request_counts
+        done = counts.total - counts.pending
+        if self._task is None:
+            self._task = self._progress.add_task(
+                batch.status, total=counts.total, completed=done, failed=counts.failed
+            )
+        self._progress.update(
+            self._task, description=batch.status, completed=done, failed=counts.failed
+        )

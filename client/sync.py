@@ -1,0 +1,138 @@
+"""The blocking client: `Client(url).submit(prompts)` returns a `Batch` to wait on and read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from types import TracebackType
+from typing import Any, Unpack
+
+import httpx
+from rich.console import Console
+
+from client import _requests as req
+from client.errors import check, reaching
+from client.events import watch
+from client.progress import BatchProgress
+from shared import schemas
+from shared.openai_format import OutputLine, output_line
+from shared.schemas import BatchCreate, BatchList, ItemResult
+
+
+class Client:
+    """A promptbatch API client. Close it when done (or use `with Client(...) as pb:`)."""
+
+    def __init__(
+        self,
+        base_url: str = req.DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.http = http or httpx.Client(
+            base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(
+        self,
+        prompts: Iterable[req.Prompt],
+        **options: Unpack[req.BatchOptions],
+    ) -> Batch:
+        """Submit prompts (strings, or `{"prompt", "custom_id"}`) as one batch; `options` are
+        `model`, `system`, `params`, `max_concurrency` and `metadata`."""
+        return self.create(req.batch_request(prompts, **options))
+
+    def create(self, request: BatchCreate) -> Batch:
+        """Submit a batch built as the API's own `BatchCreate` body."""
+        response = self._send(
+            "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
+        )
+        return Batch(self, schemas.Batch.model_validate_json(response.content))
+
+    def get(self, batch_id: str) -> Batch:
+        """The batch with this id, as it is now."""
+        return Batch(self, self._read(batch_id))
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
+        """Batches, newest first; pass `next_after` as `after` for the next page."""
+        query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
+        return BatchList.model_validate_json(self._send("GET", "/v1/batches", params=query).content)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with reaching(self.http.base_url):
+            return check(self.http.request(method, path, **kwargs))
+
+    def _read(self, batch_id: str) -> schemas.Batch:
+        return schemas.Batch.model_validate_json(
+            self._send("GET", req.batch_path(batch_id)).content
+        )
+
+
+class Batch:
+    """A submitted batch. `info` is its last snapshot (status, counts, usage)."""
+
+    def __init__(self, client: Client, info: schemas.Batch) -> None:
+        self.client = client
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.id} {self.info.status}>"
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def refresh(self) -> schemas.Batch:
+        self.info = self.client._read(self.id)
+        return self.info
+
+    def wait(
+        self, *, progress: bool = False, console: Console | None = None, poll_s: float = req.POLL_S
+    ) -> Batch:
+        """Block until the batch is final, with a live progress bar when `progress`."""
+        bar = BatchProgress(console) if progress else None
+        with reaching(self.client.http.base_url), bar or nullcontext():
+            for snapshot in watch(self.client.http, self.id, poll_s):
+                self.info = snapshot
+                if bar is not None:
+                    bar.update(snapshot)
+        return self
+
+    def results(self) -> Iterator[ItemResult]:
+        """Every item in input order, streamed: one line read at a time, never all at once."""
+        http = self.client.http
+        headers = {"Accept": req.NDJSON}
+        with (
+            reaching(http.base_url),
+            http.stream("GET", req.batch_path(self.id, "/results"), headers=headers) as response,
+        ):
+            if response.is_error:
+                response.read()
+                check(response)
+            for line in response.iter_lines():
+                if line:
+                    yield ItemResult.model_validate_json(line)
+
+    def openai_results(self) -> Iterator[OutputLine]:
+        """Finished items as OpenAI Batch output lines (pending items are left out)."""
+        for item in self.results():
+            if (line := output_line(item, self.info)) is not None:
+                yield line
+
+    def cancel(self) -> schemas.Batch:
+        """Ask the batch to stop: no new items start; finished results are kept."""
+        response = self.client._send("POST", req.batch_path(self.id, "/cancel"))
+        self.info = schemas.Batch.model_validate_json(response.content)
+        return self.info

@@ -1,0 +1,109 @@
+"""POST /v1/batches with an OpenAI Batch input file as an NDJSON body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from shared.store import BatchStore
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def request(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": "Answer in one line."},
+                {"role": "user", "content": prompt}]  # fmt: skip
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o", "messages": messages, **body},
+    }
+
+
+def ndjson(*lines: Any) -> str:
+    return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+
+
+async def test_an_openai_batch_file_is_one_batch(client: httpx.AsyncClient, redis_url: str) -> None:
+    body = ndjson(
+        request("q1", "Where is Seoul?", temperature=0.2, max_tokens=64, stop="\n\n"),
+        request("q2", "What is 2+2?", temperature=0.2, max_tokens=64, stop="\n\n"),
+    )
+    response = await client.post("/v1/batches", content=body, headers=NDJSON)
+
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert response.headers["location"] == f"/v1/batches/{batch['id']}"
+    assert batch["model"] == "gpt-4o"
+    assert batch["request_counts"]["total"] == 2
+    results = (await client.get(f"/v1/batches/{batch['id']}/results")).json()["data"]
+    assert [(r["custom_id"], r["status"]) for r in results] == [
+        ("q1", "pending"),
+        ("q2", "pending"),
+    ]
+    async with Redis.from_url(redis_url) as redis:
+        spec = await BatchStore(redis).spec(batch["id"])
+    assert spec is not None
+    assert spec.system == "Answer in one line."
+    assert spec.params.model_dump(exclude_none=True) == {
+        "temperature": 0.2, "max_tokens": 64, "stop": ["\n\n"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("lines", "param"),
+    [
+        ((request("a", "x"), {**request("b", "y"), "url": "/v1/embeddings"}), "line[2].url"),
+        ((request("a", "x"), request("b", "y", model="gpt-4o-mini")), "line[2].body.model"),
+        ((request("a", "x"), request("b", "y", top_p=0.5)), "line[2].body.top_p"),
+        ((request("a", "x"), "", '{"custom_id": '), "line[3]"),
+        ((request("a", "x"), request("a", "y")), "line[2].custom_id"),
+        ((request("a", "x", n=2),), "line[1].body.n"),
+        (({**request("a", "x"), "body": {"messages": []}},), "line[1].body.messages"),
+        (("",), "line[1]"),
+    ],
+    ids=[
+        "url",
+        "mixed-model",
+        "mixed-params",
+        "malformed",
+        "duplicate-id",
+        "unknown-param",
+        "no-messages",
+        "empty",
+    ],
+)
+async def test_a_bad_line_is_422_naming_it_and_stores_nothing(
+    client: httpx.AsyncClient, redis_url: str, lines: tuple[Any, ...], param: str
+) -> None:
+    response = await client.post("/v1/batches", content=ndjson(*lines), headers=NDJSON)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    with sync_redis.Redis.from_url(redis_url) as redis:
+        assert list(redis.scan_iter("*")) == []
+
+
+async def test_a_conversation_with_earlier_turns_is_refused(client: httpx.AsyncClient) -> None:
+    line = request("a", "x")
+    line["body"]["messages"] += [{"role": "assistant", "content": "hm"},
+                                 {"role": "user", "content": "and?"}]  # fmt: skip
+    response = await client.post("/v1/batches", content=ndjson(line), headers=NDJSON)
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "line[1].body.messages"
+
+
+async def test_openapi_documents_both_bodies(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    content = schema["paths"]["/v1/batches"]["post"]["requestBody"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/BatchCreate"}
+    assert "application/x-ndjson" in content
+    assert "requestBody" not in schema["paths"]["/v1/batches/{batch_id}"]["get"]

@@ -1,0 +1,278 @@
+"""The `promptbatch` command as a person runs it: a real subprocess against a real API process,
+a real worker and Redis (and the OpenAI-compatible mock where a batch must be held open)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.llm import OFFLINE_PREFIX
+from tests.helpers import MockProvider, Proc, free_port, wait_until
+from tests.integration.flows import openai_worker
+
+pytestmark = pytest.mark.integration
+
+PROMPTBATCH = str(Path(sys.executable).with_name("promptbatch"))
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+SUBMITTED = re.compile(r"Submitted (batch_\w+)")
+
+
+def cli_env(url: str) -> dict[str, str]:
+    """A terminal of 120 columns (rich draws the live bar as it would for a person)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTBATCH_")}
+    env.pop("NO_COLOR", None)
+    env.update(PROMPTBATCH_URL=url, FORCE_COLOR="1", COLUMNS="120")
+    return env
+
+
+def run_cli(url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PROMPTBATCH, *args], env=cli_env(url), cwd=cwd, capture_output=True, text=True,
+        timeout=110,
+    )  # fmt: skip
+
+
+def bar_frames(stderr: str) -> list[str]:
+    """Each drawing of the progress bar, escape codes dropped, in the order drawn."""
+    text = ANSI.sub("", stderr)
+    return [frame.strip() for frame in re.split(r"[\r\n]", text) if "ETA" in frame]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def openai_line(custom_id: str, prompt: str, model: str = "gpt-4o-mini") -> str:
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": prompt},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 64,
+    }
+    line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    return json.dumps(line)
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert done.returncode != 0
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    for piece in expected:
+        assert piece in lines[0]
+
+
+def test_submit_wait_writes_100_results_in_order_and_the_bar_reaches_100_percent(
+    live_api: Callable[..., str], workers: Callable[..., Proc], tmp_path: Path
+) -> None:
+    workers()
+    url = live_api()
+    prompts = [f"prompt number {i}" for i in range(100)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+
+    done = run_cli(url, "submit", "prompts.txt", "--wait", "-o", "out.jsonl", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    items = read_jsonl(tmp_path / "out.jsonl")
+    assert [item["index"] for item in items] == list(range(100))
+    assert [item["status"] for item in items] == ["succeeded"] * 100
+    assert [item["output"] for item in items] == [f"{OFFLINE_PREFIX}{p}" for p in prompts]
+    frames = bar_frames(done.stderr)
+    assert frames, done.stderr
+    last = frames[-1]
+    assert "completed" in last
+    assert "100%" in last
+    assert "100/100" in last
+    assert "failed 0" in last
+
+
+def test_an_openai_batch_file_round_trips_in_openai_output_lines(
+    live_api: Callable[..., str], workers: Callable[..., Proc], tmp_path: Path
+) -> None:
+    workers()
+    url = live_api()
+    ids = [f"request-{secrets.token_hex(3)}-{i}" for i in range(12)]
+    lines = [openai_line(custom_id, f"question {custom_id}") for custom_id in ids]
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n")
+
+    done = run_cli(url, "submit", "batch.jsonl", "--wait", "-o", "out.jsonl", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [line["custom_id"] for line in out] == ids
+    for line, custom_id in zip(out, ids, strict=True):
+        assert set(line) == {"id", "custom_id", "response", "error"}
+        assert line["id"].startswith("batch_req_")
+        assert line["error"] is None
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["request_id"]
+        body = line["response"]["body"]
+        assert body["object"] == "chat.completion"
+        assert body["model"] == "gpt-4o-mini"
+        message = body["choices"][0]["message"]
+        assert message["role"] == "assistant"
+        assert message["content"] == f"{OFFLINE_PREFIX}question {custom_id}"
+        usage = body["usage"]
+        assert usage["completion_tokens"] > 0
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+    # The same file posted to the API as NDJSON, its results read back in OpenAI's format.
+    posted = httpx.post(
+        f"{url}/v1/batches",
+        content=(tmp_path / "batch.jsonl").read_bytes(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert posted.status_code == 202, posted.text
+    batch_id = posted.json()["id"]
+    watched = run_cli(url, "watch", batch_id, "--format", "openai", cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    again = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [line["custom_id"] for line in again] == ids
+    assert [line["response"]["body"]["choices"] for line in again] == [
+        line["response"]["body"]["choices"] for line in out
+    ]
+
+
+def test_submit_status_list_and_results_of_a_batch(
+    live_api: Callable[..., str], workers: Callable[..., Proc], tmp_path: Path
+) -> None:
+    workers()
+    url = live_api()
+    rows = [{"custom_id": "alpha", "prompt": "first"}, {"custom_id": "beta", "prompt": "second"}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    submitted = run_cli(url, "submit", "prompts.jsonl", "--system", "Be brief.", cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip()
+    assert batch_id.startswith("batch_")
+    assert f"promptbatch watch {batch_id}" in submitted.stderr
+
+    watched = run_cli(url, "watch", batch_id, cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    items = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [(i["custom_id"], i["output"]) for i in items] == [
+        ("alpha", f"{OFFLINE_PREFIX}first"), ("beta", f"{OFFLINE_PREFIX}second"),
+    ]  # fmt: skip
+
+    status = run_cli(url, "status", batch_id, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"{batch_id}  completed" in status.stdout
+    assert "2/2 done: 2 succeeded, 0 failed" in status.stdout
+    as_json = json.loads(run_cli(url, "status", batch_id, "--json", cwd=tmp_path).stdout)
+    assert as_json["request_counts"]["succeeded"] == 2
+
+    listed = run_cli(url, "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith(f"{batch_id}  completed")
+
+    results = run_cli(url, "results", batch_id, "-o", "results.jsonl", cwd=tmp_path)
+    assert results.returncode == 0, results.stderr
+    assert read_jsonl(tmp_path / "results.jsonl") == items
+
+
+def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
+    live_api: Callable[..., str],
+    workers: Callable[..., Proc],
+    mock: MockProvider,
+    tmp_path: Path,
+) -> None:
+    openai_worker(workers, mock)
+    url = live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
+    gate = f"cli-{secrets.token_hex(4)}"
+    (tmp_path / "prompts.txt").write_text("".join(f"held {i} [[gate={gate}]]\n" for i in range(3)))
+    stderr = tmp_path / "stderr.txt"
+    args = [PROMPTBATCH, "submit", "prompts.txt", "--model", "mock-1", "--wait", "-o", "out.jsonl"]
+    with stderr.open("w") as err:
+        watcher = subprocess.Popen(args, env=cli_env(url), cwd=tmp_path, stderr=err)
+    try:
+        found = wait_until(lambda: SUBMITTED.search(stderr.read_text()), what="the submission")
+        assert found is not None
+        batch_id = found.group(1)
+        watcher.send_signal(signal.SIGINT)
+        code = watcher.wait(timeout=60)
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+    assert code == 130
+    said = stderr.read_text()
+    assert "Stopped watching" in said
+    assert f"promptbatch watch {batch_id} -o out.jsonl" in said
+    assert f"promptbatch status {batch_id}" in said
+    assert not (tmp_path / "out.jsonl").exists()
+    assert httpx.get(f"{url}/v1/batches/{batch_id}").json()["status"] in ("queued", "in_progress")
+
+    mock.open_gate(gate)
+    resumed = run_cli(url, "watch", batch_id, "-o", "out.jsonl", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    items = read_jsonl(tmp_path / "out.jsonl")
+    assert [item["status"] for item in items] == ["succeeded"] * 3
+
+
+# -- errors: one line on stderr, a failing exit ---------------------------------------------------
+
+
+@pytest.fixture
+def auth_stub(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "tests.cli.auth_stub", "--port", str(port)]
+    proc = Proc(args, dict(os.environ), tmp_path / "stub.log").start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, what="the auth stub")
+    yield url
+    proc.stop()
+
+
+def test_a_server_that_is_down_is_one_error_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = run_cli(url, "status", "batch_anything", cwd=tmp_path)
+    assert_one_error_line(done, "cannot reach the promptbatch API", url, "PROMPTBATCH_URL")
+
+
+def test_a_refused_api_key_is_one_error_line(auth_stub: str, tmp_path: Path) -> None:
+    done = run_cli(auth_stub, "--api-key", "wrong", "list", cwd=tmp_path)
+    assert_one_error_line(done, "401", "Missing or invalid API key.", "--api-key")
+
+
+def test_an_unknown_batch_is_one_error_line(live_api: Callable[..., str], tmp_path: Path) -> None:
+    done = run_cli(live_api(), "status", "batch_nope", cwd=tmp_path)
+    assert_one_error_line(done, "404", "No batch batch_nope.")
+
+
+def test_a_rejected_submission_is_one_error_line_naming_the_field(
+    live_api: Callable[..., str], tmp_path: Path
+) -> None:
+    (tmp_path / "prompts.txt").write_text("one\ntwo\n")
+    done = run_cli(live_api(), "submit", "prompts.txt", "--concurrency", "1000", cwd=tmp_path)
+    assert_one_error_line(done, "422", "max_concurrency is at most", "param: max_concurrency")
+
+
+def test_a_bad_line_in_the_input_file_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    lines = [openai_line("a", "fine"), openai_line("b", "other").replace("chat/completions", "x")]
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    url = f"http://127.0.0.1:{free_port()}"  # refused before anything is sent
+    done = run_cli(url, "submit", "batch.jsonl", cwd=tmp_path)
+    assert_one_error_line(done, "batch.jsonl", "Line 2", "url must be /v1/chat/completions")
