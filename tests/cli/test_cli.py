@@ -10,7 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,25 +225,35 @@ def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
     assert [item["status"] for item in items] == ["succeeded"] * 3
 
 
+def test_cancel_stops_a_running_batch(
+    live_api: Callable[..., str],
+    workers: Callable[..., Proc],
+    mock: MockProvider,
+    tmp_path: Path,
+) -> None:
+    openai_worker(workers, mock)
+    url = live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
+    (tmp_path / "prompts.txt").write_text("".join(f"slow {i} [[latency=300]]\n" for i in range(30)))
+    submitted = run_cli(url, "submit", "prompts.txt", "--concurrency", "2", cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = submitted.stdout.strip()
+    wait_until(lambda: int(str(mock.stats()["calls"])) >= 2, what="the first calls")
+
+    cancelled = run_cli(url, "cancel", batch_id, cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancel" in cancelled.stdout
+    wait_until(
+        lambda: httpx.get(f"{url}/v1/batches/{batch_id}").json()["status"] == "cancelled",
+        what="the batch to be cancelled",
+    )
+    counts = httpx.get(f"{url}/v1/batches/{batch_id}").json()["request_counts"]
+    assert counts["succeeded"] + counts["cancelled"] == 30
+    assert counts["cancelled"] >= 20  # calls in flight finished; no new ones started
+    again = run_cli(url, "cancel", batch_id, cwd=tmp_path)
+    assert_one_error_line(again, "409", "already cancelled")
+
+
 # -- errors: one line on stderr, a failing exit ---------------------------------------------------
-
-
-@pytest.fixture
-def auth_stub(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    args = [sys.executable, "-m", "tests.cli.auth_stub", "--port", str(port)]
-    proc = Proc(args, dict(os.environ), tmp_path / "stub.log").start()
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, what="the auth stub")
-    yield url
-    proc.stop()
 
 
 def test_a_server_that_is_down_is_one_error_line(tmp_path: Path) -> None:
@@ -252,9 +262,12 @@ def test_a_server_that_is_down_is_one_error_line(tmp_path: Path) -> None:
     assert_one_error_line(done, "cannot reach the promptbatch API", url, "PROMPTBATCH_URL")
 
 
-def test_a_refused_api_key_is_one_error_line(auth_stub: str, tmp_path: Path) -> None:
-    done = run_cli(auth_stub, "--api-key", "wrong", "list", cwd=tmp_path)
-    assert_one_error_line(done, "401", "Missing or invalid API key.", "--api-key")
+def test_a_refused_api_key_is_one_error_line(live_api: Callable[..., str], tmp_path: Path) -> None:
+    url = live_api(PROMPTBATCH_API_KEYS="the-right-key")
+    done = run_cli(url, "--api-key", "wrong", "list", cwd=tmp_path)
+    assert_one_error_line(done, "401", "The API key is not valid.", "--api-key")
+    allowed = run_cli(url, "--api-key", "the-right-key", "list", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
 
 
 def test_an_unknown_batch_is_one_error_line(live_api: Callable[..., str], tmp_path: Path) -> None:
