@@ -186,14 +186,17 @@ def test_submit_status_list_and_results_of_a_batch(
     assert read_jsonl(tmp_path / "results.jsonl") == items
 
 
-def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
-    live_api: Callable[..., str],
-    workers: Callable[..., Proc],
-    mock: MockProvider,
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def mock_api(live_api: Callable[..., str], workers: Callable[..., Proc], mock: MockProvider) -> str:
+    """A real API and worker on the OpenAI path, against the mock provider; the API's URL."""
     openai_worker(workers, mock)
-    url = live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
+    return live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
+
+
+def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
+    mock_api: str, mock: MockProvider, tmp_path: Path
+) -> None:
+    url = mock_api
     gate = f"cli-{secrets.token_hex(4)}"
     (tmp_path / "prompts.txt").write_text("".join(f"held {i} [[gate={gate}]]\n" for i in range(3)))
     stderr = tmp_path / "stderr.txt"
@@ -225,14 +228,8 @@ def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
     assert [item["status"] for item in items] == ["succeeded"] * 3
 
 
-def test_cancel_stops_a_running_batch(
-    live_api: Callable[..., str],
-    workers: Callable[..., Proc],
-    mock: MockProvider,
-    tmp_path: Path,
-) -> None:
-    openai_worker(workers, mock)
-    url = live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
+def test_cancel_stops_a_running_batch(mock_api: str, mock: MockProvider, tmp_path: Path) -> None:
+    url = mock_api
     (tmp_path / "prompts.txt").write_text("".join(f"slow {i} [[latency=300]]\n" for i in range(30)))
     submitted = run_cli(url, "submit", "prompts.txt", "--concurrency", "2", cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
