@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from shared.settings import Settings
 from tests.conftest import api_client
 from tests.helpers import MockProvider, Proc, wait_for, wait_until
 from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
+from tests.servers import start_api
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +231,32 @@ async def test_readiness_drops_within_seconds_of_a_worker_kill_and_returns_with_
         assert "worker" in down.json()["error"]["message"]
         workers()
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_many_watchers_of_one_batch_cost_redis_one_reader(
+    settings: Settings, tmp_path: Path
+) -> None:
+    api = start_api(settings.require_redis_url(), tmp_path / "api.log")
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
+            batch = await submit(client, prompts=["a", "b"])  # no worker: it stays queued
+            url = f"/v1/batches/{batch['id']}/events"
+            async with contextlib.AsyncExitStack() as streams:
+                watchers = [
+                    await streams.enter_async_context(client.stream("GET", url)) for _ in range(20)
+                ]
+                lines = [response.aiter_lines() for response in watchers]
+                for stream in lines:  # each has its current state, and waits for more
+                    assert (await anext(stream)).startswith("id: ")
+                with redis.Redis.from_url(settings.require_redis_url()) as r:
+                    blocked = wait_until(
+                        lambda: r.info("clients")["blocked_clients"], what="a blocked XREAD"
+                    )
+                    assert blocked == 1  # one XREAD for all twenty
+                cancel = await client.post(f"/v1/batches/{batch['id']}/cancel")
+                assert cancel.json()["status"] == "cancelled"
+                for stream in lines:  # every stream ends with the final state
+                    tail = [line async for line in stream]
+                    assert '"status":"cancelled"' in "".join(tail)
+    finally:
+        api.proc.stop()
