@@ -1,4 +1,5 @@
-# One slim image for the API, the worker and the mock provider; runs as a non-root user.
+# One slim image for the API, the worker, the `promptbatch` CLI and the mock provider; runs as
+# a non-root user.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,6 +14,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY client ./client
 RUN pip install . && rm -rf build *.egg-info
 # The OpenAI-compatible mock, for the compose profile `mock` (an offline stack end to end).
 COPY tests/__init__.py tests/mock_openai.py ./tests/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -70,3 +71,11 @@ def test_image_is_slim_and_runs_as_a_non_root_user() -> None:
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users
     assert users[-1] not in ("root", "0")
+
+
+def test_image_holds_every_package_the_project_installs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.M), package
