@@ -31,11 +31,13 @@ log = logging.getLogger("promptbatch.limiter")
 # Set this holder's slots to `keep` plus what it may take of `want` more, and say how many other
 # holders are still asking. Every field is `held:expires_ms:wanted`; lapsed fields are dropped.
 # Idempotent: the holder states its absolute holding, so a retried call changes nothing more.
+# `keep` is cut to what the others leave: a holder whose entry lapsed while Redis was away may
+# find its slots taken by then, and it must not add them on top. Returns {kept, granted, askers}.
 _EXCHANGE = """
 local key, holder = KEYS[1], ARGV[1]
 if redis.call('EXISTS', KEYS[2]) == 0 then  -- the batch was deleted: hold nothing
   redis.call('DEL', key)
-  return {0, 0}
+  return {0, 0, 0}
 end
 local keep, want, limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
                                tonumber(ARGV[5])
@@ -54,6 +56,7 @@ for i = 1, #fields, 2 do
     end
   end
 end
+keep = math.max(0, math.min(keep, limit - others))
 local grant = math.min(want, limit - others - keep)
 if askers > 0 then grant = math.min(grant, math.ceil(limit / (askers + 1)) - keep) end
 if grant < 0 then grant = 0 end
@@ -63,7 +66,7 @@ else
   redis.call('HSET', key, holder, (keep + grant) .. ':' .. (now + ttl) .. ':' .. (want - grant))
   redis.call('PEXPIRE', key, ttl)
 end
-return {grant, askers}
+return {keep, grant, askers}
 """
 
 #: How soon a holder that is short of slots asks again, at first and at most (seconds).
@@ -89,6 +92,7 @@ class BatchLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._asking: asyncio.Task[int] | None = None  # the pump's exchange in flight
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -118,8 +122,8 @@ class BatchLimiter:
     def release(self) -> None:
         self.in_use -= 1
         self._hand_out()
-        if self.held > self.cap:
-            self._wake.set()  # over the fair share: give the surplus back now
+        if self.held > self.cap or not self._waiters:
+            self._wake.set()  # over the fair share, or nothing waits: give the surplus back now
 
     async def close(self) -> None:
         """Give back every slot and stop (the worker has no more calls for this batch)."""
@@ -127,6 +131,8 @@ class BatchLimiter:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        if self._asking is not None:  # let it land first, so the exchange below is the last
+            await asyncio.wait([self._asking], timeout=self._ttl_ms / 1000)
         with contextlib.suppress(RedisError):
             await self._exchange(keep=0, want=0)
 
@@ -148,11 +154,13 @@ class BatchLimiter:
         # Slots given back are gone here before Redis hears of it, so no call can take one
         # meanwhile (keep is never below the slots in use).
         self.held = min(self.held, keep)
-        grant, askers = await self._script(
+        kept, grant, askers = await self._script(
             keys=[self._key, self._batch_key],
             args=[self.holder, keep, want, self.limit, self._ttl_ms],
         )
-        self.held = keep + int(grant)
+        # Below the calls in use only after an outage (see _EXCHANGE): those run on, and no
+        # call starts until this holder is back under its share.
+        self.held = int(kept) + int(grant)
         self.cap = self.limit if int(askers) == 0 else math.ceil(self.limit / (int(askers) + 1))
         return int(grant)
 
@@ -165,8 +173,10 @@ class BatchLimiter:
             short = want > 0 and self.in_use >= self.held
             due = time.monotonic() - last >= self._refresh_s and (self.held > 0 or want > 0)
             if short or keep < self.held or due:
+                # Shielded: `close` lets a command in flight finish rather than cut it off.
+                self._asking = asyncio.ensure_future(self._exchange(keep, want))
                 try:
-                    granted = await self._exchange(keep, want)
+                    granted = await asyncio.shield(self._asking)
                 except RedisError as exc:  # Redis away: local hand-offs go on meanwhile
                     log.warning(
                         "batch %s: slots unavailable (%s)", self.batch_id, type(exc).__name__
@@ -178,8 +188,11 @@ class BatchLimiter:
             _, want = self._demand()
             timeout = poll_s if want > 0 and self.in_use >= self.held else self._refresh_s
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancel that arrives
+            # as the event is set, and `close` would wait on a pump that never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
 
 @dataclass

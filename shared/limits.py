@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.errors import InvalidRequest, TooManyRequests
-from shared.queue import submit
+from shared.queue import idempotency_for, submit
 from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchPlan
 from shared.settings import Settings
 from shared.store import BatchStore
@@ -165,23 +165,20 @@ async def submit_within_limits(
     idempotency_key: str | None = None,
     request_hash: str = "",
 ) -> tuple[Batch, bool]:
-    """Admit, store and queue a batch; returns it and whether it is new. A submission that
-    fails, or repeats an earlier one (`Idempotency-Key`), gives its room back."""
+    """Admit, store and queue a batch; returns it and whether it is new. A repeat of an earlier
+    submission (`Idempotency-Key`) returns that batch without counting against the limits: a
+    client retrying a request that did succeed must get its batch, not a 429."""
+    idempotency = idempotency_for(owner, idempotency_key, request_hash, settings)
+    if idempotency is not None and (earlier := await store.repeat_of(idempotency)) is not None:
+        return earlier, False
     admission = await limits.admit(owner, len(plan.items))
     try:
-        batch, created = await submit(
-            store,
-            plan,
-            settings,
-            owner=owner,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        batch, created = await submit(store, plan, settings, owner=owner, idempotency=idempotency)
     except BaseException:
         await limits.release(admission)
         raise
     if created:
         await limits.settle(admission, batch.id)
-    else:
+    else:  # the same request, concurrently: the other one's batch
         await limits.release(admission)
     return batch, created

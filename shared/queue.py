@@ -143,23 +143,26 @@ def stage_chunks(pipe: Pipeline, batch_id: str, chunks: Iterable[int]) -> None:
         pipe.zadd(keys.QUEUE, {job_id: now_ms + chunk}, nx=True)
 
 
+def idempotency_for(
+    owner: str, idempotency_key: str | None, request_hash: str, settings: Settings
+) -> Idempotency | None:
+    """Where an owner's `Idempotency-Key` is remembered, with the request it came with."""
+    if idempotency_key is None:
+        return None
+    key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return Idempotency(keys.idempotency(owner, key_hash), request_hash, settings.idempotency_ttl_s)
+
+
 async def submit(
     store: BatchStore,
     plan: BatchPlan,
     settings: Settings,
     *,
-    idempotency_key: str | None = None,
-    request_hash: str = "",
+    idempotency: Idempotency | None = None,
     owner: str = keys.PUBLIC_OWNER,
 ) -> tuple[Batch, bool]:
     """Store a batch and queue its chunks in one transaction. With an `Idempotency-Key`, a
     repeat of an earlier request returns that request's batch; returns (batch, created)."""
-    idempotency = None
-    if idempotency_key is not None:
-        key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
-        idempotency = Idempotency(
-            keys.idempotency(owner, key_hash), request_hash, settings.idempotency_ttl_s
-        )
     return await store.create(
         plan,
         chunk_size=settings.chunk_size,

@@ -280,23 +280,27 @@ class BatchStore:
                 except WatchError:  # the same key, concurrently: read what the other stored
                     continue
 
+    async def repeat_of(self, idempotency: Idempotency) -> Batch | None:
+        """The batch an earlier request with this key made, if it still exists (a plain read:
+        `create` checks again inside its transaction). Another request body is a Conflict."""
+        stored = await self.redis.get(idempotency.key)
+        if stored is None:
+            return None
+        raw = await self.redis.hgetall(keys.batch(_earlier_batch_id(stored, idempotency)))  # type: ignore[misc]
+        return _batch_from_fields(_decode(raw)) if raw else None
+
     async def _earlier(self, pipe: Pipeline, idempotency: Idempotency) -> Batch | None:
         """The batch an earlier request with this key made, if it still exists; watches the
         key so that a concurrent request with it makes the transaction retry."""
         await pipe.watch(idempotency.key)
         stored = await pipe.get(idempotency.key)
-        if stored is None:
-            pipe.multi()  # type: ignore[no-untyped-call]
-            return None
-        batch_id, request_hash = stored.decode().split(" ")
-        if request_hash != idempotency.request_hash:
+        try:
+            batch_id = None if stored is None else _earlier_batch_id(stored, idempotency)
+        except Conflict:
             await pipe.reset()  # type: ignore[no-untyped-call]
-            raise Conflict(
-                "This Idempotency-Key was used with a different request body.",
-                param="Idempotency-Key",
-            )
-        raw = await pipe.hgetall(keys.batch(batch_id))  # type: ignore[misc]
-        if not raw:  # deleted or expired since: this request makes a new one
+            raise
+        raw = {} if batch_id is None else await pipe.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        if not raw:  # never used, or its batch was deleted or expired: this request makes one
             pipe.multi()  # type: ignore[no-untyped-call]
             return None
         await pipe.reset()  # type: ignore[no-untyped-call]
@@ -581,6 +585,17 @@ def _script_keys(batch_id: str) -> list[str]:
 def _owned_by(found: bytes | None, owner: str | None) -> bool:
     """Whether a batch whose `owner` field is `found` may be read by `owner` (None: anyone)."""
     return owner is None or found == owner.encode()
+
+
+def _earlier_batch_id(stored: bytes, idempotency: Idempotency) -> str:
+    """The batch id an `Idempotency-Key` was stored with; a Conflict if the request differs."""
+    batch_id, request_hash = stored.decode().split(" ")
+    if request_hash != idempotency.request_hash:
+        raise Conflict(
+            "This Idempotency-Key was used with a different request body.",
+            param="Idempotency-Key",
+        )
+    return batch_id
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:

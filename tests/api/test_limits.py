@@ -155,6 +155,23 @@ async def test_the_submission_rate_is_per_key_with_retry_after(redis_url: str) -
     assert batches_and_jobs(redis_url) == (3, 3)
 
 
+async def test_a_repeat_with_an_idempotency_key_gets_its_batch_at_the_rate_limit(
+    redis_url: str,
+) -> None:
+    settings = make_settings(redis_url, rate_limit_per_min=1, max_queued_prompts=2)
+    body, retry = {"prompts": ["a", "b"]}, {"Idempotency-Key": "order-17"}
+    async with api_client(settings) as client:
+        first = await client.post("/v1/batches", json=body, headers=retry)
+        again = await client.post("/v1/batches", json=body, headers=retry)
+        other_body = await client.post("/v1/batches", json={"prompts": ["c"]}, headers=retry)
+        new = await client.post("/v1/batches", json={"prompts": ["c"]})
+    assert first.status_code == 202
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+    assert other_body.status_code == 409  # the key's conflict, not the rate limit
+    assert new.status_code == 429  # the repeat took none of the budget, and gave none back
+    assert batches_and_jobs(redis_url) == (1, 1)
+
+
 async def test_the_queued_prompt_ceiling_counts_a_keys_unfinished_batches(
     redis_url: str,
 ) -> None:

@@ -17,7 +17,7 @@ from tests.helpers import wait_for
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
-    for batch_id in ("batch_l", "batch_f", "batch_d", "batch_c"):
+    for batch_id in ("batch_l", "batch_f", "batch_d", "batch_c", "batch_o"):
         await client.hset(keys.batch(batch_id), "status", "in_progress")
     yield client
     await client.aclose()
@@ -91,6 +91,35 @@ async def test_closing_gives_the_slots_back_at_once(redis: Redis) -> None:
     for _ in range(3):
         await asyncio.wait_for(second.acquire(), timeout=1)  # granted on its first ask
     await second.close()
+
+
+async def test_a_share_that_lapsed_in_an_outage_is_not_reclaimed_over_the_limit(
+    redis: Redis,
+) -> None:
+    a, b = (BatchLimiter(redis, "batch_o", 4, holder, ttl_s=60) for holder in ("a", "b"))
+    a_gate, b_gate = asyncio.Event(), asyncio.Event()
+
+    async def call(limiter: BatchLimiter, gate: asyncio.Event) -> None:
+        async with limiter.slot():
+            await gate.wait()
+
+    first = [asyncio.create_task(call(a, a_gate)) for _ in range(4)]
+    await wait_for(lambda: _true(a.in_use == 4), what="a to use every slot")
+    await redis.delete(keys.slots("batch_o"))  # Redis was away past a's ttl: its entry lapsed
+    b_calls = [asyncio.create_task(call(b, b_gate)) for _ in range(4)]
+    await wait_for(lambda: _true(b.in_use == 4), what="b to take the slots it found free")
+    await a._exchange(*a._demand())  # a's renewal once Redis is back
+    assert a.held == 0
+    slots = await redis.hgetall(keys.slots("batch_o"))  # type: ignore[misc]
+    assert {k: int(v.split(b":")[0]) for k, v in slots.items()} == {b"b": 4}
+    second = [asyncio.create_task(call(a, a_gate)) for _ in range(4)]
+    a_gate.set()
+    await asyncio.gather(*first)
+    assert a.in_use == 0  # a's calls already running finished; none took their place
+    b_gate.set()
+    await asyncio.gather(*b_calls, *second)  # b gave back what it no longer used, to a
+    await a.close()
+    await b.close()
 
 
 async def test_a_deleted_batch_grants_no_slots_and_leaves_no_key(redis: Redis) -> None:
