@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from shared.errors import NotFound
 from shared.schemas import FINAL_BATCH_STATUSES, Batch
 from shared.store import BatchStore, ProgressEvent
 
+log = logging.getLogger("promptbatch.api")
+
 #: Fastest a reader passes on updates: events that arrive faster are sent together.
 MIN_INTERVAL_S = 0.1
 
@@ -28,13 +31,46 @@ MIN_INTERVAL_S = 0.1
 @dataclass(frozen=True, slots=True)
 class Update:
     events: list[ProgressEvent]
-    batch: Batch | None  # None: the batch is gone
+    batch: Batch | None  # None: the batch is gone (or its reader failed: the client reconnects)
+
+
+#: Events a watcher may have waiting before they are dropped (and re-read from Redis).
+MAX_PENDING = 1000
+
+
+@dataclass(eq=False)  # each mailbox is its own watcher's (hashed by identity)
+class _Mailbox:
+    """What one watcher has not taken yet: its events (a bounded number) and the newest batch.
+
+    A watcher that falls behind (a slow client) does not grow the API's memory: past
+    `MAX_PENDING` its events are dropped and it reads them back from Redis itself.
+    """
+
+    events: list[ProgressEvent] = field(default_factory=list)
+    batch: Batch | None = None
+    dropped_upto: str | None = None  # events up to this id were dropped
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, update: Update) -> None:
+        if self.dropped_upto is None and len(self.events) + len(update.events) <= MAX_PENDING:
+            self.events += update.events
+        elif update.events:
+            self.events, self.dropped_upto = [], update.events[-1].id
+        self.batch = update.batch
+        self.ready.set()
+
+    async def take(self) -> tuple[list[ProgressEvent], Batch | None, str | None]:
+        await self.ready.wait()
+        taken = (self.events, self.batch, self.dropped_upto)
+        self.events, self.dropped_upto = [], None
+        self.ready.clear()
+        return taken
 
 
 @dataclass
 class _Reader:
     position: str
-    watchers: set[asyncio.Queue[Update]] = field(default_factory=set)
+    watchers: set[_Mailbox] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
 
 
@@ -53,7 +89,9 @@ class EventHub:
         until the final state. NotFound is raised before the first event, so the route can
         still answer 404 (also for another owner's batch)."""
         batch = await self._store.get(batch_id, owner)
-        after = last_event_id or await self._store.last_event_id(batch_id)
+        newest = await self._store.last_event_id(batch_id)
+        # An id from the future (another stream, a made-up one) resumes from now.
+        after = newest if last_event_id is None or _newer(last_event_id, newest) else last_event_id
         return self._events(batch, after)
 
     async def _events(self, batch: Batch, after: str) -> AsyncIterator[ServerSentEvent]:
@@ -64,6 +102,7 @@ class EventHub:
             updates = self._follow(batch.id, after)
         async for update in updates:
             last = update.events[-1].id if update.events else after
+            after = last
             items = [
                 {"index": e.index, "custom_id": e.custom_id, "status": e.status}
                 for e in update.events
@@ -90,9 +129,9 @@ class EventHub:
             reader.task = asyncio.create_task(
                 self._read(batch_id, reader), name=f"events {batch_id}"
             )
-        queue: asyncio.Queue[Update] = asyncio.Queue()
+        mailbox = _Mailbox()
         joined_at = reader.position  # later updates from the reader start after this
-        reader.watchers.add(queue)
+        reader.watchers.add(mailbox)
         try:
             if _newer(joined_at, after):  # this watcher is behind the reader: read the gap
                 gap = await self._store.events_between(batch_id, after, joined_at)
@@ -100,35 +139,53 @@ class EventHub:
                     after = gap[-1].id
                     yield Update(gap, await self._current(batch_id))
             while True:
-                update = await queue.get()
-                fresh = [e for e in update.events if _newer(e.id, after)]
+                events, batch, dropped_upto = await mailbox.take()
+                if dropped_upto is not None:  # this watcher fell behind: read what it missed
+                    events = await self._store.events_between(batch_id, after, dropped_upto)
+                fresh = [e for e in events if _newer(e.id, after)]
                 after = fresh[-1].id if fresh else after
-                yield Update(fresh, update.batch)
-                if update.batch is None or update.batch.status in FINAL_BATCH_STATUSES:
+                yield Update(fresh, batch)
+                if batch is None or batch.status in FINAL_BATCH_STATUSES:
                     return
         finally:
-            reader.watchers.discard(queue)
+            reader.watchers.discard(mailbox)
             if not reader.watchers and self._readers.get(batch_id) is reader:
                 del self._readers[batch_id]
                 if reader.task is not None:
                     reader.task.cancel()
 
     async def _read(self, batch_id: str, reader: _Reader) -> None:
-        while True:
-            try:
-                events = await self._store.next_events(batch_id, reader.position, self._block_ms)
-            except RedisError:  # Redis away: watchers keep their stream open meanwhile
-                await asyncio.sleep(1)
-                continue
-            if events:
-                reader.position = events[-1].id
-            batch = await self._current(batch_id)
-            if events or batch is None:
-                for queue in reader.watchers:
-                    queue.put_nowait(Update(events, batch))
-                await asyncio.sleep(MIN_INTERVAL_S)  # let fast events gather into one update
-            if batch is None or batch.status in FINAL_BATCH_STATUSES:
-                return
+        """Pass the batch's new events, and the batch, to its watchers until it is final."""
+        try:
+            while True:
+                try:
+                    events = await self._store.next_events(
+                        batch_id, reader.position, self._block_ms
+                    )
+                    batch = await self._current(batch_id)
+                    final = batch is None or batch.status in FINAL_BATCH_STATUSES
+                    if final:  # the batch was read after the events: take the last ones too
+                        after = events[-1].id if events else reader.position
+                        events += await self._store.events_between(batch_id, after, "+")
+                except RedisError:  # Redis away: watchers keep their stream open meanwhile
+                    await asyncio.sleep(1)
+                    continue
+                if events:
+                    reader.position = events[-1].id
+                if events or final:
+                    for mailbox in reader.watchers:
+                        mailbox.put(Update(events, batch))
+                if final:
+                    return
+                if events:
+                    await asyncio.sleep(MIN_INTERVAL_S)  # let fast events gather into one update
+        except Exception as exc:  # a bug: end the streams rather than leave them silent
+            log.error("events reader of batch %s failed: %s", batch_id, type(exc).__name__)
+            for mailbox in reader.watchers:
+                mailbox.put(Update([], None))
+        finally:
+            if self._readers.get(batch_id) is reader:
+                del self._readers[batch_id]
 
     async def _current(self, batch_id: str) -> Batch | None:
         with contextlib.suppress(NotFound):

@@ -51,7 +51,8 @@ def chunks(batch_id: str) -> str:
 
 
 def attempts(batch_id: str) -> str:
-    """Hash: chunk number -> runs of it that started and never ended (their worker died)."""
+    """Hash: `<chunk>:<run token>` for each run of a chunk that started and has not ended
+    (runs whose worker died stay)."""
     return f"{PREFIX}:{{{batch_id}}}:attempts"
 
 

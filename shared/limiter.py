@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -206,8 +207,12 @@ class Limiters:
 
     @contextlib.asynccontextmanager
     async def hold(self, batch_id: str, limit: int) -> AsyncIterator[BatchLimiter]:
+        # Each limiter holds under a name of its own: one that is still closing (giving its
+        # slots back) must not erase the slots of the next one for the same batch.
         limiter, users = self._active.get(batch_id) or (
-            BatchLimiter(self.redis, batch_id, limit, self.holder, self.ttl_s),
+            BatchLimiter(
+                self.redis, batch_id, limit, f"{self.holder}:{secrets.token_hex(3)}", self.ttl_s
+            ),
             0,
         )
         self._active[batch_id] = (limiter, users + 1)

@@ -8,6 +8,7 @@ so there is no per-process directory to share, across processes or across hosts.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
         self._latency_sum = 0.0
+        self._flushing = asyncio.Lock()
 
     def observe_latency(self, seconds: float) -> None:
         bucket = next(le for le in LATENCY_BUCKETS if seconds <= le)
@@ -49,18 +51,26 @@ class WorkerMetrics:
         self._counts[f"provider:responses:{status_code}"] += 1
 
     async def flush(self, redis: Redis) -> None:
-        """Add what was observed to Redis; kept for the next flush if Redis is away."""
-        counts, latency_sum = dict(self._counts), self._latency_sum
-        if not counts:
-            return
-        async with redis.pipeline(transaction=True) as pipe:
-            for name, value in counts.items():
-                pipe.hincrby(keys.STATS, name, value)
-            pipe.hincrbyfloat(keys.STATS, "latency:sum", latency_sum)
-            await pipe.execute()
-        self._counts.subtract(counts)
-        self._counts = +self._counts  # drop the zeros
-        self._latency_sum -= latency_sum
+        """Add what was observed to Redis; kept for the next flush if Redis is away.
+
+        A flush runs to its end even if its caller is cancelled (the worker stopping), and the
+        next one waits for it: counts sent are never sent again, nor lost unsent.
+        """
+        await asyncio.shield(self._flush(redis))
+
+    async def _flush(self, redis: Redis) -> None:
+        async with self._flushing:
+            counts, latency_sum = dict(self._counts), self._latency_sum
+            if not counts:
+                return
+            async with redis.pipeline(transaction=True) as pipe:
+                for name, value in counts.items():
+                    pipe.hincrby(keys.STATS, name, value)
+                pipe.hincrbyfloat(keys.STATS, "latency:sum", latency_sum)
+                await pipe.execute()
+            self._counts.subtract(counts)
+            self._counts = +self._counts  # drop the zeros
+            self._latency_sum -= latency_sum
 
 
 async def render(redis: Redis, alive_s: float) -> bytes:

@@ -121,12 +121,19 @@ return 1
 """
 )
 
-# Count a run of a chunk as begun (ARGV[2] = 1) or ended (-1); nothing for a deleted batch.
+# Record run ARGV[2] of chunk ARGV[1] as begun and count the chunk's runs not yet ended (one
+# field `<chunk>:<run>` each, deleted when the run ends); nothing for a deleted batch.
 _ATTEMPT = (
     _PRELUDE
     + """
 if redis.call('EXISTS', meta) == 0 then return 0 end
-return redis.call('HINCRBY', attempts, ARGV[1], ARGV[2])
+local prefix = ARGV[1] .. ':'
+redis.call('HSET', attempts, prefix .. ARGV[2], 1)
+local runs = 0
+for _, run in ipairs(redis.call('HKEYS', attempts)) do
+  if string.sub(run, 1, #prefix) == prefix then runs = runs + 1 end
+end
+return runs
 """
 )
 
@@ -371,17 +378,19 @@ class BatchStore:
             if rank is None:
                 raise InvalidRequest(f"No batch {after} to list after.", param="after")
             start = rank + 1
-        ids = await self.redis.zrevrange(index, start, start + limit)
-        page_ids = [i.decode() for i in ids[:limit]]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for batch_id in page_ids:
-                pipe.hgetall(keys.batch(batch_id))
-            rows = await pipe.execute()
-        data = [_batch_from_fields(_decode(row)) for row in rows if row]
+        while True:  # one more than the page, to know whether more follow
+            ids = [i.decode() for i in await self.redis.zrevrange(index, start, start + limit)]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hgetall(keys.batch(batch_id))
+                rows = await pipe.execute()
+            expired = [batch_id for batch_id, row in zip(ids, rows, strict=True) if not row]
+            if not expired:
+                break
+            await self.redis.zrem(index, *expired)  # past their retention: out of the index too
+        data = [_batch_from_fields(_decode(row)) for row in rows[:limit]]
         has_more = len(ids) > limit
-        return BatchList(
-            data=data, has_more=has_more, next_after=page_ids[-1] if has_more else None
-        )
+        return BatchList(data=data, has_more=has_more, next_after=data[-1].id if has_more else None)
 
     async def results_page(
         self, batch_id: str, *, after: int | None, limit: int, owner: str | None = None
@@ -504,13 +513,15 @@ class BatchStore:
         ]
         return _script_keys(spec.id), args
 
-    async def begin_attempt(self, batch_id: str, chunk: int) -> int:
-        """Count a run of a chunk as started; returns the runs that started and never ended."""
-        return int(await self._attempt(keys=_script_keys(batch_id), args=[chunk, 1]))
+    async def begin_attempt(self, batch_id: str, chunk: int, run: str) -> int:
+        """Record run `run` of a chunk as started; returns the chunk's runs that started and
+        have not ended (this one included): the others' workers died."""
+        return int(await self._attempt(keys=_script_keys(batch_id), args=[chunk, run]))
 
-    async def end_attempt(self, batch_id: str, chunk: int) -> None:
-        """A run that ends (finished, stopped or released) does not count against the chunk."""
-        await self._attempt(keys=_script_keys(batch_id), args=[chunk, -1])
+    async def end_attempt(self, batch_id: str, chunk: int, run: str) -> None:
+        """A run that ends (finished, stopped or released) does not count against the chunk.
+        Idempotent: safe to repeat when Redis did not answer."""
+        await self.redis.hdel(keys.attempts(batch_id), f"{chunk}:{run}")  # type: ignore[misc]
 
     async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
         """Mark the whole batch failed with a reason, unless it is already final."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import redis
@@ -187,3 +188,19 @@ def start_worker(redis_url: str, log_path: Path, **env: str) -> Proc:
 
     wait_until(beating, timeout_s=60, what="the worker's first heartbeat")
     return proc
+
+
+def parse_sse(text: str) -> list[tuple[str, str, Any]]:
+    """(event, id, data) of each event in a text/event-stream body."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            name, _, value = line.partition(": ")
+            if name in ("event", "id", "data"):
+                fields[name] = value
+        if "data" in fields:
+            events.append(
+                (fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"]))
+            )
+    return events

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypedDict
 
 import openai
 from arq.connections import ArqRedis
 from langchain_core.language_models import BaseChatModel
+from redis.exceptions import RedisError
 
 from shared.limiter import Limiters
 from shared.metrics import WorkerMetrics
@@ -30,6 +33,7 @@ class WorkerContext(TypedDict):
     watch: BatchWatch
     metrics: WorkerMetrics
     writes: Writes
+    attempts: Attempts
     heartbeat: asyncio.Task[None]
     reconciler: asyncio.Task[None]
     watcher: asyncio.Task[None]
@@ -50,3 +54,34 @@ class Writes:
 
     async def drain(self) -> None:
         await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+class Attempts:
+    """The runs of chunks on this worker, each on record in Redis while it runs, so that runs
+    whose worker died can be counted (and a chunk that keeps killing workers given up).
+
+    A run whose end could not be recorded because Redis was away is recorded later, by the
+    heartbeat: an outage must not count as a death.
+    """
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+        self._unrecorded: set[tuple[str, int, str]] = set()
+
+    @contextlib.asynccontextmanager
+    async def run(self, batch_id: str, chunk: int) -> AsyncIterator[int]:
+        """A run of a chunk; yields which attempt it is (1 + earlier runs that died)."""
+        run = secrets.token_hex(4)
+        try:
+            yield await self._store.begin_attempt(batch_id, chunk, run)
+        finally:
+            try:
+                await self._store.end_attempt(batch_id, chunk, run)
+            except RedisError:
+                self._unrecorded.add((batch_id, chunk, run))
+
+    async def record_ended(self) -> None:
+        """Record the ends that Redis missed (raises RedisError while it is still away)."""
+        for ended in list(self._unrecorded):
+            await self._store.end_attempt(*ended)
+            self._unrecorded.discard(ended)

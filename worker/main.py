@@ -20,7 +20,7 @@ from shared.metrics import WorkerMetrics
 from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
-from worker.context import WorkerContext, Writes
+from worker.context import Attempts, WorkerContext, Writes
 from worker.reconcile import reconcile, take_turn
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
@@ -48,6 +48,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         watch=BatchWatch(store),
         metrics=metrics,
         writes=Writes(),
+        attempts=Attempts(store),
         http=http,
         models=build_models(settings, http),
         worker_id=worker_id,
@@ -74,6 +75,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
                 await ctx[name]
     if "limiters" in ctx:
         await wctx["limiters"].close()
+    if "attempts" in ctx:
+        with contextlib.suppress(Exception):
+            await wctx["attempts"].record_ended()
     if "metrics" in ctx:
         with contextlib.suppress(Exception):
             await wctx["metrics"].flush(wctx["redis"])
@@ -85,8 +89,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _heartbeat(ctx: WorkerContext) -> None:
-    """Say this worker is alive, add its metrics to the shared ones, and renew its claim on
-    the chunks it runs, every beat."""
+    """Say this worker is alive, add its metrics to the shared ones, renew its claim on the
+    chunks it runs, and record runs that ended while Redis was away, every beat."""
     settings = ctx["settings"]
     while True:
         try:
@@ -94,6 +98,7 @@ async def _heartbeat(ctx: WorkerContext) -> None:
             await ctx["metrics"].flush(ctx["redis"])
             for job_id in await ctx["leases"].renew():
                 log.warning("job %s: claim lost to another worker; stopping this run", job_id)
+            await ctx["attempts"].record_ended()
         except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
             log.warning("heartbeat failed: %s", type(exc).__name__)
         await asyncio.sleep(settings.worker_heartbeat_s)

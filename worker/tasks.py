@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,13 +42,11 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     store = wctx["store"]
     job_id = str(ctx.get("job_id") or keys.job_id(batch_id, chunk))
     try:
-        async with wctx["leases"].hold(job_id) as lost:
-            attempt = await store.begin_attempt(batch_id, chunk)
-            try:
-                return await _run_attempt(wctx, batch_id, chunk, attempt, lost)
-            finally:
-                with contextlib.suppress(RedisError):
-                    await store.end_attempt(batch_id, chunk)
+        async with (
+            wctx["leases"].hold(job_id) as lost,
+            wctx["attempts"].run(batch_id, chunk) as attempt,
+        ):
+            return await _run_attempt(wctx, batch_id, chunk, attempt, lost)
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
         # finished items are skipped.

@@ -19,6 +19,9 @@ from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage
 
 NDJSON = "application/x-ndjson"
 
+#: Longest an events stream waits for a client to take one message.
+SSE_SEND_TIMEOUT_S = 60
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 404, 413, 422, 429, 503)
 }
@@ -111,7 +114,8 @@ async def watch_batch(
     change, `items` (items that became final, batched), ending with the final `batch`.
     Send `Last-Event-ID` to resume."""
     updates = await hub.stream(batch_id, valid_event_id(last_event_id), owner)
-    return EventSourceResponse(updates, ping=15)
+    # A client that stops reading is dropped after a while rather than held open for good.
+    return EventSourceResponse(updates, ping=15, send_timeout=SSE_SEND_TIMEOUT_S)
 
 
 @router.get(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import Settings
 from tests.conftest import api_client
-from tests.helpers import MockProvider, Proc, wait_for, wait_until
+from tests.helpers import MockProvider, Proc, parse_sse, wait_for, wait_until
 from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
 from tests.servers import start_api
 
@@ -132,22 +131,6 @@ async def test_an_idempotency_key_makes_one_batch_and_one_call_per_prompt(
     assert mock.stats()["calls"] == 3
 
 
-def _sse(text: str) -> list[tuple[str, str, Any]]:
-    """(event, id, data) of each event in a text/event-stream body."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.split("\n"):
-            name, _, value = line.partition(": ")
-            if name in ("event", "id", "data"):
-                fields[name] = value
-        if "data" in fields:
-            events.append(
-                (fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"]))
-            )
-    return events
-
-
 async def test_an_event_stream_shows_progress_and_ends_with_the_final_state(
     settings: Settings, workers: Callable[..., Proc]
 ) -> None:
@@ -156,7 +139,7 @@ async def test_an_event_stream_shows_progress_and_ends_with_the_final_state(
         batch = await submit(client, prompts=[f"q{i}" for i in range(10)], max_concurrency=2)
         async with client.stream("GET", f"/v1/batches/{batch['id']}/events") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            events = _sse((await response.aread()).decode())
+            events = parse_sse((await response.aread()).decode())
         resumed = await client.get(
             f"/v1/batches/{batch['id']}/events", headers={"Last-Event-ID": events[1][1]}
         )
@@ -176,7 +159,7 @@ async def test_an_event_stream_shows_progress_and_ends_with_the_final_state(
     assert len(succeeded) > 2  # progress came in steps, not only at the end
     # Resuming after the second event: the current state, then only what came after it.
     seen = {i["index"] for kind, _, d in events[:2] if kind == "items" for i in d["data"]}
-    replayed = _sse(resumed.text)
+    replayed = parse_sse(resumed.text)
     assert replayed[0][2]["status"] == "completed"
     assert replayed[-1][2]["status"] == "completed"
     again = [i["index"] for kind, _, d in replayed if kind == "items" for i in d["data"]]

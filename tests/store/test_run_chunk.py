@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from arq import Retry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared.limiter import Limiters
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel
@@ -15,9 +17,9 @@ from shared.metrics import WorkerMetrics
 from shared.queue import Leases
 from shared.store import BatchStore, ItemOutcome
 from tests.conftest import make_settings
-from tests.helpers import free_port
+from tests.helpers import RedisServer, free_port, wait_for
 from tests.store.conftest import item, stored
-from worker.context import Writes
+from worker.context import Attempts, Writes
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
 
@@ -37,6 +39,7 @@ def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
         "watch": BatchWatch(store),
         "metrics": WorkerMetrics(),
         "writes": Writes(),
+        "attempts": Attempts(store),
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
         "leases": Leases(redis, "test-worker", lease_s=30),
@@ -87,8 +90,8 @@ async def test_a_chunk_whose_runs_keep_dying_fails_its_items_with_a_reason(
     store: BatchStore = ctx["store"]
     batch = await stored(store, 4, chunk_size=2)
     await store.record(batch, item(0), ItemOutcome(status="succeeded", output="kept"))
-    for _ in range(2):  # two runs began and their worker died (no end was recorded)
-        await store.begin_attempt(batch.id, 0)
+    for run in ("died-1", "died-2"):  # two runs began and their worker died (no end recorded)
+        await store.begin_attempt(batch.id, 0, run)
     assert await run_chunk(ctx, batch.id, 0) == {"written": 1, "failed": 1}
     await run_chunk(ctx, batch.id, 1)  # the rest of the batch still runs
     done = await store.get(batch.id)
@@ -104,7 +107,38 @@ async def test_a_run_that_ends_does_not_count_as_an_attempt(ctx: dict[str, Any])
     store: BatchStore = ctx["store"]
     batch = await stored(store, 2)
     await run_chunk(ctx, batch.id, 0)
-    assert await store.begin_attempt(batch.id, 0) == 1
+    assert await store.begin_attempt(batch.id, 0, "next") == 1
+
+
+async def test_a_run_that_ends_while_redis_is_away_is_not_counted_as_a_death(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path, appendonly=True)
+    redis = Redis.from_url(server.url)
+    try:
+        store = BatchStore(redis)
+        batch = await stored(store, 2)
+        attempts = Attempts(store)
+        async with attempts.run(batch.id, 0) as attempt:
+            assert attempt == 1
+            server.stop()  # Redis goes away before the run ends: its end cannot be recorded
+        server.start()
+        await wait_for(_recorded(attempts), what="the run's end to be recorded")
+        assert await store.begin_attempt(batch.id, 0, "next") == 1  # not 2: nobody died
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def _recorded(attempts: Attempts) -> Callable[[], Awaitable[bool]]:
+    async def recorded() -> bool:
+        try:
+            await attempts.record_ended()
+        except RedisError:
+            return False
+        return True
+
+    return recorded
 
 
 async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(

@@ -83,6 +83,17 @@ async def test_listing_is_newest_first_with_a_cursor(store: BatchStore) -> None:
         await store.list_batches(limit=2, after="batch_unknown")
 
 
+async def test_listing_skips_and_forgets_batches_past_their_retention(store: BatchStore) -> None:
+    ids = [(await stored(store, 1)).id for _ in range(5)]
+    for expired in (ids[1], ids[3], ids[4]):  # as Redis leaves a batch whose keys expired
+        await store.redis.delete(*keys.batch_keys(expired))
+    page = await store.list_batches(limit=2)
+    assert [b.id for b in page.data] == [ids[2], ids[0]]
+    assert not page.has_more
+    index = await store.redis.zrange(keys.batch_index(keys.PUBLIC_OWNER), 0, -1)
+    assert [i.decode() for i in index] == [ids[0], ids[2]]
+
+
 async def test_chunks_count_their_final_items_for_the_reconciler(store: BatchStore) -> None:
     batch = await stored(store, 5, chunk_size=2)
     assert batch.chunks == 3
@@ -116,8 +127,11 @@ async def test_fail_pending_fails_only_the_chunks_unfinished_items(store: BatchS
 
 async def test_attempts_count_runs_that_never_ended(store: BatchStore) -> None:
     batch = await stored(store, 4, chunk_size=2)
-    assert await store.begin_attempt(batch.id, 1) == 1
-    await store.end_attempt(batch.id, 1)
-    assert await store.begin_attempt(batch.id, 1) == 1
-    assert await store.begin_attempt(batch.id, 1) == 2  # the first of these two never ended
-    assert await store.begin_attempt(batch.id, 0) == 1
+    assert await store.begin_attempt(batch.id, 1, "run-a") == 1
+    await store.end_attempt(batch.id, 1, "run-a")
+    await store.end_attempt(batch.id, 1, "run-a")  # a repeat (Redis did not answer) is harmless
+    assert await store.begin_attempt(batch.id, 1, "run-b") == 1
+    assert await store.begin_attempt(batch.id, 1, "run-c") == 2  # run-b never ended
+    assert await store.begin_attempt(batch.id, 0, "run-d") == 1
+    await store.end_attempt(batch.id, 1, "run-c")
+    assert await store.begin_attempt(batch.id, 1, "run-e") == 2  # run-b still counts
