@@ -158,5 +158,14 @@ def get_settings() -> Settings:
 
 def _describe(error: Any) -> str:
     names = [str(part) for part in error.get("loc", ())]
-    where = ("PROMPTBATCH_" + names[0].upper()) if names else "settings"
+    where = env_name(names[0]) if names else "settings"
     return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def env_name(field: str) -> str:
+    """The environment variable a setting is read from (`PORT`, `PROMPTBATCH_MAX_PROMPTS`)."""
+    info = Settings.model_fields.get(field.lower())
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"PROMPTBATCH_{field.upper()}"

@@ -90,11 +90,16 @@ def test_missing_redis_url_says_what_to_do() -> None:
         _settings(redis_url=None).require_redis_url()
 
 
-def test_bad_environment_is_a_clear_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROMPTBATCH_MAX_PROMPTS", "-3")
+@pytest.mark.parametrize(
+    ("variable", "value"), [("PROMPTBATCH_MAX_PROMPTS", "-3"), ("PORT", "abc")]
+)
+def test_bad_environment_is_a_settings_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
     try:
-        with pytest.raises(SettingsError, match="PROMPTBATCH_MAX_PROMPTS"):
+        with pytest.raises(SettingsError, match=rf"Invalid configuration: {variable}: "):
             get_settings()
     finally:
         get_settings.cache_clear()
