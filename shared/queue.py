@@ -232,9 +232,11 @@ class Leases:
     async def hold(self, job_id: str) -> AsyncIterator[asyncio.Event]:
         """Claim a job this worker has just started and keep it claimed until the block ends.
         The event is set if another worker has taken the claim (this run must then stop)."""
+        await self._redis.set(keys.arq_in_progress(job_id), self.owner, px=self.lease_ms)
+        # Renewed only from here: a renewal that reached Redis before this claim did would find
+        # arq's claim under another name and stop the run as lost.
         lost = self._held[job_id] = asyncio.Event()
         try:
-            await self._redis.set(keys.arq_in_progress(job_id), self.owner, px=self.lease_ms)
             yield lost
         finally:
             async with self._renewing:
