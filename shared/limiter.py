@@ -93,7 +93,6 @@ class BatchLimiter:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
-        self._asking: asyncio.Task[int] | None = None  # the pump's exchange in flight
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -132,8 +131,6 @@ class BatchLimiter:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
-        if self._asking is not None:  # let it land first, so the exchange below is the last
-            await asyncio.wait([self._asking], timeout=self._ttl_ms / 1000)
         with contextlib.suppress(RedisError):
             await self._exchange(keep=0, want=0)
 
@@ -174,10 +171,8 @@ class BatchLimiter:
             short = want > 0 and self.in_use >= self.held
             due = time.monotonic() - last >= self._refresh_s and (self.held > 0 or want > 0)
             if short or keep < self.held or due:
-                # Shielded: `close` lets a command in flight finish rather than cut it off.
-                self._asking = asyncio.ensure_future(self._exchange(keep, want))
                 try:
-                    granted = await asyncio.shield(self._asking)
+                    granted = await self._exchange(keep, want)
                 except RedisError as exc:  # Redis away: local hand-offs go on meanwhile
                     log.warning(
                         "batch %s: slots unavailable (%s)", self.batch_id, type(exc).__name__

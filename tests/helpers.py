@@ -204,3 +204,8 @@ def parse_sse(text: str) -> list[tuple[str, str, Any]]:
                 (fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"]))
             )
     return events
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header for an API key."""
+    return {"Authorization": f"Bearer {key}"}

@@ -16,12 +16,9 @@ from api.main import create_app
 from shared import keys
 from shared.settings import Settings
 from tests.conftest import api_client, make_settings
+from tests.helpers import bearer
 
 KEY_A, KEY_B, KEY_C = "key-a-0c8f6d0e51f44d2b", "key-b-9a3b27c2e8d04f61", "key-c-51d2f07a9be34c8e"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

@@ -21,14 +21,10 @@ from shared.errors import TooManyRequests
 from shared.limits import Limits
 from shared.settings import Settings
 from tests.conftest import api_client, make_settings
-from tests.helpers import wait_for
+from tests.helpers import bearer, wait_for
 
 MiB = 1024 * 1024
 KEY_A, KEY_B = "limits-key-a-5e2b8c", "limits-key-b-7d1f0a"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def stored(redis_url: str) -> list[bytes]:

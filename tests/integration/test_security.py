@@ -23,7 +23,7 @@ from arq.constants import job_key_prefix
 from shared import keys
 from shared.settings import Settings
 from tests.conftest import api_client
-from tests.helpers import MockProvider, Proc, start_worker, wait_for, wait_until
+from tests.helpers import MockProvider, Proc, bearer, start_worker, wait_for, wait_until
 from tests.integration.flows import all_results, openai_settings, submit, wait_final
 from tests.servers import Api, password_redis, start_api
 
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
 KEY_A, KEY_B = "sec-key-a-3f9c1e7b20d4", "sec-key-b-8e2a6d4c91f0"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
