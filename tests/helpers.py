@@ -136,11 +136,12 @@ class RedisServer:
 class MockProvider:
     """The OpenAI-compatible mock (tests/mock_openai.py) in a process of its own."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, latency_ms: float = 0.0) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        args = [sys.executable, "-m", "tests.mock_openai", "--port", str(port)]
-        self.proc = Proc(args, dict(os.environ), workdir / "mock.log").start()
+        args = [sys.executable, "-m", "tests.mock_openai", "--port", str(port),
+                "--latency-ms", str(latency_ms), str(latency_ms)]  # fmt: skip
+        self.proc = Proc(args, dict(os.environ), workdir / f"mock{latency_ms:g}.log").start()
         wait_until(self._up, what="the mock provider")
 
     def _up(self) -> bool:

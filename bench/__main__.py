@@ -1,0 +1,234 @@
+"""`make bench` (`python -m bench`): every scenario of BENCHMARKS.md, service and direct script
+alternating in one run; prints the table, writes BENCHMARKS.md's results and the plot.
+
+`python -m bench --smoke` runs each scenario once at a toy size (what CI runs; no time is
+judged there)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.measure import body, poll_load, reset_peak, rss_mb, run_batch, stream_results, submit
+from bench.report import Row, Sweep, publish
+from bench.stack import Stack
+from bench.workload import prompts
+from tests.helpers import ROOT
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeat: int = 5
+    latency: tuple[int, float, int] = (2000, 100.0, 32)  # prompts, latency ms, concurrency
+    cpu: tuple[int, float, int] = (4000, 20.0, 64)
+    first: int = 15  # one-prompt batches
+    submit: tuple[int, int] = (10_000, 15)  # prompts, POSTs
+    memory: tuple[int, float, int] = (50_000, 20.0, 64)
+    pollers: tuple[int, float, float] = (200, 30.0, 0.5)  # clients, seconds, interval
+    sweep: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
+    sweep_rounds: int = 12  # prompts per point = rounds * concurrency
+    sweep_latency_ms: float = 100.0
+
+
+SMOKE = Sizes(
+    repeat=1,
+    latency=(40, 20.0, 8),
+    cpu=(40, 5.0, 8),
+    first=2,
+    submit=(100, 2),
+    memory=(300, 0.0, 16),
+    pollers=(4, 1.0, 0.2),
+    sweep=(2, 8),
+    sweep_rounds=4,
+    sweep_latency_ms=10.0,
+)
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    sizes: Sizes
+    http: httpx.AsyncClient
+    log: Callable[[str], None] = print
+    rows: list[Row] = field(default_factory=list)
+
+    async def side_by_side(
+        self, name: str, count: int, latency_ms: float, concurrency: int, workers: int
+    ) -> tuple[list[float], list[float]]:
+        """Direct script and service on the same work, alternating (and which goes first
+        alternating too); seconds of each run."""
+        direct: list[float] = []
+        service: list[float] = []
+        payload = body(prompts(count), concurrency)
+        with self.stack.workers(workers, latency_ms):
+            for i in range(self.sizes.repeat):
+                for side in ("direct", "service") if i % 2 == 0 else ("service", "direct"):
+                    if side == "direct":
+                        result = self.stack.direct(latency_ms, count, concurrency)
+                        if result["failed"]:
+                            raise RuntimeError(f"{name}: the direct script had failures")
+                        direct.append(result["seconds"])
+                    else:
+                        service.append((await run_batch(self.http, payload, 0.02)).seconds)
+                self.log(f"  {name} run {i + 1}: direct {direct[-1]:.2f} s, "
+                         f"service {service[-1]:.2f} s")  # fmt: skip
+        return direct, service
+
+    async def throughput(self, name: str, spec: tuple[int, float, int], workers: int,
+                         target: float) -> None:  # fmt: skip
+        count, latency_ms, concurrency = spec
+        direct, service = await self.side_by_side(name, count, latency_ms, concurrency, workers)
+        ideal = count / (concurrency / (latency_ms / 1000))
+        d, s = statistics.median(direct), statistics.median(service)
+        self.rows.append(Row(
+            name=f"{name}: {count} prompts, {latency_ms:g} ms, concurrency {concurrency}, "
+                 f"{workers} worker{'s' * (workers > 1)}",
+            unit="s", service=s, direct=d, ideal=ideal, target=f"≤ {target:g}× direct",
+            met=s <= target * d, runs=len(service),
+        ))  # fmt: skip
+
+    async def first_result(self) -> None:
+        latency_ms = self.sizes.latency[1]
+        payload = body(prompts(1), 1)
+        waits: list[float] = []
+        direct: list[float] = []
+        with self.stack.workers(1, latency_ms):
+            for _ in range(self.sizes.first):
+                waits.append((await run_batch(self.http, payload, 0.005)).seconds * 1000)
+                direct.append(self.stack.direct(latency_ms, 1, 1)["seconds"] * 1000)
+        s = statistics.median(waits)
+        self.rows.append(Row(
+            name=f"first result: a one-prompt batch at {latency_ms:g} ms, POST to completed",
+            unit="ms", service=s, direct=statistics.median(direct), ideal=latency_ms,
+            target="≤ 250 ms", met=s <= 250, runs=len(waits),
+        ))  # fmt: skip
+
+    async def submit_time(self) -> None:
+        count, posts = self.sizes.submit
+        payload = body(prompts(count), 8)
+        times: list[float] = []
+        for _ in range(posts):  # no workers: the batches only queue
+            seconds, batch_id = await submit(self.http, payload)
+            times.append(seconds * 1000)
+            await self.http.delete(f"/v1/batches/{batch_id}")
+        s = statistics.median(times)
+        self.rows.append(Row(
+            name=f"submit: POST of {count:,} prompts answered", unit="ms", service=s,
+            target="≤ 150 ms", met=s <= 150, runs=len(times),
+        ))  # fmt: skip
+
+    async def memory(self) -> None:
+        count, latency_ms, concurrency = self.sizes.memory
+        api_pid = self.stack.api.proc.pid
+        with self.stack.workers(2, latency_ms) as procs:
+            run = await run_batch(self.http, body(prompts(count), concurrency), 0.5, keep=True)
+            worker_peak = max(rss_mb(p.pid, "VmHWM") for p in procs)
+        before = rss_mb(api_pid)
+        reset_peak(api_pid)
+        began = time.perf_counter()
+        lines = await stream_results(self.http, run.batch["id"])
+        streamed = time.perf_counter() - began
+        rise = rss_mb(api_pid, "VmHWM") - before
+        await self.http.delete(f"/v1/batches/{run.batch['id']}")
+        if lines != count:
+            raise RuntimeError(f"streamed {lines} results of {count}")
+        self.rows.append(Row(
+            name=f"memory: {count:,} prompts over 2 workers, peak worker RSS",
+            unit="MB", service=worker_peak, target="≤ 250 MB", met=worker_peak <= 250, runs=1,
+        ))  # fmt: skip
+        self.rows.append(Row(
+            name=f"memory: streaming {count:,} results as NDJSON ({streamed:.1f} s), "
+                 "API RSS rise",
+            unit="MB", service=rise, target="≤ 50 MB", met=rise <= 50, runs=1,
+        ))  # fmt: skip
+
+    async def pollers(self) -> None:
+        clients, seconds, interval = self.sizes.pollers
+        latency_ms = self.sizes.latency[1]
+        # The batch polled is running: a worker writes its results while the clients read.
+        count = int(seconds * 160 * 1.5)
+        with self.stack.workers(1, latency_ms):
+            _, batch_id = await submit(self.http, body(prompts(count), 16))
+            load = await poll_load(self.stack.api.url, batch_id, clients, seconds, interval)
+            status = (await self.http.get(f"/v1/batches/{batch_id}")).json()["status"]
+            await self.http.delete(f"/v1/batches/{batch_id}")
+        if status != "in_progress":
+            self.log(f"  note: the polled batch was {status} by the end")
+        lat = sorted(load.latencies_ms)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        self.rows.append(Row(
+            name=f"API under load: {clients} clients polling GET /v1/batches/{{id}} every "
+                 f"{interval:g} s for {seconds:g} s ({len(lat) / seconds:.0f} req/s, "
+                 f"{load.errors} errors), p99",
+            unit="ms", service=p99, target="≤ 50 ms, no errors",
+            met=p99 <= 50 and load.errors == 0, runs=len(lat),
+            extra=f"p50 {statistics.median(lat):.1f} ms",
+        ))  # fmt: skip
+
+    async def sweep(self) -> list[Sweep]:
+        latency_ms = self.sizes.sweep_latency_ms
+        lines: list[Sweep] = []
+        for workers in (1, 2):
+            line = Sweep(label=f"service, {workers} worker{'s' * (workers > 1)}")
+            direct = Sweep(label="direct abatch script")
+            for concurrency in self.sizes.sweep:
+                count = self.sizes.sweep_rounds * concurrency
+                d, s = await self.side_by_side(
+                    f"sweep c{concurrency} w{workers}", count, latency_ms, concurrency, workers
+                )
+                line.points.append((concurrency, count / statistics.median(s)))
+                direct.points.append((concurrency, count / statistics.median(d)))
+            lines.append(line)
+            if workers == 1:
+                lines.append(direct)
+        return lines
+
+
+async def main_async(sizes: Sizes, out_dir: Path, workdir: Path, smoke: bool) -> None:
+    print(f"starting Redis, the API and the mock provider (logs in {workdir})")
+    stack = Stack(workdir)
+    try:
+        async with httpx.AsyncClient(base_url=stack.api.url, timeout=120) as http:
+            bench = Bench(stack, sizes, http)
+            print("latency-bound…")
+            await bench.throughput("latency-bound", sizes.latency, 1, 1.05)
+            print("client-CPU-bound…")
+            await bench.throughput("client-CPU-bound", sizes.cpu, 2, 0.75)
+            for name, step in [
+                ("first result", bench.first_result),
+                ("submit", bench.submit_time),
+                ("memory", bench.memory),
+                ("API under load", bench.pollers),
+            ]:
+                print(f"{name}…")
+                await step()
+            print("throughput against concurrency…")
+            sweep = await bench.sweep()
+        publish(bench.rows, sweep, sizes.sweep_latency_ms, out_dir, smoke=smoke)
+    finally:
+        stack.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every scenario once, toy sizes")
+    parser.add_argument("--out-dir", type=Path, default=ROOT, help="where BENCHMARKS.md goes")
+    parser.add_argument("--repeat", type=int, help="alternating runs per scenario")
+    args = parser.parse_args()
+    sizes = SMOKE if args.smoke else Sizes()
+    if args.repeat:
+        sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
+    with tempfile.TemporaryDirectory(prefix="promptbatch-bench-") as workdir:
+        asyncio.run(main_async(sizes, args.out_dir, Path(workdir), args.smoke))
+
+
+if __name__ == "__main__":
+    main()

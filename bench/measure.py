@@ -1,0 +1,116 @@
+"""What a benchmark client does and reads: submit, wait for the end, stream, poll; RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINAL = ("completed", "failed", "cancelled")
+JSON = {"Content-Type": "application/json"}
+
+
+def body(prompts: list[str], concurrency: int) -> bytes:
+    """The request body, encoded before the clock starts (the client's JSON is not ours)."""
+    return json.dumps({"prompts": prompts, "max_concurrency": concurrency}).encode()
+
+
+@dataclass
+class Run:
+    seconds: float
+    batch: dict[str, Any]
+
+
+async def submit(http: httpx.AsyncClient, payload: bytes) -> tuple[float, str]:
+    """POST a batch; (seconds until the 202, batch id)."""
+    began = time.perf_counter()
+    response = await http.post("/v1/batches", content=payload, headers=JSON)
+    seconds = time.perf_counter() - began
+    if response.status_code != 202:
+        raise RuntimeError(f"POST answered {response.status_code}: {response.text[:300]}")
+    return seconds, str(response.json()["id"])
+
+
+async def run_batch(
+    http: httpx.AsyncClient, payload: bytes, poll_s: float, *, keep: bool = False
+) -> Run:
+    """POST a batch and poll it until it is final: the time a user waits for the last result.
+    Every item must have succeeded. The batch is deleted after, unless `keep`."""
+    began = time.perf_counter()
+    _, batch_id = await submit(http, payload)
+    while True:
+        batch: dict[str, Any] = (await http.get(f"/v1/batches/{batch_id}")).json()
+        if batch["status"] in FINAL:
+            seconds = time.perf_counter() - began
+            break
+        await asyncio.sleep(poll_s)
+    counts = batch["request_counts"]
+    if batch["status"] != "completed" or counts["succeeded"] != counts["total"]:
+        raise RuntimeError(f"batch {batch_id} ended {batch['status']} with {counts}")
+    if not keep:
+        await http.delete(f"/v1/batches/{batch_id}")
+    return Run(seconds, batch)
+
+
+async def stream_results(http: httpx.AsyncClient, batch_id: str) -> int:
+    """Read every result as NDJSON, one line at a time, as a client that streams does."""
+    lines = 0
+    headers = {"Accept": "application/x-ndjson"}
+    async with http.stream("GET", f"/v1/batches/{batch_id}/results", headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            lines += bool(line)
+    return lines
+
+
+@dataclass
+class PollLoad:
+    latencies_ms: list[float]
+    errors: int
+
+
+async def poll_load(
+    url: str, batch_id: str, clients: int, seconds: float, interval_s: float
+) -> PollLoad:
+    """`clients` independent clients, each with its own connection, GETting the batch every
+    `interval_s` (start times spread over the first interval) for `seconds`."""
+    latencies: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+
+    async def client(offset: float) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            next_at = time.perf_counter() + offset
+            while next_at < end:
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                began = time.perf_counter()
+                try:
+                    response = await http.get(f"/v1/batches/{batch_id}")
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - began) * 1000)
+                errors += not ok
+                next_at += interval_s
+
+    await asyncio.gather(*(client(interval_s * i / clients) for i in range(clients)))
+    return PollLoad(latencies, errors)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (`VmRSS`) or its peak so far (`VmHWM`), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Start a process's peak RSS (`VmHWM`) again from its current RSS (Linux 4.0+)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
