@@ -72,7 +72,10 @@ return {keep, grant, askers}
 
 #: How soon a holder that is short of slots asks again, at first and at most (seconds).
 POLL_MIN_S = 0.01
-POLL_MAX_S = 0.25
+POLL_MAX_S = 0.1
+#: How often a holder whose calls wait for slots checks whether other holders ask too (its
+#: fair share shrinks then): other workers get their share within this, not within a refresh.
+CONTENDED_S = 0.1
 
 
 class BatchLimiter:
@@ -148,6 +151,10 @@ class BatchLimiter:
         want = max(0, min(desired, self.limit) - keep)
         return keep, want
 
+    def _contended(self) -> bool:
+        """Calls wait here although this holder has all it may take: others may ask too."""
+        return bool(self._waiters) and self.in_use >= min(self.held, self.cap)
+
     async def _exchange(self, keep: int, want: int) -> int:
         # Slots given back are gone here before Redis hears of it, so no call can take one
         # meanwhile (keep is never below the slots in use).
@@ -167,9 +174,13 @@ class BatchLimiter:
         poll_s = POLL_MIN_S
         last = 0.0
         while True:
+            # Cleared before the demand is read: a release during the exchange below wakes
+            # the next round instead of being lost.
+            self._wake.clear()
             keep, want = self._demand()
             short = want > 0 and self.in_use >= self.held
-            due = time.monotonic() - last >= self._refresh_s and (self.held > 0 or want > 0)
+            refresh_s = CONTENDED_S if self._contended() else self._refresh_s
+            due = time.monotonic() - last >= refresh_s and (self.held > 0 or want > 0)
             if short or keep < self.held or due:
                 try:
                     granted = await self._exchange(keep, want)
@@ -182,8 +193,10 @@ class BatchLimiter:
                 self._hand_out()
                 poll_s = POLL_MIN_S if granted else min(poll_s * 2, POLL_MAX_S)
             _, want = self._demand()
-            timeout = poll_s if want > 0 and self.in_use >= self.held else self._refresh_s
-            self._wake.clear()
+            if want > 0 and self.in_use >= self.held:
+                timeout = poll_s
+            else:
+                timeout = CONTENDED_S if self._contended() else self._refresh_s
             # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancel that arrives
             # as the event is set, and `close` would wait on a pump that never stops.
             with contextlib.suppress(TimeoutError):

@@ -19,6 +19,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     for batch_id in ("batch_l", "batch_f", "batch_d", "batch_c", "batch_o"):
         await client.hset(keys.batch(batch_id), "status", "in_progress")
+    for batch_id in ("batch_n", "batch_i"):
+        await client.hset(keys.batch(batch_id), "status", "in_progress")
     yield client
     await client.aclose()
 
@@ -66,6 +68,34 @@ async def test_a_newcomer_gets_a_fair_share_from_a_busy_holder(redis: Redis) -> 
     await a.close()
     await b.close()
     assert calls.most == 4
+
+
+async def test_a_holder_with_a_long_renewal_period_still_yields_to_a_newcomer(
+    redis: Redis,
+) -> None:
+    # Renewals every 150 s: the busy holder must learn of the newcomer from its own waiting
+    # calls, not from its next renewal.
+    a, b = (BatchLimiter(redis, "batch_n", 4, holder, ttl_s=600) for holder in ("a", "b"))
+    calls = Calls()
+    busy = [asyncio.create_task(calls.call(a, 0.01)) for _ in range(2000)]
+    await wait_for(lambda: _true(a.in_use == 4), what="a to use every slot")
+    newcomer = [asyncio.create_task(calls.call(b, 0.01)) for _ in range(2000)]
+    await wait_for(lambda: _true(b.in_use == 2), timeout_s=10, what="b to get half of the slots")
+    assert not all(task.done() for task in busy)  # b got its share while a still had work
+    for task in busy + newcomer:
+        task.cancel()
+    await asyncio.gather(*busy, *newcomer, return_exceptions=True)
+    await a.close()
+    await b.close()
+
+
+async def test_a_holder_gives_back_its_idle_slots_when_its_calls_end(redis: Redis) -> None:
+    limiter = BatchLimiter(redis, "batch_i", 8, "a", ttl_s=600)  # renewals every 150 s
+    calls, rng = Calls(), random.Random(5)
+    await asyncio.gather(*(calls.call(limiter, rng.uniform(0, 0.005)) for _ in range(300)))
+    await wait_for(lambda: _true(limiter.held == 0), timeout_s=10, what="the idle slots to go back")
+    assert await redis.exists(keys.slots("batch_i")) == 0
+    await limiter.close()
 
 
 async def test_a_dead_holders_slots_lapse_after_its_ttl(redis: Redis) -> None:
