@@ -104,18 +104,26 @@ def build_models(
 def build_chain(
     model: BaseChatModel, model_name: str, system: str | None, params: BatchParams
 ) -> Runnable[str, BaseMessage]:
-    """Optional system prompt + the user's prompt -> the chat model, with the batch's params.
+    """Optional system prompt + the user's prompt -> the chat model, with the batch's params."""
 
-    Messages are built directly rather than through a prompt template, so braces in a user's
-    text are never read as template variables.
-    """
+    def messages(prompt: str) -> list[BaseMessage]:
+        return to_messages(system, prompt)
 
-    def to_messages(prompt: str) -> list[BaseMessage]:
-        head: list[BaseMessage] = [SystemMessage(content=system)] if system else []
-        return [*head, HumanMessage(content=prompt)]
+    return RunnableLambda(messages) | bind_model(model, model_name, params)
 
-    bound = model.bind(model=model_name, **params.model_dump(exclude_none=True))
-    return RunnableLambda(to_messages) | bound
+
+def bind_model(
+    model: BaseChatModel, model_name: str, params: BatchParams
+) -> Runnable[list[BaseMessage], BaseMessage]:
+    """The chat model with the batch's model name and sampling parameters."""
+    return model.bind(model=model_name, **params.model_dump(exclude_none=True))
+
+
+def to_messages(system: str | None, prompt: str) -> list[BaseMessage]:
+    """The messages of one item. Built directly rather than through a prompt template, so
+    braces in a user's text are never read as template variables."""
+    head: list[BaseMessage] = [SystemMessage(content=system)] if system else []
+    return [*head, HumanMessage(content=prompt)]
 
 
 def outcome_of(result: BaseMessage | BaseException) -> ItemOutcome:

@@ -55,28 +55,46 @@ local function finish(status, ttl)
 end
 """
 
-# Write one item's result once. Returns -1 when the batch is gone or already failed as a whole,
-# 0 when the item already had a result (a repeated write changes nothing), 1 when written,
-# 2 when written and it was the batch's last item (the batch is then final, exactly once).
-# ARGV: index, result JSON, item status, input tokens, output tokens, chunk, custom_id, ttl ms.
+# Write results once each, with their counts and usage; one call takes many results (the
+# worker groups those that finish while a write is on its way). Returns one code per result:
+# -1 when the batch is gone or already failed as a whole, 0 when the item already had a result
+# (a repeated write changes nothing), 1 when written, 2 when written and it was the batch's
+# last item (the batch is then final, exactly once).
+# ARGV: ttl ms, then per result: index, result JSON, item status, input tokens, output tokens,
+# chunk, custom_id.
 _RECORD = (
     _PRELUDE
     + """
+local codes = {}
 local status = redis.call('HGET', meta, 'status')
-if not status or status == 'failed' then return -1 end
-if redis.call('HSETNX', results, ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', meta, ARGV[3], 1)
-redis.call('HINCRBY', meta, 'input_tokens', ARGV[4])
-redis.call('HINCRBY', meta, 'output_tokens', ARGV[5])
-redis.call('HINCRBY', chunks, ARGV[6], 1)
-redis.call('HINCRBY', stats, 'items:' .. ARGV[3], 1)
-redis.call('HINCRBY', stats, 'tokens:input', ARGV[4])
-redis.call('HINCRBY', stats, 'tokens:output', ARGV[5])
-event('k', 'item', 'i', ARGV[1], 's', ARGV[3], 'c', ARGV[7])
-local done = redis.call('HINCRBY', meta, 'done', 1)
-if done < tonumber(redis.call('HGET', meta, 'total')) then return 1 end
-if status == 'cancelling' then finish('cancelled', ARGV[8]) else finish('completed', ARGV[8]) end
-return 2
+if not status or status == 'failed' then
+  for i = 2, #ARGV, 7 do codes[#codes + 1] = -1 end
+  return codes
+end
+local total = tonumber(redis.call('HGET', meta, 'total'))
+for i = 2, #ARGV, 7 do
+  local index, item_status = ARGV[i], ARGV[i + 2]
+  local input, output = ARGV[i + 3], ARGV[i + 4]
+  if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
+    codes[#codes + 1] = 0
+  else
+    redis.call('HINCRBY', meta, item_status, 1)
+    redis.call('HINCRBY', meta, 'input_tokens', input)
+    redis.call('HINCRBY', meta, 'output_tokens', output)
+    redis.call('HINCRBY', chunks, ARGV[i + 5], 1)
+    redis.call('HINCRBY', stats, 'items:' .. item_status, 1)
+    redis.call('HINCRBY', stats, 'tokens:input', input)
+    redis.call('HINCRBY', stats, 'tokens:output', output)
+    event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 6])
+    if redis.call('HINCRBY', meta, 'done', 1) < total then
+      codes[#codes + 1] = 1
+    else
+      finish(status == 'cancelling' and 'cancelled' or 'completed', ARGV[1])
+      codes[#codes + 1] = 2
+    end
+  end
+end
+return codes
 """
 )
 
@@ -477,8 +495,26 @@ class BatchStore:
         self, spec: BatchSpec, item: PendingItem, outcome: ItemOutcome
     ) -> RecordOutcome:
         """Write one item's result once, with its counts and usage; see `_RECORD`."""
-        code = await self._record(*self._record_call(spec, item, outcome))
-        return _OUTCOMES[int(code)]
+        return (await self.record_many(spec, [(item, outcome)]))[0]
+
+    async def record_many(
+        self, spec: BatchSpec, done: Sequence[tuple[PendingItem, ItemOutcome]]
+    ) -> list[RecordOutcome]:
+        """Write several items' results in one script call; how each went, in order."""
+        args: list[str | int] = [self.result_ttl_ms]
+        for item, outcome in done:
+            usage = outcome.usage or Usage()
+            args += [
+                item.index,
+                outcome.to_json(),
+                outcome.status,
+                usage.input_tokens,
+                usage.output_tokens,
+                item.index // spec.chunk_size,
+                item.custom_id,
+            ]
+        codes = await self._record(keys=_script_keys(spec.id), args=args)
+        return [_OUTCOMES[int(code)] for code in codes]
 
     async def fail_pending(self, spec: BatchSpec, chunk: int, error: ErrorInfo) -> int:
         """Fail every item of a chunk that has no result yet; returns how many were failed."""
@@ -490,28 +526,12 @@ class BatchStore:
 
     async def _close_pending(self, spec: BatchSpec, chunk: int, outcome: ItemOutcome) -> int:
         pending = await self.pending_items(spec.id, *spec.chunk_bounds(chunk))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in pending:
-                await self._record(*self._record_call(spec, item, outcome), client=pipe)
-            codes = await pipe.execute()
-        return sum(1 for code in codes if int(code) > 0)
-
-    def _record_call(
-        self, spec: BatchSpec, item: PendingItem, outcome: ItemOutcome
-    ) -> tuple[list[str], list[str | int]]:
-        """The keys and arguments of `_RECORD` for one item."""
-        usage = outcome.usage or Usage()
-        args: list[str | int] = [
-            item.index,
-            outcome.to_json(),
-            outcome.status,
-            usage.input_tokens,
-            usage.output_tokens,
-            item.index // spec.chunk_size,
-            item.custom_id,
-            self.result_ttl_ms,
-        ]
-        return _script_keys(spec.id), args
+        closed = 0
+        for start in range(0, len(pending), PAGE):
+            page = pending[start : start + PAGE]
+            codes = await self.record_many(spec, [(item, outcome) for item in page])
+            closed += sum(code in ("written", "finished") for code in codes)
+        return closed
 
     async def begin_attempt(self, batch_id: str, chunk: int, run: str) -> int:
         """Record run `run` of a chunk as started; returns the chunk's runs that started and

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import openai
@@ -17,7 +17,7 @@ from shared.limiter import Limiters
 from shared.metrics import WorkerMetrics
 from shared.queue import Leases
 from shared.settings import Provider, Settings
-from shared.store import BatchStore, RecordOutcome
+from shared.store import BatchSpec, BatchStore, ItemOutcome, PendingItem, RecordOutcome
 from worker.watch import BatchWatch
 
 
@@ -40,20 +40,66 @@ class WorkerContext(TypedDict):
 
 
 class Writes:
-    """Result writes that finish even if their run is cancelled (SIGTERM): the worker waits
-    for them before it closes its Redis pool."""
+    """Result writes, grouped: the results that finish while a write is on its way to Redis go
+    together in the next one, one script call for all of them (a group commit). A result never
+    waits for others to join it: with no write on its way, it is written at once.
 
-    def __init__(self) -> None:
-        self._pending: set[asyncio.Task[Any]] = set()
+    Writes finish even if the run that asked for them is cancelled (SIGTERM): the worker waits
+    for them before it closes its Redis pool.
+    """
 
-    async def run(self, write: Awaitable[RecordOutcome]) -> RecordOutcome:
-        task = asyncio.ensure_future(write)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return await asyncio.shield(task)
+    #: Most results in one write (one Redis script call).
+    MOST = 500
+
+    def __init__(self, store: BatchStore) -> None:
+        self._store = store
+        self._queued: dict[str, list[_Queued]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    async def record(
+        self, spec: BatchSpec, item: PendingItem, outcome: ItemOutcome
+    ) -> RecordOutcome:
+        """Write one item's result (see `BatchStore.record`), grouped with others of its batch."""
+        written: asyncio.Future[RecordOutcome] = asyncio.get_running_loop().create_future()
+        # A run cancelled meanwhile no longer reads its outcome: that is not an error.
+        written.add_done_callback(_retrieved)
+        self._queued.setdefault(spec.id, []).append((item, outcome, written))
+        if spec.id not in self._writers:
+            self._writers[spec.id] = asyncio.create_task(self._write(spec), name="results")
+        return await asyncio.shield(written)
+
+    async def _write(self, spec: BatchSpec) -> None:
+        queued = self._queued[spec.id]
+        group: list[_Queued] = []
+        try:
+            while queued:
+                group = queued[: self.MOST]
+                del queued[: self.MOST]
+                try:
+                    codes = await self._store.record_many(spec, [(i, o) for i, o, _ in group])
+                except Exception as exc:  # Redis stayed away: each waiting run sees it
+                    for _, _, written in group:
+                        written.set_exception(exc)
+                    continue
+                for (_, _, written), code in zip(group, codes, strict=True):
+                    written.set_result(code)
+        finally:  # nothing awaits between the queue's last check and here
+            for _, _, written in group + queued:  # only if this writer itself was cancelled
+                written.cancel()
+            del self._queued[spec.id]
+            del self._writers[spec.id]
 
     async def drain(self) -> None:
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        while self._writers:
+            await asyncio.gather(*self._writers.values(), return_exceptions=True)
+
+
+_Queued = tuple[PendingItem, ItemOutcome, "asyncio.Future[RecordOutcome]"]
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Attempts:

@@ -47,7 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         store=store,
         watch=BatchWatch(store),
         metrics=metrics,
-        writes=Writes(),
+        writes=Writes(store),
         attempts=Attempts(store),
         http=http,
         models=build_models(settings, http),

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.limiter import BatchLimiter
-from shared.llm import build_chain, outcome_of
+from shared.llm import bind_model, outcome_of, to_messages
 from shared.metrics import WorkerMetrics
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from shared.store import BatchSpec, ItemOutcome, PendingItem, RecordOutcome
@@ -135,12 +135,12 @@ async def _run_items(
     )  # fmt: skip
     began = time.perf_counter()
     counts = {"written": 0, "failed": 0, "stopped": 0}
-    chain = build_chain(model, spec.model, spec.system, spec.params)
+    bound = bind_model(model, spec.model, spec.params)
 
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
-        return await ctx["writes"].run(store.record(spec, item, outcome))
+        return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(chain, limiter, stop, ctx["metrics"], write)
+    items = _item_runnable(bound, spec.system, limiter, stop, ctx["metrics"], write)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -164,16 +164,21 @@ Write = Callable[[PendingItem, ItemOutcome], Awaitable[RecordOutcome]]
 
 
 def _item_runnable(
-    chain: Runnable[str, BaseMessage],
+    model: Runnable[list[BaseMessage], BaseMessage],
+    system: str | None,
     limiter: BatchLimiter,
     stop: _Stop,
     metrics: WorkerMetrics,
     write: Write,
 ) -> Runnable[PendingItem, tuple[RecordOutcome, str]]:
-    """One item through the chain while holding one of the batch's slots, its result written
-    by the same coroutine the moment the reply arrives: a reply never leaves the item it
-    answers (so it cannot be stored as another's), and a stop after the reply (SIGTERM)
-    cannot lose it. Returns how the write went and the item's status."""
+    """One item through the chat model while holding one of the batch's slots, its result
+    written by the same coroutine the moment the reply arrives: a reply never leaves the item
+    it answers (so it cannot be stored as another's), and a stop after the reply (SIGTERM)
+    cannot lose it. Returns how the write went and the item's status.
+
+    This one runnable is the whole chain of an item (the messages are built inside it): each
+    runnable layer costs LangChain a run of its own, about 0.25 ms of CPU per item.
+    """
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         async with limiter.slot():
@@ -181,7 +186,7 @@ def _item_runnable(
                 raise ChunkStopped
             began = time.perf_counter()
             try:
-                outcome = outcome_of(await chain.ainvoke(item.prompt, config))
+                outcome = outcome_of(await model.ainvoke(to_messages(system, item.prompt), config))
             except Exception as exc:  # the provider's error is this item's result
                 outcome = outcome_of(exc)
             finally:

@@ -38,7 +38,7 @@ def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
         "store": store,
         "watch": BatchWatch(store),
         "metrics": WorkerMetrics(),
-        "writes": Writes(),
+        "writes": Writes(store),
         "attempts": Attempts(store),
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
