@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +18,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.measure import body, poll_load, reset_peak, rss_mb, run_batch, stream_results, submit
+from bench.measure import (
+    body,
+    cpu_s,
+    poll_load,
+    reset_peak,
+    rss_mb,
+    run_batch,
+    stream_results,
+    submit,
+)
 from bench.report import Row, Sweep, publish
 from bench.stack import Stack
 from bench.workload import prompts
@@ -34,7 +44,8 @@ class Sizes:
     memory: tuple[int, float, int] = (50_000, 20.0, 64)
     pollers: tuple[int, float, float] = (200, 30.0, 0.5)  # clients, seconds, interval
     sweep: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
-    sweep_rounds: int = 12  # prompts per point = rounds * concurrency
+    sweep_rounds: int = 12  # prompts per point = rounds * concurrency, at most sweep_most
+    sweep_most: int = 1500
     sweep_latency_ms: float = 100.0
 
 
@@ -53,6 +64,16 @@ SMOKE = Sizes(
 
 
 @dataclass
+class Sides:
+    """Runs of the same work by the direct script and by the service."""
+
+    direct: list[float] = field(default_factory=list)
+    service: list[float] = field(default_factory=list)
+    direct_cpu_ms: list[float] = field(default_factory=list)
+    service_cpu_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
 class Bench:
     stack: Stack
     sizes: Sizes
@@ -61,38 +82,49 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
 
     async def side_by_side(
-        self, name: str, count: int, latency_ms: float, concurrency: int, workers: int
-    ) -> tuple[list[float], list[float]]:
+        self,
+        name: str,
+        count: int,
+        latency_ms: float,
+        concurrency: int,
+        workers: int,
+        repeat: int | None = None,
+    ) -> Sides:
         """Direct script and service on the same work, alternating (and which goes first
-        alternating too); seconds of each run."""
-        direct: list[float] = []
-        service: list[float] = []
+        alternating too): seconds of each run, and CPU per item of each side."""
+        sides = Sides()
         payload = body(prompts(count), concurrency)
-        with self.stack.workers(workers, latency_ms):
-            for i in range(self.sizes.repeat):
+        with self.stack.workers(workers, latency_ms) as procs:
+            for i in range(repeat or self.sizes.repeat):
                 for side in ("direct", "service") if i % 2 == 0 else ("service", "direct"):
                     if side == "direct":
                         result = self.stack.direct(latency_ms, count, concurrency)
                         if result["failed"]:
                             raise RuntimeError(f"{name}: the direct script had failures")
-                        direct.append(result["seconds"])
+                        sides.direct.append(result["seconds"])
+                        sides.direct_cpu_ms.append(result["cpu_s"] * 1000 / count)
                     else:
-                        service.append((await run_batch(self.http, payload, 0.02)).seconds)
-                self.log(f"  {name} run {i + 1}: direct {direct[-1]:.2f} s, "
-                         f"service {service[-1]:.2f} s")  # fmt: skip
-        return direct, service
+                        cpu = sum(cpu_s(p.pid) for p in procs)
+                        sides.service.append((await run_batch(self.http, payload, 0.02)).seconds)
+                        cpu = sum(cpu_s(p.pid) for p in procs) - cpu
+                        sides.service_cpu_ms.append(cpu * 1000 / count)
+                self.log(f"  {name} run {i + 1}: direct {sides.direct[-1]:.2f} s, "
+                         f"service {sides.service[-1]:.2f} s")  # fmt: skip
+        return sides
 
     async def throughput(self, name: str, spec: tuple[int, float, int], workers: int,
                          target: float) -> None:  # fmt: skip
         count, latency_ms, concurrency = spec
-        direct, service = await self.side_by_side(name, count, latency_ms, concurrency, workers)
+        sides = await self.side_by_side(name, count, latency_ms, concurrency, workers)
         ideal = count / (concurrency / (latency_ms / 1000))
-        d, s = statistics.median(direct), statistics.median(service)
+        d, s = statistics.median(sides.direct), statistics.median(sides.service)
         self.rows.append(Row(
             name=f"{name}: {count} prompts, {latency_ms:g} ms, concurrency {concurrency}, "
                  f"{workers} worker{'s' * (workers > 1)}",
             unit="s", service=s, direct=d, ideal=ideal, target=f"≤ {target:g}× direct",
-            met=s <= target * d, runs=len(service),
+            met=s <= target * d, runs=len(sides.service),
+            extra=f"CPU per item: workers {statistics.median(sides.service_cpu_ms):.2f} ms, "
+                  f"direct script {statistics.median(sides.direct_cpu_ms):.2f} ms",
         ))  # fmt: skip
 
     async def first_result(self) -> None:
@@ -180,12 +212,13 @@ class Bench:
             line = Sweep(label=f"service, {workers} worker{'s' * (workers > 1)}")
             direct = Sweep(label="direct abatch script")
             for concurrency in self.sizes.sweep:
-                count = self.sizes.sweep_rounds * concurrency
-                d, s = await self.side_by_side(
-                    f"sweep c{concurrency} w{workers}", count, latency_ms, concurrency, workers
+                count = min(self.sizes.sweep_rounds * concurrency, self.sizes.sweep_most)
+                name = f"sweep c{concurrency} w{workers}"
+                sides = await self.side_by_side(
+                    name, count, latency_ms, concurrency, workers, repeat=1
                 )
-                line.points.append((concurrency, count / statistics.median(s)))
-                direct.points.append((concurrency, count / statistics.median(d)))
+                line.points.append((concurrency, count / statistics.median(sides.service)))
+                direct.points.append((concurrency, count / statistics.median(sides.direct)))
             lines.append(line)
             if workers == 1:
                 lines.append(direct)
@@ -223,6 +256,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=ROOT, help="where BENCHMARKS.md goes")
     parser.add_argument("--repeat", type=int, help="alternating runs per scenario")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sizes = SMOKE if args.smoke else Sizes()
     if args.repeat:
         sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})

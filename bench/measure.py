@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,12 @@ async def poll_load(
     finally:
         await asyncio.gather(*(http.aclose() for http in https))
     return PollLoad(latencies, errors)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
