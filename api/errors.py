@@ -46,10 +46,28 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return app_error_response(exc)
 
 
+#: The names pydantic gives the branches of a prompt (`str | PromptItem`) in an error's loc.
+_PROMPT_BRANCHES = ("str", "PromptItem")
+
+
+def _first_error(errors: Sequence[Any]) -> dict[str, Any]:
+    """The error to report, its loc without union branch names. A prompt that is neither a
+    string nor a valid object fails both branches: an object gets the object branch's error
+    (`prompts[1].extra`), anything else the string branch's (`prompts[1]`)."""
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        branch = next((part for part in loc if part in _PROMPT_BRANCHES), None)
+        if branch == "str" and isinstance(error.get("input"), dict):
+            continue
+        if branch == "PromptItem" and error.get("type") == "model_type":
+            continue
+        return {**error, "loc": tuple(part for part in loc if part not in _PROMPT_BRANCHES)}
+    return {"loc": (), "msg": "Invalid request.", "type": ""}
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "Invalid request.", "type": ""}
+    first = _first_error(exc.errors())
     param = _param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         message, param = "The body is not valid JSON.", None

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     worker_alive_s: float = Field(default=6.0, gt=0)
     job_timeout_s: int = Field(default=24 * 3600, ge=1)
     #: Items per chunk: a chunk is one arq job, the unit spread over workers and resumed.
-    chunk_size: int = Field(default=250, ge=1)
+    chunk_size: int = Field(default=100, ge=1)
     #: How long a chunk stays claimed by a worker that stopped renewing it (killed, frozen):
     #: another worker resumes the chunk's unfinished items after this.
     lease_s: float = Field(default=30.0, ge=1)

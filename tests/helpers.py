@@ -20,6 +20,7 @@ import httpx
 import redis
 
 from shared import keys
+from shared.schemas import BatchCreate, PromptItem
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -210,3 +211,8 @@ def parse_sse(text: str) -> list[tuple[str, str, Any]]:
 def bearer(key: str) -> dict[str, str]:
     """The Authorization header for an API key."""
     return {"Authorization": f"Bearer {key}"}
+
+
+def prompt_items(batch: BatchCreate) -> list[PromptItem]:
+    """A batch's prompts as objects (a plain string becomes `PromptItem(prompt=...)`)."""
+    return [PromptItem(prompt=p) if isinstance(p, str) else p for p in batch.prompts]

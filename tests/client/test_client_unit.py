@@ -47,7 +47,7 @@ def test_submit_sends_the_batch_body_and_cancel_posts_to_cancel() -> None:
     assert batch.cancel().status == "cancelling"
     assert batch.info.status == "cancelling"
     assert json.loads(sent[0].content) == {
-        "prompts": [{"prompt": "a"}, {"prompt": "b", "custom_id": "x"}],
+        "prompts": ["a", {"prompt": "b", "custom_id": "x"}],
         "model": "m",
         "params": {"temperature": 0.5},
     }

@@ -9,6 +9,7 @@ import pytest
 
 from client.inputs import read_batch_file
 from shared.errors import InvalidRequest
+from tests.helpers import prompt_items
 
 
 def test_plain_text_is_one_prompt_a_line_blank_lines_skipped(tmp_path: Path) -> None:
@@ -16,12 +17,12 @@ def test_plain_text_is_one_prompt_a_line_blank_lines_skipped(tmp_path: Path) -> 
     path.write_text("What is 2+2?\n\n  Where is Seoul?  \r\n{not json either\n")
     batch, kind = read_batch_file(path)
     assert kind == "text"
-    assert [p.prompt for p in batch.prompts] == [
+    assert [p.prompt for p in prompt_items(batch)] == [
         "What is 2+2?",
         "  Where is Seoul?  ",
         "{not json either",
     ]
-    assert [p.custom_id for p in batch.prompts] == [None, None, None]
+    assert [p.custom_id for p in prompt_items(batch)] == [None, None, None]
 
 
 def test_jsonl_of_prompts_keeps_custom_ids(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_jsonl_of_prompts_keeps_custom_ids(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     batch, kind = read_batch_file(path)
     assert kind == "jsonl"
-    assert [(p.custom_id, p.prompt) for p in batch.prompts] == [
+    assert [(p.custom_id, p.prompt) for p in prompt_items(batch)] == [
         ("q1", "one"), (None, "two"), (None, "three"),
     ]  # fmt: skip
 
@@ -44,7 +45,11 @@ def test_an_openai_batch_file_is_recognised(tmp_path: Path) -> None:
     path.write_text(json.dumps(line) + "\n")
     batch, kind = read_batch_file(path)
     assert kind == "openai"
-    assert (batch.model, batch.prompts[0].custom_id, batch.prompts[0].prompt) == ("m", "r1", "hi")
+    assert (batch.model, prompt_items(batch)[0].custom_id, prompt_items(batch)[0].prompt) == (
+        "m",
+        "r1",
+        "hi",
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 from shared.errors import InvalidRequest
 from shared.openai_format import batch_from_request_lines, output_line
 from shared.schemas import Batch, ErrorInfo, ItemResult, RequestCounts, Usage
+from tests.helpers import prompt_items
 
 
 def request(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
@@ -38,7 +39,10 @@ def test_request_lines_become_one_batch() -> None:
     got = batch_from_request_lines(
         lines(request("a", "Where is Seoul?", **params), "", request("b", "Hi", **params))
     )
-    assert [(p.custom_id, p.prompt) for p in got.prompts] == [("a", "Where is Seoul?"), ("b", "Hi")]
+    assert [(p.custom_id, p.prompt) for p in prompt_items(got)] == [
+        ("a", "Where is Seoul?"),
+        ("b", "Hi"),
+    ]
     assert got.model == "gpt-4o-mini"
     assert got.system == "Be brief."
     assert got.params.model_dump() == {**params, "stop": ["END"]}
@@ -51,7 +55,7 @@ def test_text_parts_max_completion_tokens_and_developer_role_are_understood() ->
         {"role": "user", "content": [{"type": "text", "text": t} for t in ("Hello ", "there")]},
     ]
     got = batch_from_request_lines(lines(line))
-    assert (got.system, got.prompts[0].prompt, got.params.max_tokens) == (
+    assert (got.system, prompt_items(got)[0].prompt, got.params.max_tokens) == (
         "Be brief.", "Hello there", 12,
     )  # fmt: skip
 
