@@ -80,6 +80,7 @@ class Bench:
     http: httpx.AsyncClient
     log: Callable[[str], None] = print
     rows: list[Row] = field(default_factory=list)
+    direct_cpu_ms: list[float] = field(default_factory=list)  # the scenarios' direct runs
 
     async def side_by_side(
         self,
@@ -118,6 +119,7 @@ class Bench:
         sides = await self.side_by_side(name, count, latency_ms, concurrency, workers)
         ideal = count / (concurrency / (latency_ms / 1000))
         d, s = statistics.median(sides.direct), statistics.median(sides.service)
+        self.direct_cpu_ms += sides.direct_cpu_ms
         self.rows.append(Row(
             name=f"{name}: {count} prompts, {latency_ms:g} ms, concurrency {concurrency}, "
                  f"{workers} worker{'s' * (workers > 1)}",
@@ -168,7 +170,8 @@ class Bench:
         began = time.perf_counter()
         lines = await stream_results(self.http, run.batch["id"])
         streamed = time.perf_counter() - began
-        rise = rss_mb(api_pid, "VmHWM") - before
+        # The peak cannot be below the RSS at the reset; a small negative is pages given back.
+        rise = max(0.0, rss_mb(api_pid, "VmHWM") - before)
         await self.http.delete(f"/v1/batches/{run.batch['id']}")
         if lines != count:
             raise RuntimeError(f"streamed {lines} results of {count}")
@@ -245,7 +248,8 @@ async def main_async(sizes: Sizes, out_dir: Path, workdir: Path, smoke: bool) ->
                 await step()
             print("throughput against concurrency…")
             sweep = await bench.sweep()
-        publish(bench.rows, sweep, sizes.sweep_latency_ms, out_dir, smoke=smoke)
+        cpu_ms = statistics.median(bench.direct_cpu_ms) if bench.direct_cpu_ms else None
+        publish(bench.rows, sweep, sizes.sweep_latency_ms, out_dir, smoke=smoke, cpu_ms=cpu_ms)
     finally:
         stack.close()
 

@@ -72,7 +72,9 @@ def sweep_table(sweeps: list[Sweep], latency_ms: float) -> str:
     return "\n".join(lines)
 
 
-def plot(sweeps: list[Sweep], latency_ms: float, path: Path) -> None:
+def plot(sweeps: list[Sweep], latency_ms: float, path: Path, cpu_ms: float | None) -> None:
+    """Items/s against concurrency: each sweep, the ideal line and, given the CPU one item
+    costs a client process, the most one process can do."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +87,11 @@ def plot(sweeps: list[Sweep], latency_ms: float, path: Path) -> None:
     for sweep, style in zip(sweeps, ("o-", "s-", "^-", "d-"), strict=False):
         xs, ys = zip(*sweep.points, strict=True)
         ax.plot(xs, ys, style, label=sweep.label)
+    if cpu_ms:
+        ax.axhline(1000 / cpu_ms, color="grey", linestyle=":",
+                   label=f"one process's CPU limit (1 / {cpu_ms:.2f} ms)")  # fmt: skip
     ax.set_xscale("log", base=2)
+    ax.set_xticks(concurrencies, labels=[str(c) for c in concurrencies])
     ax.set_yscale("log")
     ax.set_xlabel("max_concurrency")
     ax.set_ylabel("items per second")
@@ -112,12 +118,12 @@ def machine() -> str:
 
 
 def publish(rows: list[Row], sweeps: list[Sweep], latency_ms: float, out_dir: Path,
-            *, smoke: bool) -> None:  # fmt: skip
+            *, smoke: bool, cpu_ms: float | None = None) -> None:  # fmt: skip
     """Print the tables; write the plot and the results part of BENCHMARKS.md."""
     results = table(rows)
     sweep = sweep_table(sweeps, latency_ms)
     print(f"\n{results}\n\nitems per second against concurrency at {latency_ms:g} ms:\n{sweep}")
-    plot(sweeps, latency_ms, out_dir / PLOT)
+    plot(sweeps, latency_ms, out_dir / PLOT, cpu_ms)
     block = "\n\n".join([
         START,
         f"Run: {machine()}" + (" **Smoke run (toy sizes): not a measurement.**" * smoke),

@@ -46,7 +46,7 @@ def test_a_new_run_replaces_the_results_and_keeps_the_rest(tmp_path: Path) -> No
     for seconds in (1.5, 2.5):
         row = Row(name="figure", unit="s", service=seconds, direct=2.0, target="t", met=True,
                   runs=3)  # fmt: skip
-        publish([row], sweeps, 100.0, tmp_path, smoke=False)
+        publish([row], sweeps, 100.0, tmp_path, smoke=False, cpu_ms=2.5)
         path.write_text(path.read_text() + "After.\n")
     text = path.read_text()
     assert text.count(START) == 1

@@ -73,7 +73,8 @@ async def test_sigterm_hands_the_chunks_back_at_once_and_redoes_nothing_finished
     concurrency = 8
     first = openai_worker(workers, mock)
     prompts = [f"item {i} [[latency=40]]" for i in range(400)]
-    async with api_client(openai_settings(redis_url, mock)) as client:
+    settings = openai_settings(redis_url, mock).model_copy(update={"chunk_size": 200})
+    async with api_client(settings) as client:  # two chunks, both running at the SIGTERM
         batch = await submit(client, prompts=prompts, max_concurrency=concurrency)
         await wait_for(lambda: _at_least(client, batch["id"], 100), what="a quarter of the batch")
         assert first.stop(signal.SIGTERM) == 0
