@@ -23,23 +23,25 @@ class AppState(TypedDict):
     limits: Limits
 
 
-def get_settings(request: Request) -> Settings:
+# The getters are `async def` although they only read the request's state: FastAPI runs a
+# plain `def` dependency in its thread pool, a thread hop per dependency per request.
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
-def get_redis(request: Request) -> ArqRedis:
+async def get_redis(request: Request) -> ArqRedis:
     return cast(ArqRedis, request.state.redis)
 
 
-def get_store(request: Request) -> BatchStore:
+async def get_store(request: Request) -> BatchStore:
     return cast(BatchStore, request.state.store)
 
 
-def get_events(request: Request) -> EventHub:
+async def get_events(request: Request) -> EventHub:
     return cast(EventHub, request.state.events)
 
 
-def get_limits(request: Request) -> Limits:
+async def get_limits(request: Request) -> Limits:
     return cast(Limits, request.state.limits)
 
 
