@@ -46,8 +46,11 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return app_error_response(exc)
 
 
-#: The names pydantic gives the branches of a prompt (`str | PromptItem`) in an error's loc.
+#: The names pydantic gives the branches of a prompt (`str | PromptItem`) in an error's loc,
+#: which is then `("body", "prompts", <index>, <branch>, ...)`.
 _PROMPT_BRANCHES = ("str", "PromptItem")
+#: The error types of a value that is no object at all, for the `PromptItem` branch.
+_NOT_AN_OBJECT = ("model_type", "model_attributes_type")
 
 
 def _first_error(errors: Sequence[Any]) -> dict[str, Any]:
@@ -56,12 +59,14 @@ def _first_error(errors: Sequence[Any]) -> dict[str, Any]:
     (`prompts[1].extra`), anything else the string branch's (`prompts[1]`)."""
     for error in errors:
         loc = tuple(error.get("loc", ()))
-        branch = next((part for part in loc if part in _PROMPT_BRANCHES), None)
-        if branch == "str" and isinstance(error.get("input"), dict):
-            continue
-        if branch == "PromptItem" and error.get("type") == "model_type":
-            continue
-        return {**error, "loc": tuple(part for part in loc if part not in _PROMPT_BRANCHES)}
+        if len(loc) > 3 and loc[:2] == ("body", "prompts") and loc[3] in _PROMPT_BRANCHES:
+            branch = loc[3]
+            if branch == "str" and isinstance(error.get("input"), dict):
+                continue
+            if branch == "PromptItem" and error.get("type") in _NOT_AN_OBJECT:
+                continue
+            loc = loc[:3] + loc[4:]
+        return {**error, "loc": loc}
     return {"loc": (), "msg": "Invalid request.", "type": ""}
 
 

@@ -64,7 +64,8 @@ class Writes:
         # A run cancelled meanwhile no longer reads its outcome: that is not an error.
         written.add_done_callback(_retrieved)
         self._queued.setdefault(spec.id, []).append((item, outcome, written))
-        if spec.id not in self._writers:
+        writer = self._writers.get(spec.id)
+        if writer is None or writer.done():  # done here: cancelled before it ever ran
             self._writers[spec.id] = asyncio.create_task(self._write(spec), name="results")
         return await asyncio.shield(written)
 
@@ -83,15 +84,20 @@ class Writes:
                     continue
                 for (_, _, written), code in zip(group, codes, strict=True):
                     written.set_result(code)
+        except Exception as exc:  # a bug: every run still waiting hears of it
+            for _, _, written in group + queued:
+                if not written.done():
+                    written.set_exception(exc)
+            raise
         finally:  # nothing awaits between the queue's last check and here
-            for _, _, written in group + queued:  # only if this writer itself was cancelled
+            for _, _, written in group + queued:  # left only if this writer was cancelled
                 written.cancel()
             del self._queued[spec.id]
             del self._writers[spec.id]
 
     async def drain(self) -> None:
-        while self._writers:
-            await asyncio.gather(*self._writers.values(), return_exceptions=True)
+        while running := [writer for writer in self._writers.values() if not writer.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 _Queued = tuple[PendingItem, ItemOutcome, "asyncio.Future[RecordOutcome]"]

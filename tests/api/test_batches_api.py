@@ -195,6 +195,8 @@ async def test_wrong_method_uses_the_error_shape(client: httpx.AsyncClient) -> N
         ({"prompts": ["a", None]}, "prompts[1]"),
         ({"prompts": ["a", {"custom_id": "x"}]}, "prompts[1].prompt"),
         ({"prompts": ["a", {"prompt": 7}]}, "prompts[1].prompt"),
+        ({"prompts": ["a"], "metadata": {"str": 5}}, "metadata.str"),
+        ({"prompts": ["a"], "str": "x"}, "str"),
         ({"prompts": ["a"], "params": {"temperature": 9}}, "params.temperature"),
         ({"prompts": ["a"], "params": {"max_tokens": 10**7}}, "params.max_tokens"),
         ({"prompts": ["a"], "max_concurrency": 0}, "max_concurrency"),

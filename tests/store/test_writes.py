@@ -89,3 +89,16 @@ async def test_each_waiting_run_sees_a_failed_write(store: BatchStore) -> None:
     assert all(isinstance(r, RedisConnectionError) for r in results)
     await writes.drain()
     await gone.aclose()
+
+
+async def test_a_writer_cancelled_before_it_ran_strands_nothing(counting: CountingStore) -> None:
+    spec = await stored(counting, 3)
+    writes = Writes(counting)
+    first = asyncio.create_task(writes.record(spec, item(0), _ok("a")))
+    await asyncio.sleep(0)  # queued; its writer is made but has not run
+    writes._writers[spec.id].cancel()
+    await asyncio.sleep(0)
+    second = await asyncio.wait_for(writes.record(spec, item(1), _ok("b")), timeout=10)
+    assert second == "written"
+    assert await asyncio.wait_for(first, timeout=10) == "written"  # a new writer took it too
+    await asyncio.wait_for(writes.drain(), timeout=10)
