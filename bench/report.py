@@ -128,8 +128,8 @@ def publish(rows: list[Row], sweeps: list[Sweep], latency_ms: float, out_dir: Pa
         START,
         f"Run: {machine()}" + (" **Smoke run (toy sizes): not a measurement.**" * smoke),
         results,
-        f"Items per second against `max_concurrency` at {latency_ms:g} ms provider latency "
-        f"(![throughput]({PLOT})):",
+        f"Items per second against `max_concurrency` at {latency_ms:g} ms provider latency, "
+        f"one run of each side per point (![throughput]({PLOT})):",
         sweep,
         END,
     ])  # fmt: skip
