@@ -95,19 +95,20 @@ class Bench:
         alternating too): seconds of each run, and CPU per item of each side."""
         sides = Sides()
         payload = body(prompts(count), concurrency)
-        with self.stack.workers(workers, latency_ms) as procs:
+        async with self.stack.workers(workers, latency_ms) as procs:
+            pids = [p.pid for p in procs]
             for i in range(repeat or self.sizes.repeat):
                 for side in ("direct", "service") if i % 2 == 0 else ("service", "direct"):
                     if side == "direct":
-                        result = self.stack.direct(latency_ms, count, concurrency)
+                        result = await self.stack.direct(latency_ms, count, concurrency)
                         if result["failed"]:
                             raise RuntimeError(f"{name}: the direct script had failures")
                         sides.direct.append(result["seconds"])
                         sides.direct_cpu_ms.append(result["cpu_s"] * 1000 / count)
                     else:
-                        cpu = sum(cpu_s(p.pid) for p in procs)
+                        cpu = await cpu_s(*pids)
                         sides.service.append((await run_batch(self.http, payload, 0.02)).seconds)
-                        cpu = sum(cpu_s(p.pid) for p in procs) - cpu
+                        cpu = await cpu_s(*pids) - cpu
                         sides.service_cpu_ms.append(cpu * 1000 / count)
                 self.log(f"  {name} run {i + 1}: direct {sides.direct[-1]:.2f} s, "
                          f"service {sides.service[-1]:.2f} s")  # fmt: skip
@@ -134,10 +135,10 @@ class Bench:
         payload = body(prompts(1), 1)
         waits: list[float] = []
         direct: list[float] = []
-        with self.stack.workers(1, latency_ms):
+        async with self.stack.workers(1, latency_ms):
             for _ in range(self.sizes.first):
                 waits.append((await run_batch(self.http, payload, 0.005)).seconds * 1000)
-                direct.append(self.stack.direct(latency_ms, 1, 1)["seconds"] * 1000)
+                direct.append((await self.stack.direct(latency_ms, 1, 1))["seconds"] * 1000)
         s = statistics.median(waits)
         self.rows.append(Row(
             name=f"first result: a one-prompt batch at {latency_ms:g} ms, POST to completed",
@@ -162,16 +163,16 @@ class Bench:
     async def memory(self) -> None:
         count, latency_ms, concurrency = self.sizes.memory
         api_pid = self.stack.api.proc.pid
-        with self.stack.workers(2, latency_ms) as procs:
+        async with self.stack.workers(2, latency_ms) as procs:
             run = await run_batch(self.http, body(prompts(count), concurrency), 0.5, keep=True)
-            worker_peak = max(rss_mb(p.pid, "VmHWM") for p in procs)
-        before = rss_mb(api_pid)
-        reset_peak(api_pid)
+            worker_peak = max([await rss_mb(p.pid, "VmHWM") for p in procs])
+        before = await rss_mb(api_pid)
+        await reset_peak(api_pid)
         began = time.perf_counter()
         lines = await stream_results(self.http, run.batch["id"])
         streamed = time.perf_counter() - began
         # The peak cannot be below the RSS at the reset; a small negative is pages given back.
-        rise = max(0.0, rss_mb(api_pid, "VmHWM") - before)
+        rise = max(0.0, await rss_mb(api_pid, "VmHWM") - before)
         await self.http.delete(f"/v1/batches/{run.batch['id']}")
         if lines != count:
             raise RuntimeError(f"streamed {lines} results of {count}")
@@ -190,7 +191,7 @@ class Bench:
         latency_ms = self.sizes.latency[1]
         # The batch polled is running: a worker writes its results while the clients read.
         count = int(seconds * 160 * 1.5)
-        with self.stack.workers(1, latency_ms):
+        async with self.stack.workers(1, latency_ms):
             _, batch_id = await submit(self.http, body(prompts(count), 16))
             load = await poll_load(self.stack.api.url, batch_id, clients, seconds, interval)
             status = (await self.http.get(f"/v1/batches/{batch_id}")).json()["status"]
@@ -228,9 +229,16 @@ class Bench:
         return lines
 
 
-async def main_async(sizes: Sizes, out_dir: Path, workdir: Path, smoke: bool) -> None:
+@dataclass
+class Results:
+    rows: list[Row]
+    sweeps: list[Sweep]
+    direct_cpu_ms: float | None
+
+
+async def main_async(sizes: Sizes, workdir: Path) -> Results:
     print(f"starting Redis, the API and the mock provider (logs in {workdir})")
-    stack = Stack(workdir)
+    stack = await asyncio.to_thread(Stack, workdir)
     try:
         async with httpx.AsyncClient(base_url=stack.api.url, timeout=120) as http:
             bench = Bench(stack, sizes, http)
@@ -247,11 +255,11 @@ async def main_async(sizes: Sizes, out_dir: Path, workdir: Path, smoke: bool) ->
                 print(f"{name}…")
                 await step()
             print("throughput against concurrency…")
-            sweep = await bench.sweep()
-        cpu_ms = statistics.median(bench.direct_cpu_ms) if bench.direct_cpu_ms else None
-        publish(bench.rows, sweep, sizes.sweep_latency_ms, out_dir, smoke=smoke, cpu_ms=cpu_ms)
+            sweeps = await bench.sweep()
     finally:
-        stack.close()
+        await asyncio.to_thread(stack.close)
+    cpu_ms = statistics.median(bench.direct_cpu_ms) if bench.direct_cpu_ms else None
+    return Results(bench.rows, sweeps, cpu_ms)
 
 
 def main() -> None:
@@ -265,7 +273,11 @@ def main() -> None:
     if args.repeat:
         sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
     with tempfile.TemporaryDirectory(prefix="promptbatch-bench-") as workdir:
-        asyncio.run(main_async(sizes, args.out_dir, Path(workdir), args.smoke))
+        results = asyncio.run(main_async(sizes, Path(workdir)))
+    publish(
+        results.rows, results.sweeps, sizes.sweep_latency_ms, args.out_dir,
+        smoke=args.smoke, cpu_ms=results.direct_cpu_ms,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

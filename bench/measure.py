@@ -112,20 +112,28 @@ async def poll_load(
     return PollLoad(latencies, errors)
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used so far (user + system)."""
+async def cpu_s(*pids: int) -> float:
+    """CPU seconds the processes have used so far (user + system), together."""
+    return await asyncio.to_thread(lambda: sum(_cpu_s(pid) for pid in pids))
+
+
+async def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (`VmRSS`) or its peak so far (`VmHWM`), in MB."""
+    return await asyncio.to_thread(_status_mb, pid, field)
+
+
+async def reset_peak(pid: int) -> None:
+    """Start a process's peak RSS (`VmHWM`) again from its current RSS (Linux 4.0+)."""
+    await asyncio.to_thread(Path(f"/proc/{pid}/clear_refs").write_text, "5")
+
+
+def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """A process's resident memory (`VmRSS`) or its peak so far (`VmHWM`), in MB."""
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} for process {pid}")
-
-
-def reset_peak(pid: int) -> None:
-    """Start a process's peak RSS (`VmHWM`) again from its current RSS (Linux 4.0+)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")

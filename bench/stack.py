@@ -3,11 +3,11 @@ latency, the API under uvicorn, arq worker processes. Started once per `make ben
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.helpers import ROOT, MockProvider, Proc, RedisServer, start_worker, worker_env
@@ -37,39 +37,34 @@ class Stack:
             self._mocks[latency_ms] = MockProvider(self.workdir, latency_ms=latency_ms)
         return self._mocks[latency_ms]
 
-    @contextlib.contextmanager
-    def workers(self, count: int, latency_ms: float, **env: str) -> Iterator[list[Proc]]:
+    @contextlib.asynccontextmanager
+    async def workers(self, count: int, latency_ms: float) -> AsyncIterator[list[Proc]]:
         """`count` worker processes calling the mock at `latency_ms`; stopped on exit."""
-        mock = self.mock(latency_ms)
+        url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
         started: list[Proc] = []
         try:
             for _ in range(count):
                 log = self.workdir / f"worker-{latency_ms:g}ms-{len(started)}.log"
-                started.append(
-                    start_worker(
-                        self.redis.url,
-                        log,
-                        OPENAI_BASE_URL=f"{mock.url}/v1",
-                        OPENAI_API_KEY=API_KEY,
-                        **env,
-                    )
-                )
+                env = {"OPENAI_BASE_URL": url, "OPENAI_API_KEY": API_KEY}
+                started.append(await asyncio.to_thread(start_worker, self.redis.url, log, **env))
             yield started
         finally:
             for proc in started:
-                proc.stop()
+                await asyncio.to_thread(proc.stop)
 
-    def direct(self, latency_ms: float, prompts: int, concurrency: int) -> dict[str, float]:
+    async def direct(self, latency_ms: float, prompts: int, concurrency: int) -> dict[str, float]:
         """One run of the direct abatch script, in a process of its own."""
-        args = [sys.executable, "-m", "bench.direct", "--base-url",
-                f"{self.mock(latency_ms).url}/v1", "--prompts", str(prompts),
+        url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
+        args = ["-m", "bench.direct", "--base-url", url, "--prompts", str(prompts),
                 "--concurrency", str(concurrency)]  # fmt: skip
-        done = subprocess.run(
-            args, cwd=ROOT, env=worker_env("unused"), capture_output=True, text=True, check=False
-        )
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, *args, cwd=ROOT, env=worker_env("unused"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await done.communicate()
         if done.returncode != 0:
-            raise RuntimeError(f"the direct script failed:\n{done.stderr[-2000:]}")
-        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"the direct script failed:\n{err.decode()[-2000:]}")
+        result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
         return result
 
     def close(self) -> None:
