@@ -2,7 +2,7 @@
 
 It builds the very chain a worker builds (same `ChatOpenAI` settings, same HTTP client type) and
 runs `chain.abatch(prompts, max_concurrency=...)` against the same mock. Run as a process of its
-own, as a user's script is; prints one JSON line: {"seconds": ..., "failed": ...}. The clock
+own, as a user's script is; prints one JSON line: {"seconds", "cpu_s", "failed"}. The clock
 starts after imports and client set-up, so the script is timed at its best.
 
     python -m bench.direct --base-url http://127.0.0.1:8001/v1 --prompts 2000 --concurrency 32
