@@ -189,10 +189,12 @@ class Bench:
     async def pollers(self) -> None:
         clients, seconds, interval = self.sizes.pollers
         latency_ms = self.sizes.latency[1]
-        # The batch polled is running: a worker writes its results while the clients read.
-        count = int(seconds * 160 * 1.5)
+        # The batch polled is running: a worker writes its results while the clients read,
+        # and it has half as many prompts again as the worker can finish in that time.
+        concurrency = 16
+        count = int(seconds * concurrency / (latency_ms / 1000) * 1.5)
         async with self.stack.workers(1, latency_ms):
-            _, batch_id = await submit(self.http, body(prompts(count), 16))
+            _, batch_id = await submit(self.http, body(prompts(count), concurrency))
             load = await poll_load(self.stack.api.url, batch_id, clients, seconds, interval)
             status = (await self.http.get(f"/v1/batches/{batch_id}")).json()["status"]
             await self.http.delete(f"/v1/batches/{batch_id}")

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-FINAL = ("completed", "failed", "cancelled")
+from shared.schemas import FINAL_BATCH_STATUSES
+
 JSON = {"Content-Type": "application/json"}
 
 
@@ -46,7 +47,7 @@ async def run_batch(
     _, batch_id = await submit(http, payload)
     while True:
         batch: dict[str, Any] = (await http.get(f"/v1/batches/{batch_id}")).json()
-        if batch["status"] in FINAL:
+        if batch["status"] in FINAL_BATCH_STATUSES:
             seconds = time.perf_counter() - began
             break
         await asyncio.sleep(poll_s)
