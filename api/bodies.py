@@ -27,9 +27,9 @@ _NDJSON_DOC = {
 _NDJSON_DESCRIPTION = (
     "JSON as `BatchCreate`, or an OpenAI Batch input file as `application/x-ndjson`: one "
     "request line a line (`custom_id`, `method`, `url` `/v1/chat/completions`, `body` with "
-    "`model`, `messages` and sampling parameters). The last user message is the prompt, a system "
-    "message the batch's `system`; every line shares model, system and parameters. Errors name "
-    "the line counted from 1, as in `line[3].body.messages`."
+    "`model`, `messages` and chat-completion params). Every line keeps its own messages and "
+    "params; one model per batch. Errors name the line counted from 1, as in "
+    "`line[3].body.model`."
 )
 
 

@@ -18,8 +18,8 @@ import time
 import openai
 
 from bench.workload import prompts
+from shared.chat import BatchParams
 from shared.llm import build_chain, build_models
-from shared.schemas import BatchParams
 from shared.settings import Settings
 
 

@@ -5,8 +5,9 @@ from client.aio import AsyncBatch, AsyncClient
 from client.errors import APIConnectionError, APIError, PromptbatchError
 from client.inputs import read_batch_file
 from client.sync import Batch, Client
+from shared.chat import BatchParams
 from shared.openai_format import OutputLine
-from shared.schemas import BatchCreate, BatchList, BatchParams, ItemResult, PromptItem
+from shared.schemas import BatchCreate, BatchList, ItemResult, PromptItem
 
 __all__ = [
     "APIConnectionError",

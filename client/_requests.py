@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict, Unpack
 
-from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, BatchParams, PromptItem
+from shared.chat import BatchParams
+from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, PromptItem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NDJSON = "application/x-ndjson"

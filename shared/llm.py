@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import replace
 from typing import Any
 
 import openai
+import orjson
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.exceptions import (
     ContextOverflowError,
@@ -20,13 +23,20 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    convert_to_messages,
+)
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_openai import ChatOpenAI
 
-from shared.schemas import BatchParams, ErrorInfo, Usage
+from shared.chat import JSON_FORMATS, BatchParams, has_system, schema_error
+from shared.schemas import ErrorInfo, Usage
 from shared.settings import Provider, Settings
 from shared.store import ItemOutcome
 
@@ -36,7 +46,8 @@ OFFLINE_PREFIX = "[offline] You asked: "
 class OfflineChatModel(BaseChatModel):
     """A deterministic chat model that needs no network: it echoes the last user message.
 
-    Reply: `[offline] You asked: <prompt>`, cut to `max_tokens` words when given. Tokens are
+    Reply: `[offline] You asked: <prompt>`, cut to `max_tokens` words when given (then
+    `finish_reason` is `length`); asked for JSON, `{"you_asked": "<prompt>"}`. Tokens are
     counted as whitespace-separated words, so usage is real and predictable.
     """
 
@@ -53,7 +64,7 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _offline_reply(messages, kwargs.get("max_tokens"))
+        return _offline_reply(messages, **kwargs)
 
     async def _agenerate(
         self,
@@ -64,20 +75,26 @@ class OfflineChatModel(BaseChatModel):
     ) -> ChatResult:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        return _offline_reply(messages, kwargs.get("max_tokens"))
+        return _offline_reply(messages, **kwargs)
 
 
-def _offline_reply(messages: list[BaseMessage], max_tokens: int | None) -> ChatResult:
+def _offline_reply(messages: list[BaseMessage], **params: Any) -> ChatResult:
     prompt = next((str(m.text) for m in reversed(messages) if isinstance(m, HumanMessage)), "")
     words = (OFFLINE_PREFIX + prompt).split()
-    if max_tokens is not None:
-        words = words[:max_tokens]
+    limit = params.get("max_completion_tokens") or params.get("max_tokens")
+    finish_reason = "stop"
+    if limit is not None and len(words) > limit:
+        words, finish_reason = words[:limit], "length"
     reply = " ".join(words)
+    if (params.get("response_format") or {}).get("type") in JSON_FORMATS:
+        reply = json.dumps({"you_asked": prompt}, ensure_ascii=False)
     input_tokens = max(1, sum(len(str(m.text).split()) for m in messages))
     usage = UsageMetadata(
         input_tokens=input_tokens, output_tokens=len(words), total_tokens=input_tokens + len(words)
     )
-    message = AIMessage(content=reply, usage_metadata=usage)
+    message = AIMessage(
+        content=reply, usage_metadata=usage, response_metadata={"finish_reason": finish_reason}
+    )
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
@@ -115,27 +132,90 @@ def build_chain(
 def bind_model(
     model: BaseChatModel, model_name: str, params: BatchParams
 ) -> Runnable[list[BaseMessage], BaseMessage]:
-    """The chat model with the batch's model name and sampling parameters."""
-    return model.bind(model=model_name, **params.model_dump(exclude_none=True))
+    """The chat model with the batch's model name and params (an item's own override them)."""
+    return model.bind(model=model_name, **params.provider_kwargs())
 
 
-def to_messages(system: str | None, prompt: str) -> list[BaseMessage]:
-    """The messages of one item. Built directly rather than through a prompt template, so
-    braces in a user's text are never read as template variables."""
-    head: list[BaseMessage] = [SystemMessage(content=system)] if system else []
-    return [*head, HumanMessage(content=prompt)]
+def to_messages(system: str | None, prompt: str | list[dict[str, Any]]) -> list[BaseMessage]:
+    """The messages of one item: its prompt as the user's message, or its own OpenAI messages,
+    led by the batch's system prompt unless the item has a system message of its own. Built
+    directly rather than through a prompt template, so braces in a user's text are never read
+    as template variables."""
+    if isinstance(prompt, str):
+        head: list[BaseMessage] = [SystemMessage(content=system)] if system else []
+        return [*head, HumanMessage(content=prompt)]
+    messages = convert_to_messages(prompt)
+    if system and not has_system(prompt):
+        return [SystemMessage(content=system), *messages]
+    return messages
 
 
-def outcome_of(result: BaseMessage | BaseException) -> ItemOutcome:
-    """One item's result from what the chain returned for it."""
+def outcome_of(
+    result: BaseMessage | BaseException, response_format: dict[str, Any] | None = None
+) -> ItemOutcome:
+    """One item's result from what the chat model returned for it: the reply with what the
+    provider said of it, parsed (and checked against the schema) when it asked for JSON."""
     if isinstance(result, BaseException):
         return ItemOutcome(status="failed", error=error_info(result))
-    usage = result.usage_metadata if isinstance(result, AIMessage) else None
-    return ItemOutcome(
+    tool_calls = _tool_calls(result) if isinstance(result, AIMessage) else None
+    refusal = result.additional_kwargs.get("refusal")
+    text = str(result.text)
+    outcome = ItemOutcome(
         status="succeeded",
-        output=str(result.text),
-        usage=Usage.of(usage["input_tokens"], usage["output_tokens"]) if usage else None,
+        output=text if text or not (tool_calls or refusal) else None,
+        usage=_usage(result.usage_metadata) if isinstance(result, AIMessage) else None,
+        finish_reason=result.response_metadata.get("finish_reason"),
+        tool_calls=tool_calls,
+        refusal=refusal if isinstance(refusal, str) else None,
     )
+    kind = (response_format or {}).get("type")
+    if kind not in JSON_FORMATS or outcome.output is None:
+        return outcome
+    return _parsed(outcome, text, response_format if kind == "json_schema" else None)
+
+
+def _parsed(outcome: ItemOutcome, text: str, json_schema: dict[str, Any] | None) -> ItemOutcome:
+    """The outcome with its reply as JSON, or failed as `invalid_output` (its text kept)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return _invalid(outcome, f"The reply is not valid JSON ({exc}).")
+    schema = (json_schema or {}).get("json_schema", {}).get("schema")
+    if isinstance(schema, dict):
+        problem = schema_error(schema, value)
+        if problem is not None:
+            return _invalid(outcome, f"The reply does not match the schema: {problem}")
+    return replace(outcome, output_json=value)
+
+
+def _invalid(outcome: ItemOutcome, message: str) -> ItemOutcome:
+    return replace(
+        outcome, status="failed", error=ErrorInfo(type="invalid_output", message=message)
+    )
+
+
+def _usage(usage: UsageMetadata | None) -> Usage | None:
+    if usage is None:
+        return None
+    cached = (usage.get("input_token_details") or {}).get("cache_read") or 0
+    reasoning = (usage.get("output_token_details") or {}).get("reasoning") or 0
+    return Usage.of(usage["input_tokens"], usage["output_tokens"], cached, reasoning)
+
+
+def _tool_calls(message: AIMessage) -> list[dict[str, Any]] | None:
+    """The reply's tool calls in OpenAI's format (arguments as JSON text)."""
+    calls: list[dict[str, Any]] = [
+        _openai_call(call["id"], call["name"], json.dumps(call["args"], ensure_ascii=False))
+        for call in message.tool_calls
+    ]
+    calls += [
+        _openai_call(call["id"], call["name"], call["args"]) for call in message.invalid_tool_calls
+    ]
+    return calls or None
+
+
+def _openai_call(call_id: str | None, name: str | None, arguments: str | None) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 _ERROR_TYPES: tuple[tuple[type[ModelError], str], ...] = (

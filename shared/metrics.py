@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from shared import keys, workers
+from shared.store import TOKEN_KINDS
 
 #: Upper bounds (seconds) of the provider-latency histogram's buckets.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
@@ -123,7 +124,7 @@ class _Snapshot(Collector):
             items.add_metric([status], self._n(f"items:{status}"))
         yield items
         tokens = CounterMetricFamily("promptbatch_tokens", "Tokens used.", labels=["kind"])
-        for kind in ("input", "output"):
+        for kind in TOKEN_KINDS:
             tokens.add_metric([kind], self._n(f"tokens:{kind}"))
         yield tokens
         yield self._responses()

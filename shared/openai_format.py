@@ -1,5 +1,6 @@
-"""OpenAI Batch files: request lines in (one line -> one prompt), output lines out (one result ->
-one line), so files made for or read by OpenAI's Batch API work here unchanged."""
+"""OpenAI Batch files: request lines in (one line -> one item, with its messages and params),
+output lines out (one result -> one line), so files made for or read by OpenAI's Batch API work
+here unchanged."""
 
 from __future__ import annotations
 
@@ -7,53 +8,34 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
+from shared.chat import BatchParams, Message
 from shared.errors import InvalidRequest
-from shared.schemas import Batch, BatchCreate, BatchParams, CustomId, ItemResult, PromptItem
+from shared.schemas import (
+    Batch,
+    BatchCreate,
+    CustomId,
+    ItemResult,
+    PromptEntry,
+    PromptItem,
+    Usage,
+)
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
-#: Roles whose message becomes the batch's system prompt (`developer` is OpenAI's newer name).
-_SYSTEM_ROLES = frozenset({"system", "developer"})
-
-
-class _TextPart(BaseModel, extra="forbid"):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel, extra="forbid"):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart]
-    name: str | None = None
-
-    @property
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 class ChatRequestBody(BatchParams):
-    """`body` of a request line: a chat completion request with one prompt. Unknown fields are
-    refused, as everywhere in the API, rather than silently dropped."""
+    """`body` of a request line: a chat completion request, kept whole (its messages and its
+    params). Unknown fields are refused, as everywhere in the API, rather than dropped."""
 
     model: str | None = Field(default=None, min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[Message] = Field(min_length=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _stop_as_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("stop"), str):
-            return {**data, "stop": [data["stop"]]}
-        return data
-
-    def params(self) -> BatchParams:
-        values = self.model_dump(include=set(BatchParams.model_fields))
-        if values["max_tokens"] is None:
-            values["max_tokens"] = self.max_completion_tokens
-        return BatchParams(**values)
+    def params(self) -> BatchParams | None:
+        """The line's params (validated already, as fields of this body)."""
+        values = self.model_dump(exclude_unset=True, exclude={"model", "messages"})
+        return BatchParams.model_construct(**values) if values else None
 
 
 class RequestLine(BaseModel, extra="forbid"):
@@ -84,30 +66,36 @@ def is_request_line(value: Any) -> bool:
 
 
 def batch_from_request_lines(lines: Iterable[str]) -> BatchCreate:
-    """An OpenAI Batch input file as one batch. Every line must share model, system prompt and
-    sampling parameters; InvalidRequest names the first line (counted from 1) that is wrong."""
-    prompts: list[PromptItem] = []
+    """An OpenAI Batch input file as one batch: every line keeps its own messages and params.
+    One model per batch, as OpenAI requires; InvalidRequest names the first line (counted
+    from 1) that is wrong."""
+    prompts: list[PromptEntry] = []
     seen: set[str] = set()
-    shared: tuple[int, _Shared] | None = None
+    model: tuple[int, str] | None = None
     for number, value in json_lines(lines):
-        item, settings = _split(number, _request_line(number, value))
-        if shared is None:
-            shared = (number, settings)
-        _check_same(number, settings, *shared)
-        if item.custom_id in seen:
+        line = _request_line(number, value)
+        body = line.body
+        if body.model is not None:
+            if model is None:
+                model = (number, body.model)
+            elif body.model != model[1]:
+                raise InvalidRequest(
+                    f"Line {number}: model {body.model!r} differs from line {model[0]}'s "
+                    f"{model[1]!r}; a batch runs one model.",
+                    param=f"line[{number}].body.model",
+                )
+        if line.custom_id in seen:
             raise InvalidRequest(
-                f"Line {number}: custom_id {item.custom_id!r} appears twice in the batch.",
+                f"Line {number}: custom_id {line.custom_id!r} appears twice in the batch.",
                 param=f"line[{number}].custom_id",
             )
-        seen.add(item.custom_id or "")
-        prompts.append(item)
-    if shared is None:
+        seen.add(line.custom_id)
+        prompts.append(
+            PromptItem(custom_id=line.custom_id, messages=body.messages, params=body.params())
+        )
+    if not prompts:
         raise InvalidRequest("The body has no request lines.", param="line[1]")
-    model, system, params = shared[1]
-    return BatchCreate(prompts=prompts, model=model, system=system, params=params)
-
-
-_Shared = tuple[str | None, str | None, BatchParams]
+    return BatchCreate(prompts=prompts, model=model[1] if model else None)
 
 
 def _request_line(number: int, value: Any) -> RequestLine:
@@ -121,39 +109,6 @@ def _request_line(number: int, value: Any) -> RequestLine:
         return RequestLine.model_validate(value)
     except ValidationError as exc:
         raise line_error(number, exc) from None
-
-
-def _split(number: int, line: RequestLine) -> tuple[PromptItem, _Shared]:
-    """The line's prompt, and what it must share with every other line."""
-    param = f"line[{number}].body.messages"
-    *earlier, last = line.body.messages
-    system = [m for m in earlier if m.role in _SYSTEM_ROLES]
-    if last.role != "user" or len(system) != len(earlier) or len(system) > 1:
-        raise InvalidRequest(
-            f"Line {number}: messages must be one user message, optionally after one system "
-            "message; conversations with earlier turns are not supported.",
-            param=param,
-        )
-    if not last.text.strip():
-        raise InvalidRequest(f"Line {number}: the user message is empty.", param=param)
-    item = PromptItem(prompt=last.text, custom_id=line.custom_id)
-    return item, (line.body.model, system[0].text if system else None, line.body.params())
-
-
-def _check_same(number: int, settings: _Shared, first: int, expected: _Shared) -> None:
-    """Refuse a line whose model, system message or a sampling parameter differs from the
-    first line's, naming the field."""
-    (model, system, params), (want_model, want_system, want_params) = settings, expected
-    got = {"model": model, "messages": system, **params.model_dump()}
-    want = {"model": want_model, "messages": want_system, **want_params.model_dump()}
-    field = next((name for name in got if got[name] != want[name]), None)
-    if field is not None:
-        what = "the system message" if field == "messages" else field
-        raise InvalidRequest(
-            f"Line {number}: {what} differs from line {first}'s; every line of a batch shares "
-            "model, system message and sampling parameters.",
-            param=f"line[{number}].body.{field}",
-        )
 
 
 def line_error(number: int, exc: ValidationError) -> InvalidRequest:
@@ -176,8 +131,9 @@ def _path(loc: Sequence[int | str]) -> str:
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
-    refusal: None = None
+    content: str | None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Choice(BaseModel):
@@ -187,10 +143,33 @@ class Choice(BaseModel):
     finish_reason: str = "stop"
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+
+    @classmethod
+    def of(cls, usage: Usage | None) -> CompletionUsage:
+        usage = usage or Usage()
+        return cls(
+            prompt_tokens=usage.input_tokens,
+            completion_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=usage.reasoning_tokens
+            ),
+        )
 
 
 class ChatCompletion(BaseModel):
@@ -224,28 +203,25 @@ class OutputLine(BaseModel):
 
 def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
     """The item as OpenAI writes it in a batch output file; None while it is still pending
-    (an OpenAI output file holds finished requests only)."""
+    (an OpenAI output file holds finished requests only). An item that failed (a reply that
+    is not the JSON asked for included) is an error line."""
     if item.status == "pending":
         return None
     line_id = f"batch_req_{batch.id.removeprefix('batch_')}_{item.index}"
-    if item.status != "succeeded" or item.output is None:
+    if item.status != "succeeded":
         code = item.error.type if item.error else f"batch_{item.status}"
         message = item.error.message if item.error else f"The request was {item.status}."
         return OutputLine(
             id=line_id, custom_id=item.custom_id, response=None,
             error=OutputError(code=code, message=message),
         )  # fmt: skip
-    usage = item.usage
+    reply = AssistantMessage(content=item.output, refusal=item.refusal, tool_calls=item.tool_calls)
     completion = ChatCompletion(
         id=f"chatcmpl-{batch.id.removeprefix('batch_')}-{item.index}",
         created=int((batch.finished_at or batch.created_at).timestamp()),
         model=batch.model,
-        choices=[Choice(message=AssistantMessage(content=item.output))],
-        usage=CompletionUsage(
-            prompt_tokens=usage.input_tokens if usage else 0,
-            completion_tokens=usage.output_tokens if usage else 0,
-            total_tokens=usage.total_tokens if usage else 0,
-        ),
+        choices=[Choice(message=reply, finish_reason=item.finish_reason or "stop")],
+        usage=CompletionUsage.of(item.usage),
     )
     response = OutputResponse(
         status_code=200, request_id=f"req_{batch.id.removeprefix('batch_')}_{item.index}",

@@ -16,12 +16,12 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from shared import keys
+from shared.chat import BatchParams
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.schemas import (
     FINAL_BATCH_STATUSES,
     Batch,
     BatchList,
-    BatchParams,
     BatchPlan,
     ErrorInfo,
     ItemResult,
@@ -61,32 +61,43 @@ end
 # -1 when the batch is gone or already failed as a whole, 0 when the item already had a result
 # (a repeated write changes nothing), 1 when written, 2 when written and it was the batch's
 # last item (the batch is then final, exactly once).
-# ARGV: ttl ms, then per result: index, result JSON, item status, input tokens, output tokens,
-# chunk, custom_id.
+# ARGV: ttl ms, then per result: index, result JSON, item status, chunk, custom_id, then its
+# input, output, cached and reasoning tokens (summed into the fields of _TOKEN_FIELDS).
+_STRIDE = 9
+#: The kinds of tokens counted, per batch (`<kind>_tokens`) and service-wide (`tokens:<kind>`).
+TOKEN_KINDS = ("input", "output", "cached", "reasoning")
+_TOKEN_FIELDS = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
 _RECORD = (
     _PRELUDE
+    + f"""
+local stride = {_STRIDE}
+local token_fields = {{'{"', '".join(_TOKEN_FIELDS)}'}}
+local token_kinds = {{'{"', '".join(TOKEN_KINDS)}'}}
+"""
     + """
 local codes = {}
 local status = redis.call('HGET', meta, 'status')
 if not status or status == 'failed' then
-  for i = 2, #ARGV, 7 do codes[#codes + 1] = -1 end
+  for i = 2, #ARGV, stride do codes[#codes + 1] = -1 end
   return codes
 end
 local total = tonumber(redis.call('HGET', meta, 'total'))
-for i = 2, #ARGV, 7 do
+for i = 2, #ARGV, stride do
   local index, item_status = ARGV[i], ARGV[i + 2]
-  local input, output = ARGV[i + 3], ARGV[i + 4]
   if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
     codes[#codes + 1] = 0
   else
     redis.call('HINCRBY', meta, item_status, 1)
-    redis.call('HINCRBY', meta, 'input_tokens', input)
-    redis.call('HINCRBY', meta, 'output_tokens', output)
-    redis.call('HINCRBY', chunks, ARGV[i + 5], 1)
+    for t, field in ipairs(token_fields) do
+      local n = ARGV[i + 4 + t]
+      if n ~= '0' then
+        redis.call('HINCRBY', meta, field, n)
+        redis.call('HINCRBY', stats, 'tokens:' .. token_kinds[t], n)
+      end
+    end
+    redis.call('HINCRBY', chunks, ARGV[i + 3], 1)
     redis.call('HINCRBY', stats, 'items:' .. item_status, 1)
-    redis.call('HINCRBY', stats, 'tokens:input', input)
-    redis.call('HINCRBY', stats, 'tokens:output', output)
-    event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 6])
+    event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 4])
     if redis.call('HINCRBY', meta, 'done', 1) < total then
       codes[#codes + 1] = 1
     else
@@ -162,11 +173,13 @@ DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
 
 @dataclass(frozen=True, slots=True)
 class PendingItem:
-    """An item without a result yet: its index, custom id and prompt."""
+    """An item without a result yet: its index, custom id, prompt (or OpenAI messages) and
+    the params it sets beyond the batch's."""
 
     index: int
     custom_id: str
-    prompt: str
+    prompt: str | list[dict[str, Any]]
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,23 +217,29 @@ _OUTCOMES: dict[int, RecordOutcome] = {-1: "gone", 0: "duplicate", 1: "written",
 
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
-    """What running one prompt produced: an output with usage, or an error."""
+    """What running one item produced: a reply with usage, or an error."""
 
     status: Literal["succeeded", "failed", "cancelled"]
     output: str | None = None
     error: ErrorInfo | None = None
     usage: Usage | None = None
+    output_json: Any = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "status": self.status,
-                "output": self.output,
-                "error": self.error.model_dump() if self.error else None,
-                "usage": self.usage.model_dump() if self.usage else None,
-            },
-            ensure_ascii=False,
-        )
+    def to_json(self) -> bytes:
+        """The stored result: only the fields that are set (a reader fills in the rest)."""
+        stored: dict[str, Any] = {"status": self.status}
+        for name in ("output", "output_json", "finish_reason", "tool_calls", "refusal"):
+            value = getattr(self, name)
+            if value is not None:
+                stored[name] = value
+        if self.error is not None:
+            stored["error"] = self.error.model_dump()
+        if self.usage is not None:
+            stored["usage"] = self.usage.model_dump()
+        return orjson.dumps(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,11 +469,12 @@ class BatchStore:
             inputs, results = await pipe.execute()
         items = []
         for index, raw_input, raw_result in zip(indices, inputs, results, strict=True):
-            custom_id = json.loads(raw_input)[0]
+            custom_id = orjson.loads(raw_input)[0]
             if raw_result is None:
                 items.append(ItemResult(index=index, custom_id=custom_id, status="pending"))
             else:
-                items.append(ItemResult(index=index, custom_id=custom_id, **json.loads(raw_result)))
+                result = orjson.loads(raw_result)
+                items.append(ItemResult(index=index, custom_id=custom_id, **result))
         return items
 
     # -- the worker side ----------------------------------------------------------------------
@@ -502,17 +522,19 @@ class BatchStore:
         self, spec: BatchSpec, done: Sequence[tuple[PendingItem, ItemOutcome]]
     ) -> list[RecordOutcome]:
         """Write several items' results in one script call; how each went, in order."""
-        args: list[str | int] = [self.result_ttl_ms]
+        args: list[bytes | str | int] = [self.result_ttl_ms]
         for item, outcome in done:
             usage = outcome.usage or Usage()
             args += [
                 item.index,
                 outcome.to_json(),
                 outcome.status,
-                usage.input_tokens,
-                usage.output_tokens,
                 item.index // spec.chunk_size,
                 item.custom_id,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
             ]
         codes = await self._record(keys=_script_keys(spec.id), args=args)
         return [_OUTCOMES[int(code)] for code in codes]
@@ -639,7 +661,7 @@ def _batch_from_fields(f: Mapping[str, str]) -> Batch:
     succeeded, failed, cancelled = (
         int(f.get(name, 0)) for name in ("succeeded", "failed", "cancelled")
     )
-    input_tokens, output_tokens = int(f.get("input_tokens", 0)), int(f.get("output_tokens", 0))
+    tokens = (int(f.get(name, 0)) for name in _TOKEN_FIELDS)
     metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
     return Batch(
         id=f["id"],
@@ -657,7 +679,7 @@ def _batch_from_fields(f: Mapping[str, str]) -> Batch:
             cancelled=cancelled,
             pending=total - succeeded - failed - cancelled,
         ),
-        usage=Usage.of(input_tokens, output_tokens),
+        usage=Usage.of(*tokens),
         metadata=metadata,
         error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
     )

@@ -158,6 +158,11 @@ class MockProvider:
     def reset(self) -> None:
         httpx.post(f"{self.url}/_reset").raise_for_status()
 
+    def requests(self) -> list[dict[str, Any]]:
+        """The chat-completions request bodies the mock received since its last reset."""
+        data: list[dict[str, Any]] = httpx.get(f"{self.url}/_requests").json()["data"]
+        return data
+
     def open_gate(self, name: str) -> None:
         httpx.post(f"{self.url}/_gates/{name}").raise_for_status()
 
@@ -215,4 +220,4 @@ def bearer(key: str) -> dict[str, str]:
 
 def prompt_items(batch: BatchCreate) -> list[PromptItem]:
     """A batch's prompts as objects (a plain string becomes `PromptItem(prompt=...)`)."""
-    return [PromptItem(prompt=p) if isinstance(p, str) else p for p in batch.prompts]
+    return [PromptItem(prompt=p) if isinstance(p, str) else p for p in batch.prompts or ()]

@@ -140,7 +140,7 @@ async def _run_items(
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
         return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(bound, spec.system, limiter, stop, ctx["metrics"], write)
+    items = _item_runnable(bound, spec, limiter, stop, ctx["metrics"], write)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -165,7 +165,7 @@ Write = Callable[[PendingItem, ItemOutcome], Awaitable[RecordOutcome]]
 
 def _item_runnable(
     model: Runnable[list[BaseMessage], BaseMessage],
-    system: str | None,
+    spec: BatchSpec,
     limiter: BatchLimiter,
     stop: _Stop,
     metrics: WorkerMetrics,
@@ -180,13 +180,17 @@ def _item_runnable(
     runnable layer costs LangChain a run of its own, about 0.25 ms of CPU per item.
     """
 
+    batch_format = spec.params.response_format
+
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
+        own = item.params or {}  # the item's params, over the batch's bound ones
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
             began = time.perf_counter()
             try:
-                outcome = outcome_of(await model.ainvoke(to_messages(system, item.prompt), config))
+                reply = await model.ainvoke(to_messages(spec.system, item.prompt), config, **own)
+                outcome = outcome_of(reply, own.get("response_format", batch_format))
             except Exception as exc:  # the provider's error is this item's result
                 outcome = outcome_of(exc)
             finally:

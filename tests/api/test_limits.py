@@ -116,7 +116,7 @@ def strict(redis_url: str) -> Settings:
         ({"prompts": ["a"], "params": {"max_tokens": 0}}, "params.max_tokens"),
         ({"prompts": ["a"], "max_concurrency": 9}, "max_concurrency"),
         ({"prompts": ["a"], "temperature": 0.2}, "temperature"),
-        ({"prompts": ["a"], "params": {"frequency_penalty": 1}}, "params.frequency_penalty"),
+        ({"prompts": ["a"], "params": {"functions": []}}, "params.functions"),
         ({"prompts": [{"prompt": "a", "id": "x"}]}, "prompts[0].id"),
         ({"prompts": ["a"], "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ],

@@ -48,12 +48,17 @@ async def test_an_openai_batch_file_is_one_batch(client: httpx.AsyncClient, redi
         ("q2", "pending"),
     ]
     async with Redis.from_url(redis_url) as redis:
-        spec = await BatchStore(redis).spec(batch["id"])
+        store = BatchStore(redis)
+        spec = await store.spec(batch["id"])
+        items = await store.pending_items(batch["id"], 0, 2)
     assert spec is not None
-    assert spec.system == "Answer in one line."
-    assert spec.params.model_dump(exclude_none=True) == {
-        "temperature": 0.2, "max_tokens": 64, "stop": ["\n\n"],
-    }  # fmt: skip
+    assert (spec.system, spec.params.provider_kwargs()) == (None, {})
+    assert [(item.prompt, item.params) for item in items] == [
+        (request("q1", "Where is Seoul?")["body"]["messages"],
+         {"temperature": 0.2, "max_completion_tokens": 64, "stop": "\n\n"}),
+        (request("q2", "What is 2+2?")["body"]["messages"],
+         {"temperature": 0.2, "max_completion_tokens": 64, "stop": "\n\n"}),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -61,19 +66,21 @@ async def test_an_openai_batch_file_is_one_batch(client: httpx.AsyncClient, redi
     [
         ((request("a", "x"), {**request("b", "y"), "url": "/v1/embeddings"}), "line[2].url"),
         ((request("a", "x"), request("b", "y", model="gpt-4o-mini")), "line[2].body.model"),
-        ((request("a", "x"), request("b", "y", top_p=0.5)), "line[2].body.top_p"),
+        ((request("a", "x"), request("b", "y", top_p=5)), "line[2].body.top_p"),
         ((request("a", "x"), "", '{"custom_id": '), "line[3]"),
         ((request("a", "x"), request("a", "y")), "line[2].custom_id"),
         ((request("a", "x", n=2),), "line[1].body.n"),
+        ((request("a", "x", functions=[]),), "line[1].body.functions"),
         (({**request("a", "x"), "body": {"messages": []}},), "line[1].body.messages"),
         (("",), "line[1]"),
     ],
     ids=[
         "url",
         "mixed-model",
-        "mixed-params",
+        "out-of-range",
         "malformed",
         "duplicate-id",
+        "n",
         "unknown-param",
         "no-messages",
         "empty",
@@ -92,13 +99,17 @@ async def test_a_bad_line_is_422_naming_it_and_stores_nothing(
         assert list(redis.scan_iter("*")) == []
 
 
-async def test_a_conversation_with_earlier_turns_is_refused(client: httpx.AsyncClient) -> None:
+async def test_a_conversation_with_earlier_turns_keeps_every_turn(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
     line = request("a", "x")
     line["body"]["messages"] += [{"role": "assistant", "content": "hm"},
                                  {"role": "user", "content": "and?"}]  # fmt: skip
     response = await client.post("/v1/batches", content=ndjson(line), headers=NDJSON)
-    assert response.status_code == 422
-    assert response.json()["error"]["param"] == "line[1].body.messages"
+    assert response.status_code == 202, response.text
+    async with Redis.from_url(redis_url) as redis:
+        (item,) = await BatchStore(redis).pending_items(response.json()["id"], 0, 1)
+    assert item.prompt == line["body"]["messages"]
 
 
 async def test_openapi_documents_both_bodies(client: httpx.AsyncClient) -> None:

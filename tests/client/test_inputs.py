@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from client.inputs import read_batch_file
+from shared.chat import dump_messages
 from shared.errors import InvalidRequest
 from tests.helpers import prompt_items
 
@@ -45,11 +46,10 @@ def test_an_openai_batch_file_is_recognised(tmp_path: Path) -> None:
     path.write_text(json.dumps(line) + "\n")
     batch, kind = read_batch_file(path)
     assert kind == "openai"
-    assert (batch.model, prompt_items(batch)[0].custom_id, prompt_items(batch)[0].prompt) == (
-        "m",
-        "r1",
-        "hi",
-    )
+    (item,) = prompt_items(batch)
+    assert (batch.model, item.custom_id, dump_messages(item.messages or [])) == (
+        "m", "r1", [{"role": "user", "content": "hi"}],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

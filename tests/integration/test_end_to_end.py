@@ -62,7 +62,8 @@ async def test_300_prompts_at_random_latency_each_get_their_own_output_in_order(
     assert [item["custom_id"] for item in items] == [str(i) for i in range(300)]
     assert [item["output"] for item in items] == [f"mock reply to: {p}" for p in prompts]
     for item in items:  # the mock counts words: 3 in each prompt, 6 in each reply
-        assert item["usage"] == {"input_tokens": 3, "output_tokens": 6, "total_tokens": 9}
+        assert item["usage"] == {"input_tokens": 3, "output_tokens": 6, "total_tokens": 9,
+                                 "cached_tokens": 0, "reasoning_tokens": 0}  # fmt: skip
     for field in ("input_tokens", "output_tokens", "total_tokens"):
         assert done["usage"][field] == sum(item["usage"][field] for item in items)
     assert mock.stats()["calls"] == 300

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.schemas import BatchParams, BatchPlan
+from shared.chat import BatchParams
+from shared.schemas import BatchPlan
 from shared.store import BatchSpec, BatchStore, PendingItem
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from langchain_core.exceptions import ModelInvalidRequestError, ModelRateLimitError
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
+from shared.chat import BatchParams
 from shared.llm import OFFLINE_PREFIX, OfflineChatModel, build_chain, error_info, outcome_of
-from shared.schemas import BatchParams
 
 
 async def test_offline_model_is_deterministic_with_usage() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.chat import dump_messages
 from shared.errors import InvalidRequest
 from shared.openai_format import batch_from_request_lines, output_line
 from shared.schemas import Batch, ErrorInfo, ItemResult, RequestCounts, Usage
@@ -34,33 +35,49 @@ def rejected(*values: Any) -> InvalidRequest:
     return caught.value
 
 
-def test_request_lines_become_one_batch() -> None:
+def test_every_line_keeps_its_own_messages_and_params() -> None:
     params = {"temperature": 0.3, "top_p": 0.9, "max_tokens": 40, "seed": 7, "stop": "END"}
     got = batch_from_request_lines(
-        lines(request("a", "Where is Seoul?", **params), "", request("b", "Hi", **params))
+        lines(request("a", "Where is Seoul?", **params), "", request("b", "Hi", temperature=1))
     )
-    assert [(p.custom_id, p.prompt) for p in prompt_items(got)] == [
-        ("a", "Where is Seoul?"),
-        ("b", "Hi"),
+    items = prompt_items(got)
+    assert [item.custom_id for item in items] == ["a", "b"]
+    assert [dump_messages(item.messages or []) for item in items] == [
+        request("a", "Where is Seoul?")["body"]["messages"],
+        request("b", "Hi")["body"]["messages"],
     ]
-    assert got.model == "gpt-4o-mini"
-    assert got.system == "Be brief."
-    assert got.params.model_dump() == {**params, "stop": ["END"]}
-
-
-def test_text_parts_max_completion_tokens_and_developer_role_are_understood() -> None:
-    line = request("a", "unused", max_completion_tokens=12)
-    line["body"]["messages"] = [
-        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
-        {"role": "user", "content": [{"type": "text", "text": t} for t in ("Hello ", "there")]},
-    ]
-    got = batch_from_request_lines(lines(line))
-    assert (got.system, prompt_items(got)[0].prompt, got.params.max_tokens) == (
-        "Be brief.", "Hello there", 12,
+    assert [item.params.model_dump(exclude_unset=True) for item in items if item.params] == [
+        params, {"temperature": 1},
+    ]  # fmt: skip
+    assert (got.model, got.system, got.params.model_dump(exclude_none=True)) == (
+        "gpt-4o-mini", None, {},
     )  # fmt: skip
 
 
-def test_without_system_message_or_model_the_server_defaults_apply() -> None:
+FEW_SHOT = [
+    {"role": "developer", "content": [{"type": "text", "text": "Classify sentiment."}]},
+    {"role": "user", "content": "I love it"},
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": "It broke."},
+    {"role": "user", "content": [
+        {"type": "text", "text": "And this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "detail": "low"}},
+    ]},
+]  # fmt: skip
+
+
+def test_conversations_several_user_messages_and_content_parts_run_unchanged() -> None:
+    line = request("a", "unused", response_format={"type": "json_object"}, frequency_penalty=0.5)
+    line["body"]["messages"] = FEW_SHOT
+    item = prompt_items(batch_from_request_lines(lines(line)))[0]
+    assert dump_messages(item.messages or []) == FEW_SHOT
+    assert item.params is not None
+    assert item.params.provider_kwargs() == {
+        "response_format": {"type": "json_object"}, "frequency_penalty": 0.5,
+    }  # fmt: skip
+
+
+def test_without_a_model_the_server_default_applies() -> None:
     line = request("a", "Hi")
     line["body"] = {"messages": [{"role": "user", "content": "Hi"}]}
     got = batch_from_request_lines(lines(line))
@@ -77,59 +94,45 @@ def test_without_system_message_or_model_the_server_defaults_apply() -> None:
         ({k: v for k, v in request("b", "x").items() if k != "custom_id"}, "line[2].custom_id"),
         (request("a", "x"), "line[2].custom_id"),
         (request("b", "x", model="gpt-4o"), "line[2].body.model"),
-        (request("b", "x", temperature=0.9), "line[2].body.temperature"),
         (request("b", "x", temperature=5), "line[2].body.temperature"),
-        (request("b", "x", logit_bias={}), "line[2].body.logit_bias"),
+        (request("b", "x", logit_bias={"50256": 101}), "line[2].body.logit_bias.50256"),
+        (request("b", "x", n=2), "line[2].body.n"),
+        (request("b", "x", stream=True), "line[2].body.stream"),
+        (request("b", "x", modalities=["audio"]), "line[2].body.modalities"),
         ({**request("b", "x"), "extra": 1}, "line[2].extra"),
     ],
     ids=[
-        "url",
-        "method",
-        "json",
-        "not-object",
-        "no-custom-id",
-        "duplicate-id",
-        "mixed-model",
-        "mixed-params",
-        "out-of-range",
-        "unknown-param",
-        "unknown-field",
+        "url", "method", "json", "not-object", "no-custom-id", "duplicate-id", "other-model",
+        "out-of-range", "logit-bias-range", "n", "stream", "unknown-param", "unknown-field",
     ],
-)
+)  # fmt: skip
 def test_a_wrong_line_is_refused_naming_it(second: Any, param: str) -> None:
     error = rejected(request("a", "fine"), second)
     assert error.param == param
     assert "Line 2" in error.message
 
 
+def test_n_and_stream_are_refused_saying_why() -> None:
+    assert "one result" in rejected(request("a", "x", n=3)).message
+    assert "stored whole" in rejected(request("a", "x", stream=True)).message
+
+
 @pytest.mark.parametrize(
     "messages",
     [
-        [{"role": "user", "content": "first"}, {"role": "assistant", "content": "hm"},
-         {"role": "user", "content": "second"}],
-        [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
-         {"role": "user", "content": "q"}],
-        [{"role": "system", "content": "only"}],
-        [{"role": "user", "content": "   "}],
         [],
-        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        [{"role": "narrator", "content": "x"}],
+        [{"role": "user", "content": [{"type": "video", "video": {}}]}],
+        [{"role": "user", "content": "x", "audio": {}}],
     ],
-    ids=["conversation", "two-systems", "no-user", "empty-prompt", "none", "image"],
-)  # fmt: skip
-def test_messages_must_be_one_prompt_and_an_optional_system(messages: list[Any]) -> None:
+    ids=["none", "unknown-role", "unknown-part", "unknown-field"],
+)
+def test_malformed_messages_are_refused(messages: list[Any]) -> None:
     line = request("b", "x")
     line["body"]["messages"] = messages
     error = rejected(request("a", "fine"), line)
     assert error.param is not None
     assert error.param.startswith("line[2].body.messages")
-
-
-def test_a_different_system_message_is_refused() -> None:
-    line = request("b", "x")
-    line["body"]["messages"][0]["content"] = "Be verbose."
-    error = rejected(request("a", "fine"), line)
-    assert error.param == "line[2].body.messages"
-    assert "system message differs from line 1" in error.message
 
 
 def test_an_empty_file_is_refused() -> None:
@@ -169,12 +172,14 @@ def test_a_succeeded_item_is_a_chat_completion_response() -> None:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": "Seoul is in Korea.",
-                                    "refusal": None},
+                                    "refusal": None, "tool_calls": None},
                         "logprobs": None,
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
+                          "prompt_tokens_details": {"cached_tokens": 0},
+                          "completion_tokens_details": {"reasoning_tokens": 0}},
             },
         },
         "error": None,
@@ -199,3 +204,32 @@ def test_failed_and_cancelled_items_are_errors_and_pending_ones_are_left_out() -
     assert cancelled_line.error is not None
     assert cancelled_line.error.code == "batch_cancelled"
     assert output_line(pending, batch()) is None
+
+
+def test_an_output_line_says_what_the_provider_said() -> None:
+    calls = [{"id": "call_1", "type": "function",
+              "function": {"name": "lookup", "arguments": '{"city": "Seoul"}'}}]  # fmt: skip
+    item = ItemResult(
+        index=0, custom_id="t", status="succeeded", output=None, finish_reason="tool_calls",
+        tool_calls=calls, usage=Usage.of(9, 3, cached_tokens=4, reasoning_tokens=2),
+    )  # fmt: skip
+    line = output_line(item, batch())
+    assert line is not None
+    assert line.response is not None
+    body = line.response.body.model_dump(mode="json")
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert body["choices"][0]["message"] == {
+        "role": "assistant", "content": None, "refusal": None, "tool_calls": calls,
+    }  # fmt: skip
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2}
+
+
+def test_a_reply_cut_at_max_tokens_says_length() -> None:
+    item = ItemResult(
+        index=0, custom_id="c", status="succeeded", output="cut", finish_reason="length"
+    )
+    line = output_line(item, batch())
+    assert line is not None
+    assert line.response is not None
+    assert line.response.body.choices[0].finish_reason == "length"

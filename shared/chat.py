@@ -1,0 +1,190 @@
+"""Chat requests as an item carries them: OpenAI's messages, content parts and chat-completion
+params. Models round-trip exactly (`dump_*` leaves out what the client did not send), so what a
+provider receives is what the client wrote."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+#: Roles whose message leads a conversation; an item with one does not get the batch's `system`.
+SYSTEM_ROLES = frozenset({"system", "developer"})
+#: `response_format` types whose reply is parsed into `output_json`.
+JSON_FORMATS = frozenset({"json_object", "json_schema"})
+
+
+class _Part(BaseModel):
+    """A content part: its `type` and its payload are checked, anything else passes untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrlPart(_Part):
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
+class InputAudioPart(_Part):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(_Part):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+ContentPart = Annotated[
+    TextPart | ImageUrlPart | InputAudioPart | FilePart, Field(discriminator="type")
+]
+
+
+class Message(BaseModel):
+    """One chat message, as in OpenAI's `messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    #: An assistant turn's calls (OpenAI's format), and a tool message's answer to one.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message's text (its text parts, joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content or () if isinstance(p, TextPart))
+
+
+def _response_format(value: dict[str, Any]) -> dict[str, Any]:
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError("response_format.type is one of text, json_object, json_schema")
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ValueError("response_format.json_schema needs a name and a schema")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise ValueError("response_format.json_schema.schema is a JSON Schema object")
+        problem = _schema_problem(_schema_key(schema))
+        if problem is not None:
+            raise ValueError(f"response_format.json_schema.schema is invalid: {problem}")
+    return value
+
+
+def _schema_key(schema: dict[str, Any]) -> bytes:
+    return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+
+
+@lru_cache(maxsize=128)
+def _schema_problem(schema_json: bytes) -> str | None:
+    """Why a JSON Schema is not one, checked once per distinct schema (an OpenAI file repeats
+    the same schema on every line)."""
+    try:
+        Draft202012Validator.check_schema(orjson.loads(schema_json))
+    except SchemaError as exc:
+        return exc.message
+    return None
+
+
+def _tools(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for tool in value:
+        kind = tool.get("type")
+        if kind == "function":
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError("a function tool needs function.name")
+        elif kind != "custom":
+            raise ValueError("a chat-completions tool has type function or custom")
+    return value
+
+
+def _only_one(name: str, allowed: object, why: str) -> Any:
+    def check(value: object) -> object:
+        if value not in (None, allowed):
+            raise ValueError(f"{name} must be {allowed!r} or left out: {why}")
+        return value
+
+    return AfterValidator(check)
+
+
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+StopWord = Annotated[str, StringConstraints(min_length=1)]
+
+
+class BatchParams(BaseModel):
+    """OpenAI chat-completion params a batch (its defaults) or an item (its overrides) carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: StopWord | Annotated[list[StopWord], Field(max_length=4)] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning_effort: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    response_format: Annotated[dict[str, Any], AfterValidator(_response_format)] | None = None
+    tools: Annotated[list[dict[str, Any]], AfterValidator(_tools)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+    #: Accepted only as the no-ops OpenAI files sometimes carry (`n: 1`, `stream: false`).
+    n: Annotated[int | None, _only_one("n", 1, "an item has one result")] = None
+    stream: Annotated[
+        bool | None, _only_one("stream", False, "each result is stored whole when it finishes")
+    ] = None
+
+    def provider_kwargs(self) -> dict[str, Any]:
+        """What goes to the chat model: the fields given, without the no-ops. `max_tokens` is
+        sent as `max_completion_tokens`, its current name (as ChatOpenAI does anyway), so that
+        an item's limit overrides the batch's whichever name either used."""
+        kwargs = self.model_dump(exclude_none=True, exclude={"n", "stream"})
+        if "max_tokens" in kwargs:
+            kwargs.setdefault("max_completion_tokens", kwargs["max_tokens"])
+            del kwargs["max_tokens"]
+        return kwargs
+
+
+def dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as the client sent them (fields not given are left out)."""
+    return [m.model_dump(exclude_unset=True) for m in messages]
+
+
+def has_system(messages: list[dict[str, Any]]) -> bool:
+    return any(m.get("role") in SYSTEM_ROLES for m in messages)
+
+
+@lru_cache(maxsize=128)
+def _validator(schema_json: bytes) -> Draft202012Validator:
+    return Draft202012Validator(orjson.loads(schema_json))
+
+
+def schema_error(schema: dict[str, Any], value: Any) -> str | None:
+    """Why `value` does not match a JSON Schema (checked at submit), or None when it does.
+    Validators are compiled once per distinct schema."""
+    validator = _validator(_schema_key(schema))
+    error = next(iter(validator.iter_errors(value)), None)
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return f"{error.message} (at output_json{where})"

@@ -1,0 +1,80 @@
+"""Template batches: a LangChain `ChatPromptTemplate` (f-string variables, never jinja2, which can
+run code) filled from each row of `inputs` at submit, so a worker never evaluates a template and a
+bad row is a 422 rather than a failed item later."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.prompts import ChatPromptTemplate, SystemMessagePromptTemplate
+
+from shared.errors import InvalidRequest
+from shared.schemas import ItemRecord, PromptTemplate, RowValue, UniqueIds, check_prompt
+
+#: LangChain's message types as OpenAI's roles.
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A template's rows as items; a leading system message that no row changes is the batch's
+    `system`, stored once rather than with every item."""
+
+    items: list[ItemRecord]
+    system: str | None
+
+
+def render_rows(
+    spec: PromptTemplate, rows: Sequence[dict[str, RowValue]], max_chars: int, *, hoist: bool
+) -> Rendered:
+    """Each row through the template; InvalidRequest names `inputs[i]` for a row that lacks a
+    variable. Values are inserted literally: braces in a value stay braces. With `hoist` (the
+    batch names no `system` of its own), a fixed leading system message becomes the batch's."""
+    template, system = _split_system(_template(spec)) if hoist else (_template(spec), None)
+    variables = set(template.input_variables)
+    items: list[ItemRecord] = []
+    ids = UniqueIds("inputs")
+    for index, row in enumerate(rows):
+        param = f"inputs[{index}]"
+        missing = variables.difference(row)
+        if missing:
+            raise InvalidRequest(
+                f"Row {index} has no value for {', '.join(sorted(missing))} (the template's "
+                f"variables: {', '.join(sorted(variables))}).",
+                param=param,
+            )
+        custom_id = row.get("custom_id")
+        messages = _as_openai(template.format_messages(**{v: row[v] for v in variables}))
+        for message in messages:
+            check_prompt(message["content"], max_chars, param)
+        items.append((ids.add(None if custom_id is None else str(custom_id), index), messages))
+    return Rendered(items, system)
+
+
+def _template(spec: PromptTemplate) -> ChatPromptTemplate:
+    try:
+        template = ChatPromptTemplate.from_messages(spec.messages, template_format="f-string")
+    except (ValueError, KeyError) as exc:
+        raise InvalidRequest(f"The template is not valid: {exc}", param="template") from None
+    if "" in template.input_variables:
+        raise InvalidRequest(
+            "The template has an empty placeholder {}; name every variable, as in {review}, "
+            "or write {{ and }} for literal braces.",
+            param="template",
+        )
+    return template
+
+
+def _split_system(template: ChatPromptTemplate) -> tuple[ChatPromptTemplate, str | None]:
+    """A leading system message without variables, taken out of the template."""
+    first, *rest = template.messages
+    if not rest or not isinstance(first, SystemMessagePromptTemplate) or first.input_variables:
+        return template, None
+    return ChatPromptTemplate.from_messages(rest), str(first.format().content)
+
+
+def _as_openai(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    return [{"role": _ROLES[m.type], "content": m.content} for m in messages]
