@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from bench.measure import (
     body,
     cpu_s,
     poll_load,
+    redis_bytes,
     reset_peak,
     rss_mb,
     run_batch,
@@ -30,7 +32,8 @@ from bench.measure import (
 )
 from bench.report import Row, Sweep, publish
 from bench.stack import Stack
-from bench.workload import prompts
+from bench.workload import chat_items, prompts
+from shared import keys
 from tests.helpers import ROOT
 
 
@@ -42,6 +45,7 @@ class Sizes:
     first: int = 15  # one-prompt batches
     submit: tuple[int, int] = (10_000, 15)  # prompts, POSTs
     memory: tuple[int, float, int] = (50_000, 20.0, 64)
+    storage: tuple[int, int] = (50_000, 1200)  # items, bytes of JSON each
     pollers: tuple[int, float, float] = (200, 30.0, 0.5)  # clients, seconds, interval
     sweep: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
     sweep_rounds: int = 12  # prompts per point = rounds * concurrency, at most sweep_most
@@ -56,6 +60,7 @@ SMOKE = Sizes(
     first=2,
     submit=(100, 2),
     memory=(300, 0.0, 16),
+    storage=(100, 1200),
     pollers=(4, 1.0, 0.2),
     sweep=(2, 8),
     sweep_rounds=4,
@@ -186,6 +191,24 @@ class Bench:
             unit="MB", service=rise, target="≤ 50 MB", met=rise <= 50, runs=1,
         ))  # fmt: skip
 
+    async def storage(self) -> None:
+        """Redis bytes per item of a batch of chat items (no worker runs it: the batch as
+        stored at submit), against the bytes of the items' JSON as sent."""
+        count, size = self.sizes.storage
+        items = chat_items(count, size)
+        payload = json.dumps({"prompts": items}).encode()
+        sent = sum(len(json.dumps(item)) for item in items)
+        _, batch_id = await submit(self.http, payload)
+        stored = await redis_bytes(self.stack.redis.url, keys.batch_keys(batch_id))
+        await self.http.delete(f"/v1/batches/{batch_id}")
+        ratio = stored / sent
+        self.rows.append(Row(
+            name=f"storage: {count:,} items of {sent / count / 1000:.1f} KB (messages and "
+                 "params), Redis bytes per item",
+            unit="B", service=stored / count, target="≤ 1.5× the item's JSON",
+            met=ratio <= 1.5, runs=1, extra=f"{ratio:.2f}× its {sent / count:.0f} B of JSON",
+        ))  # fmt: skip
+
     async def pollers(self) -> None:
         clients, seconds, interval = self.sizes.pollers
         latency_ms = self.sizes.latency[1]
@@ -252,6 +275,7 @@ async def main_async(sizes: Sizes, workdir: Path) -> Results:
                 ("first result", bench.first_result),
                 ("submit", bench.submit_time),
                 ("memory", bench.memory),
+                ("storage", bench.storage),
                 ("API under load", bench.pollers),
             ]:
                 print(f"{name}…")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from shared.schemas import FINAL_BATCH_STATUSES
 
@@ -138,3 +139,10 @@ def _status_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} for process {pid}")
+
+
+async def redis_bytes(redis_url: str, names: tuple[str, ...]) -> int:
+    """What Redis spends on these keys (`MEMORY USAGE`, every element counted)."""
+    async with Redis.from_url(redis_url) as redis:
+        sizes = [await redis.memory_usage(name, samples=0) for name in names]
+    return sum(size or 0 for size in sizes)

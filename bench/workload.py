@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def prompts(count: int) -> list[str]:
     """`count` distinct short prompts, the size of a typical classification or extraction ask."""
     return [f"Prompt {i}: name one colour of the rainbow and say why." for i in range(count)]
+
+
+def chat_items(count: int, size: int) -> list[dict[str, Any]]:
+    """`count` items of about `size` bytes of JSON each, shaped like an OpenAI Batch line's
+    body: a system message, a few-shot turn, the question, and params of their own."""
+    filler = "The review goes on about the lamp's colour, weight and price. "
+    items = []
+    for i in range(count):
+        question = f"Review {i}: " + filler * max(1, (size - 330) // len(filler))
+        items.append({
+            "custom_id": f"review-{i}",
+            "messages": [
+                {"role": "system", "content": "Classify the sentiment of a product review."},
+                {"role": "user", "content": "I love it, works great."},
+                {"role": "assistant", "content": "positive"},
+                {"role": "user", "content": question},
+            ],
+            "params": {"temperature": 0, "max_tokens": 8},
+        })  # fmt: skip
+    return items

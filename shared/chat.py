@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, best_match
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -183,7 +183,7 @@ def schema_error(schema: dict[str, Any], value: Any) -> str | None:
     """Why `value` does not match a JSON Schema (checked at submit), or None when it does.
     Validators are compiled once per distinct schema."""
     validator = _validator(_schema_key(schema))
-    error = next(iter(validator.iter_errors(value)), None)
+    error = best_match(validator.iter_errors(value))
     if error is None:
         return None
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

@@ -36,7 +36,8 @@ def batch(batch_id: str) -> str:
 
 
 def inputs(batch_id: str) -> str:
-    """List: one JSON `[custom_id, prompt]` per item, in input order. Written once at submit."""
+    """List: one JSON `[custom_id, prompt or messages]` per item (with its own params as a
+    third element when it has any), in input order. Written once at submit."""
     return f"{PREFIX}:{{{batch_id}}}:inputs"
 
 

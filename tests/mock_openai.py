@@ -10,9 +10,27 @@ Behaviour is asked for inside the prompt, so every item of a batch can differ:
 - `[[flaky=503:10]]`       fail 10% of calls at random with 503
 - `[[hang]]`               never answer (until the client gives up)
 - `[[gate=name]]`          wait until `POST /_gates/name` opens the gate
-The reply is `mock reply to: <prompt>`; usage counts whitespace-separated words.
+- `[[refuse]]`             answer with `refusal` set and no content (finish_reason `stop`)
+- `[[filtered]]`           answer empty content with finish_reason `content_filter`
+- `[[tool_call]]`          with `tools`: call a tool even though `tool_choice` does not demand it
+- `[[not_json]]`           in JSON mode: answer the plain-text reply instead
+- `[[wrong_json]]`         in JSON mode: answer `{"unexpected": true}`
+- `[[cut]]`                in JSON mode: cut the JSON to its first half, finish_reason `length`
+- `[[cached=5]]`           report 5 cached prompt tokens (at most prompt_tokens; else 0)
+- `[[reasoning=7]]`        report 7 reasoning tokens (else 0)
+The prompt is the text of the last `user` message (a string, or its `text` parts joined).
+The reply is `mock reply to: <prompt>`; usage counts whitespace-separated words (of string
+contents and `text` parts). From the request body:
+- `max_completion_tokens` / `max_tokens` (the first given): a longer reply is cut to that many
+  words, finish_reason `length` (not in JSON mode)
+- `response_format` `json_object`: the content is `{"reply": "mock reply to: <prompt>"}`;
+  `json_schema`: a value built to validate against the schema (const, enum, anyOf/oneOf, type)
+- `tools` with `tool_choice` `"required"` or naming a function (or `[[tool_call]]`): one call
+  of that tool (else the first) with arguments built from its parameters, finish_reason
+  `tool_calls`
 `GET /_stats` reports calls, calls in flight, the most in flight at once, answers by status and
-early retries; `POST /_reset`.
+early retries; `GET /_requests` lists the request bodies received (the newest 100,000);
+`POST /_reset` clears both.
 
 Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200]`.
 """
@@ -22,10 +40,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +55,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 DIRECTIVE = re.compile(r"\[\[(\w+)(?:=([\w:.\-]+))?\]\]")
+MAX_RECORDED = 100_000
+JSON_MODES = ("json_object", "json_schema")
+REFUSAL = "mock refuses this request"
+
+
+def _recorded() -> deque[Any]:
+    return deque(maxlen=MAX_RECORDED)
 
 
 @dataclass
@@ -49,6 +75,7 @@ class MockState:
     not_before: dict[str, float] = field(default_factory=dict)
     early_retries: int = 0
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    requests: deque[Any] = field(default_factory=_recorded)
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
@@ -61,27 +88,167 @@ def _error(status: int, message: str, retry_after: str = "0") -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _completion(model: str, prompt: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    content = f"mock reply to: {prompt}"
-    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-    completion_tokens = len(content.split())
+def _texts(content: Any) -> list[str]:
+    """The texts of a message's content: the string itself, or its `text` parts."""
+    if content is None:
+        return []
+    if isinstance(content, list):
+        return [
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        ]
+    return [str(content)]
+
+
+def _prompt(messages: list[dict[str, Any]]) -> str:
+    user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    return "".join(_texts(user.get("content")))
+
+
+def _words(texts: list[str]) -> int:
+    return sum(len(text.split()) for text in texts)
+
+
+def instance(schema: Any) -> Any:
+    """A value that validates against the JSON schema `schema` (for the common keywords)."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return instance(schema[key][0])
+    return _typed_instance(schema)
+
+
+def _typed_instance(schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {name: instance(sub) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 0)), 1 if "items" in schema else 0)
+        return [instance(schema.get("items")) for _ in range(count)]
+    scalars = {"string": "mock", "integer": 1, "number": 1.5, "boolean": True}
+    return scalars.get(kind) if isinstance(kind, str) else None
+
+
+def _message(content: str | None, **extra: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content, "refusal": None, **extra}
+
+
+def _named_tool(payload: dict[str, Any]) -> str | None:
+    """The function `tool_choice` names, if it names one."""
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return str(choice["function"]["name"])
+    return None
+
+
+def _wants_tool(payload: dict[str, Any], directives: dict[str, str]) -> bool:
+    demanded = payload.get("tool_choice") == "required" or _named_tool(payload) is not None
+    return bool(payload.get("tools")) and (demanded or "tool_call" in directives)
+
+
+def _tool_call(payload: dict[str, Any]) -> dict[str, Any]:
+    tools: list[dict[str, Any]] = [t.get("function", {}) for t in payload["tools"]]
+    name = _named_tool(payload) or tools[0].get("name")
+    function: dict[str, Any] = next((f for f in tools if f.get("name") == name), {})
+    parameters = function.get("parameters")
+    arguments = json.dumps({} if parameters is None else instance(parameters))
+    call_id = f"call_{random.getrandbits(48):012x}"
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    return _message(None, tool_calls=[call])
+
+
+def _json_mode(payload: dict[str, Any]) -> str | None:
+    response_format = payload.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    return kind if kind in JSON_MODES else None
+
+
+def _json_content(
+    payload: dict[str, Any], mode: str, reply: str, directives: dict[str, str]
+) -> str:
+    if "not_json" in directives:
+        return reply
+    if "wrong_json" in directives:
+        return json.dumps({"unexpected": True})
+    if mode == "json_object":
+        return json.dumps({"reply": reply})
+    return json.dumps(instance(payload["response_format"].get("json_schema", {}).get("schema")))
+
+
+def _max_tokens(payload: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if payload.get(key) is not None:
+            return int(payload[key])
+    return None
+
+
+def _text_reply(payload: dict[str, Any], reply: str) -> tuple[dict[str, Any], str]:
+    limit = _max_tokens(payload)
+    words = reply.split()
+    if limit is not None and len(words) > limit:
+        return _message(" ".join(words[:limit])), "length"
+    return _message(reply), "stop"
+
+
+def _reply(
+    payload: dict[str, Any], prompt: str, directives: dict[str, str]
+) -> tuple[dict[str, Any], str]:
+    """The assistant message and its finish_reason."""
+    reply = f"mock reply to: {prompt}"
+    if "refuse" in directives:
+        return _message(None, refusal=REFUSAL), "stop"
+    if "filtered" in directives:
+        return _message(""), "content_filter"
+    if _wants_tool(payload, directives):
+        return _tool_call(payload), "tool_calls"
+    mode = _json_mode(payload)
+    if mode is None:
+        return _text_reply(payload, reply)
+    content = _json_content(payload, mode, reply, directives)
+    if "cut" in directives:
+        return _message(content[: len(content) // 2]), "length"
+    return _message(content), "stop"
+
+
+def _said(message: dict[str, Any]) -> list[str]:
+    """What the message says, for completion_tokens: content, refusal and tool arguments."""
+    calls = message.get("tool_calls") or []
+    texts = [message.get("content") or "", message.get("refusal") or ""]
+    return texts + [call["function"]["arguments"] for call in calls]
+
+
+def _usage(
+    messages: list[dict[str, Any]], message: dict[str, Any], directives: dict[str, str]
+) -> dict[str, Any]:
+    prompt_tokens = sum(_words(_texts(m.get("content"))) for m in messages)
+    completion_tokens = _words(_said(message))
+    cached = min(max(int(directives.get("cached", "0")), 0), prompt_tokens)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": int(directives.get("reasoning", "0"))},
+    }
+
+
+def _completion(payload: dict[str, Any], prompt: str, directives: dict[str, str]) -> dict[str, Any]:
+    message, finish_reason = _reply(payload, prompt, directives)
     return {
         "id": f"chatcmpl-{random.getrandbits(48):x}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "model": payload.get("model", "mock"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": _usage(payload.get("messages", []), message, directives),
     }
 
 
@@ -98,16 +265,14 @@ async def _wait(request: Request, event: asyncio.Event) -> bool:
 def create_app(state: MockState) -> Starlette:
     async def chat(request: Request) -> JSONResponse:
         payload = await request.json()
-        messages = payload.get("messages", [])
-        prompt = next(
-            (str(m["content"]) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        state.requests.append(payload)
+        prompt = _prompt(payload.get("messages", []))
         directives = dict(DIRECTIVE.findall(prompt))
         state.calls += 1
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            return await _answer(request, payload, prompt, messages, directives)
+            return await _answer(request, payload, prompt, directives)
         finally:
             state.in_flight -= 1
 
@@ -115,7 +280,6 @@ def create_app(state: MockState) -> Starlette:
         request: Request,
         payload: dict[str, Any],
         prompt: str,
-        messages: list[Any],
         directives: dict[str, str],
     ) -> JSONResponse:
         waits_for = state.gate(directives["gate"]) if "gate" in directives else None
@@ -150,7 +314,7 @@ def create_app(state: MockState) -> Starlette:
                 state.statuses[int(code)] += 1
                 return _error(int(code), f"mock provider failed with {code} at random")
         state.statuses[200] += 1
-        return JSONResponse(_completion(payload.get("model", "mock"), prompt, messages))
+        return JSONResponse(_completion(payload, prompt, directives))
 
     async def stats(_: Request) -> JSONResponse:
         return JSONResponse(
@@ -163,11 +327,15 @@ def create_app(state: MockState) -> Starlette:
             }
         )
 
+    async def requests(_: Request) -> JSONResponse:
+        return JSONResponse({"data": list(state.requests)})
+
     async def reset(_: Request) -> JSONResponse:
         state.calls = state.max_in_flight = state.early_retries = 0
         state.attempts.clear()
         state.not_before.clear()
         state.statuses.clear()
+        state.requests.clear()
         return JSONResponse({"ok": True})
 
     async def open_gate(request: Request) -> JSONResponse:
@@ -185,6 +353,7 @@ def create_app(state: MockState) -> Starlette:
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models),
             Route("/_stats", stats),
+            Route("/_requests", requests),
             Route("/_reset", reset, methods=["POST"]),
             Route("/_gates/{name}", open_gate, methods=["POST"]),
             Route("/healthz", health),

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from langchain_core.exceptions import ModelInvalidRequestError, ModelRateLimitError
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from shared.chat import BatchParams
-from shared.llm import OFFLINE_PREFIX, OfflineChatModel, build_chain, error_info, outcome_of
+from shared.llm import (
+    OFFLINE_PREFIX,
+    OfflineChatModel,
+    build_chain,
+    error_info,
+    outcome_of,
+    to_messages,
+)
 
 
 async def test_offline_model_is_deterministic_with_usage() -> None:
@@ -76,3 +86,89 @@ def test_an_exception_fails_the_item() -> None:
     assert outcome.output is None
     assert outcome.error is not None
     assert (outcome.error.type, outcome.error.message) == ("internal_error", "boom")
+
+
+def test_an_items_messages_get_the_batch_system_only_without_their_own() -> None:
+    own = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "hi"}]
+    bare = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert [m.type for m in to_messages("Batch.", own)] == ["system", "human"]
+    assert to_messages("Batch.", own)[0].content == "Be terse."
+    assert [(m.type, m.content) for m in to_messages("Batch.", bare)] == [
+        ("system", "Batch."), ("human", "hi"), ("ai", "yo"),
+    ]  # fmt: skip
+
+
+def reply(content: str, **fields: Any) -> AIMessage:
+    return AIMessage(content=content, response_metadata={"finish_reason": "stop"}, **fields)
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "genre",
+        "schema": {"type": "object", "properties": {"genre": {"type": "string"}},
+                   "required": ["genre"]},
+    },
+}  # fmt: skip
+
+
+def test_a_json_reply_is_parsed_into_output_json() -> None:
+    outcome = outcome_of(reply('{"genre": "sci-fi"}'), SCHEMA)
+    assert (outcome.status, outcome.output_json) == ("succeeded", {"genre": "sci-fi"})
+    plain = outcome_of(reply('{"genre": "sci-fi"}'))
+    assert plain.output_json is None
+
+
+@pytest.mark.parametrize(
+    ("text", "response_format", "says"),
+    [
+        ("Sure! Here it is.", {"type": "json_object"}, "not valid JSON"),
+        ('{"genre": 5}', SCHEMA, "does not match the schema"),
+        ('{"mood": "x"}', SCHEMA, "'genre' is a required property"),
+    ],
+    ids=["not-json", "wrong-type", "missing-field"],
+)
+def test_a_reply_that_is_not_the_json_asked_for_fails_as_invalid_output(
+    text: str, response_format: dict[str, Any], says: str
+) -> None:
+    outcome = outcome_of(reply(text), response_format)
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.type == "invalid_output"
+    assert says in outcome.error.message
+    assert outcome.output == text
+
+
+def test_tool_calls_refusal_finish_reason_and_usage_details_are_kept() -> None:
+    message = AIMessage(
+        content="",
+        tool_calls=[{"id": "c1", "name": "lookup", "args": {"city": "서울"}}],
+        response_metadata={"finish_reason": "tool_calls"},
+        usage_metadata={
+            "input_tokens": 10, "output_tokens": 4, "total_tokens": 14,
+            "input_token_details": {"cache_read": 6}, "output_token_details": {"reasoning": 2},
+        },
+    )  # fmt: skip
+    outcome = outcome_of(message, {"type": "json_object"})
+    assert (outcome.status, outcome.output, outcome.finish_reason) == (
+        "succeeded", None, "tool_calls",
+    )  # fmt: skip
+    assert outcome.tool_calls == [
+        {"id": "c1", "type": "function",
+         "function": {"name": "lookup", "arguments": '{"city": "서울"}'}},
+    ]  # fmt: skip
+    assert outcome.usage is not None
+    assert (outcome.usage.cached_tokens, outcome.usage.reasoning_tokens) == (6, 2)
+    refused = outcome_of(reply("", additional_kwargs={"refusal": "No."}))
+    assert (refused.output, refused.refusal) == (None, "No.")
+
+
+async def test_offline_model_says_length_when_cut_and_answers_json_when_asked() -> None:
+    model = OfflineChatModel()
+    cut = await model.ainvoke([HumanMessage(content="one two three")], max_completion_tokens=2)
+    whole = await model.ainvoke([HumanMessage(content="one")])
+    assert (outcome_of(cut).finish_reason, outcome_of(whole).finish_reason) == ("length", "stop")
+    asked = await model.ainvoke(
+        [HumanMessage(content="Seoul?")], response_format={"type": "json_object"}
+    )
+    assert outcome_of(asked, {"type": "json_object"}).output_json == {"you_asked": "Seoul?"}
