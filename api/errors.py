@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,28 +47,39 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return app_error_response(exc)
 
 
-#: The names pydantic gives the branches of a prompt (`str | PromptItem`) in an error's loc,
-#: which is then `("body", "prompts", <index>, <branch>, ...)`.
-_PROMPT_BRANCHES = ("str", "PromptItem")
-#: The error types of a value that is no object at all, for the `PromptItem` branch.
-_NOT_AN_OBJECT = ("model_type", "model_attributes_type")
+#: How pydantic names the branches of a union in an error's loc: a type (`str`,
+#: `constrained-str`, `list[...]`, `literal[...]`) or a model's class name (`PromptItem`).
+_BRANCH = re.compile(r"^(str|int|float|bool|none|[a-z]+-[a-z]+|[a-z-]+\[.*\]|[A-Z][A-Za-z]*)$")
 
 
 def _first_error(errors: Sequence[Any]) -> dict[str, Any]:
-    """The error to report, its loc without union branch names. A prompt that is neither a
-    string nor a valid object fails both branches: an object gets the object branch's error
-    (`prompts[1].extra`), anything else the string branch's (`prompts[1]`)."""
-    for error in errors:
-        loc = tuple(error.get("loc", ()))
-        if len(loc) > 3 and loc[:2] == ("body", "prompts") and loc[3] in _PROMPT_BRANCHES:
-            branch = loc[3]
-            if branch == "str" and isinstance(error.get("input"), dict):
-                continue
-            if branch == "PromptItem" and error.get("type") in _NOT_AN_OBJECT:
-                continue
-            loc = loc[:3] + loc[4:]
-        return {**error, "loc": loc}
-    return {"loc": (), "msg": "Invalid request.", "type": ""}
+    """The error to report, its loc without union branch names. A value that fails every
+    branch of a union (a prompt that is neither a string nor a valid object, say) is reported
+    with the branch it got furthest into: an object's error names its field
+    (`prompts[1].extra`), anything else gets the first branch's (`prompts[1]`)."""
+    if not errors:
+        return {"loc": (), "msg": "Invalid request.", "type": ""}
+    locs = [tuple(error.get("loc", ())) for error in errors]
+    first = locs[0]
+    branch = next((i for i in range(len(first)) if _is_branch(first, i, locs)), None)
+    if branch is None:
+        return dict(errors[0])
+    rivals = [n for n, loc in enumerate(locs) if loc[:branch] == first[:branch]]
+    chosen = max(rivals, key=lambda n: (len(_without_branches(locs[n], locs)), -n))
+    return {**errors[chosen], "loc": _without_branches(locs[chosen], locs)}
+
+
+def _is_branch(loc: tuple[Any, ...], i: int, locs: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether `loc[i]` names a union branch: it looks like one, and another error took
+    another branch at the same place (a dict key such as `metadata.str` has no rival)."""
+    part = loc[i]
+    if not isinstance(part, str) or not _BRANCH.match(part):
+        return False
+    return any(len(o) > i and o[:i] == loc[:i] and o[i] != part for o in locs)
+
+
+def _without_branches(loc: tuple[Any, ...], locs: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(part for i, part in enumerate(loc) if not _is_branch(loc, i, locs))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

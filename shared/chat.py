@@ -19,35 +19,25 @@ SYSTEM_ROLES = frozenset({"system", "developer"})
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
 
 
-class _Part(BaseModel):
-    """A content part: its `type` and its payload are checked, anything else passes untouched."""
+PartType = Literal["text", "image_url", "input_audio", "file"]
+
+
+class ContentPart(BaseModel):
+    """A content part: `{"type": T, T: ...}`. Its type is checked here and its payload in
+    `payload_error`; anything else it carries passes to the provider untouched."""
 
     model_config = ConfigDict(extra="allow")
 
+    type: PartType
 
-class TextPart(_Part):
-    type: Literal["text"]
-    text: str
-
-
-class ImageUrlPart(_Part):
-    type: Literal["image_url"]
-    image_url: dict[str, Any]
-
-
-class InputAudioPart(_Part):
-    type: Literal["input_audio"]
-    input_audio: dict[str, Any]
-
-
-class FilePart(_Part):
-    type: Literal["file"]
-    file: dict[str, Any]
-
-
-ContentPart = Annotated[
-    TextPart | ImageUrlPart | InputAudioPart | FilePart, Field(discriminator="type")
-]
+    def payload_error(self) -> str | None:
+        """What is wrong with the part's payload (`text` a string, the others an object)."""
+        payload = (self.model_extra or {}).get(self.type)
+        wanted = str if self.type == "text" else dict
+        if isinstance(payload, wanted):
+            return None
+        kind = "a string" if wanted is str else "an object"
+        return f"A {self.type} part needs {self.type!r}: {kind}."
 
 
 class Message(BaseModel):
@@ -66,7 +56,10 @@ class Message(BaseModel):
         """The message's text (its text parts, joined)."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content or () if isinstance(p, TextPart))
+        parts = self.content or ()
+        return "".join(
+            str((p.model_extra or {}).get("text", "")) for p in parts if p.type == "text"
+        )
 
 
 def _response_format(value: dict[str, Any]) -> dict[str, Any]:

@@ -301,6 +301,10 @@ def check_messages(messages: list[Message], max_chars: int, param: str) -> None:
             raise InvalidRequest(
                 "A tool message needs the tool_call_id it answers.", param=f"{where}.tool_call_id"
             )
+        for n, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            problem = part.payload_error()
+            if problem is not None:
+                raise InvalidRequest(problem, param=f"{where}.content[{n}].{part.type}")
         if message.tool_calls is not None and message.role != "assistant":
             raise InvalidRequest(
                 "Only an assistant message has tool_calls.", param=f"{where}.tool_calls"
