@@ -133,7 +133,19 @@ def bind_model(
     model: BaseChatModel, model_name: str, params: BatchParams
 ) -> Runnable[list[BaseMessage], BaseMessage]:
     """The chat model with the batch's model name and params (an item's own override them)."""
-    return model.bind(model=model_name, **params.provider_kwargs())
+    return model.bind(model=model_name, **call_kwargs(model, params.provider_kwargs()))
+
+
+def call_kwargs(model: BaseChatModel, params: dict[str, Any]) -> dict[str, Any]:
+    """Params as the chat model takes them. ChatOpenAI gets `response_format` in the request
+    body as written (`extra_body`): given as a keyword, ChatOpenAI sends the request through
+    the SDK's `parse` helper, which refuses non-strict tools beside a JSON format (a request
+    OpenAI accepts) and parses nothing a dict format needs."""
+    if "response_format" not in params or not isinstance(model, ChatOpenAI):
+        return params
+    kwargs = dict(params)
+    kwargs["extra_body"] = {"response_format": kwargs.pop("response_format")}
+    return kwargs
 
 
 def to_messages(system: str | None, prompt: str | list[dict[str, Any]]) -> list[BaseMessage]:

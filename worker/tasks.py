@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.limiter import BatchLimiter
-from shared.llm import bind_model, outcome_of, to_messages
+from shared.llm import bind_model, call_kwargs, outcome_of, to_messages
 from shared.metrics import WorkerMetrics
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from shared.store import BatchSpec, ItemOutcome, PendingItem, RecordOutcome
@@ -140,7 +140,7 @@ async def _run_items(
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
         return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(bound, spec, limiter, stop, ctx["metrics"], write)
+    items = _item_runnable(model, bound, spec, limiter, stop, ctx["metrics"], write)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -164,7 +164,8 @@ Write = Callable[[PendingItem, ItemOutcome], Awaitable[RecordOutcome]]
 
 
 def _item_runnable(
-    model: Runnable[list[BaseMessage], BaseMessage],
+    model: BaseChatModel,
+    bound: Runnable[list[BaseMessage], BaseMessage],
     spec: BatchSpec,
     limiter: BatchLimiter,
     stop: _Stop,
@@ -184,12 +185,14 @@ def _item_runnable(
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         own = item.params or {}  # the item's params, over the batch's bound ones
+        kwargs = call_kwargs(model, own) if own else own
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
             began = time.perf_counter()
             try:
-                reply = await model.ainvoke(to_messages(spec.system, item.prompt), config, **own)
+                messages = to_messages(spec.system, item.prompt)
+                reply = await bound.ainvoke(messages, config, **kwargs)
                 outcome = outcome_of(reply, own.get("response_format", batch_format))
             except Exception as exc:  # the provider's error is this item's result
                 outcome = outcome_of(exc)

@@ -48,7 +48,8 @@ LINES: list[dict[str, Any]] = [
         "max_tokens": 300, "top_p": 0.9, "user": "u-17"}},
     {"custom_id": "json-mode", "body": {"messages": [
         {"role": "user", "content": "json-mode: Name a colour as JSON."}],
-        "response_format": {"type": "json_object"}, "logit_bias": {"50256": -100}}},
+        "response_format": {"type": "json_object"}, "logit_bias": {"50256": -100},
+        "tools": [{"type": "function", "function": {"name": "palette"}}]}},
     {"custom_id": "schema", "body": {"messages": [
         {"role": "system", "content": "Answer with the genre."},
         {"role": "user", "content": "schema: Dune"}],
