@@ -1,13 +1,13 @@
-"""The promptbatch Python client: `Client`/`AsyncClient` submit prompts and return a batch handle
-to wait on (with a progress bar) and read results from, streamed; typed with the API's schemas."""
+"""The promptbatch Python client: `Client`/`AsyncClient` submit prompts (or a template and its
+rows) and return a batch handle to wait on and read results from, streamed, as flat rows too."""
 
 from client.aio import AsyncBatch, AsyncClient
 from client.errors import APIConnectionError, APIError, PromptbatchError
-from client.inputs import read_batch_file
+from client.inputs import read_batch_file, read_rows
 from client.sync import Batch, Client
-from shared.chat import BatchParams
+from shared.chat import BatchParams, Message
 from shared.openai_format import OutputLine
-from shared.schemas import BatchCreate, BatchList, ItemResult, PromptItem
+from shared.schemas import BatchCreate, BatchList, ItemResult, PromptItem, PromptTemplate
 
 __all__ = [
     "APIConnectionError",
@@ -20,8 +20,11 @@ __all__ = [
     "BatchParams",
     "Client",
     "ItemResult",
+    "Message",
     "OutputLine",
     "PromptItem",
+    "PromptTemplate",
     "PromptbatchError",
     "read_batch_file",
+    "read_rows",
 ]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 
 from shared.chat import BatchParams
-from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, PromptItem
+from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, PromptItem, PromptTemplate
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 NDJSON = "application/x-ndjson"
@@ -14,7 +14,13 @@ JSON_BODY = {"Content-Type": "application/json"}
 #: Seconds between two reads of the batch when the server has no events stream.
 POLL_S = 0.5
 
-Prompt = str | PromptItem | Mapping[str, str]
+#: A string, a `PromptItem`, or a mapping of its fields (`prompt` or `messages`, and `params`).
+Prompt = str | PromptItem | Mapping[str, Any]
+#: One human message's text, `(role, text)` pairs as LangChain's `ChatPromptTemplate` takes, or
+#: a `PromptTemplate`.
+Template = str | Sequence[tuple[str, str]] | PromptTemplate
+#: A template's row: its variables (and optionally its `custom_id`), as from `csv.DictReader`.
+Row = Mapping[str, Any]
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:
@@ -34,13 +40,44 @@ class BatchOptions(TypedDict, total=False):
     metadata: Mapping[str, str] | None
 
 
-def batch_request(prompts: Iterable[Prompt], **options: Unpack[BatchOptions]) -> BatchCreate:
-    """A `BatchCreate`, validated here so a mistake is reported before anything is sent."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts is a list of prompts, not one string")
-    given = {name: value for name, value in options.items() if value is not None}
-    items = [p if isinstance(p, str | PromptItem) else dict(p) for p in prompts]
-    return BatchCreate.model_validate({"prompts": items, **given})
+def batch_request(
+    prompts: Iterable[Prompt] | None = None,
+    *,
+    template: Template | None = None,
+    inputs: Iterable[Row] | None = None,
+    **options: Unpack[BatchOptions],
+) -> BatchCreate:
+    """A `BatchCreate` of prompts, or of a template and its rows, validated here so a mistake is
+    reported before anything is sent."""
+    given: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
+    if prompts is not None:
+        if template is not None or inputs is not None:
+            raise TypeError("give prompts, or a template with inputs, not both")
+        if isinstance(prompts, str):
+            raise TypeError("prompts is a list of prompts, not one string")
+        given["prompts"] = [p if isinstance(p, str | PromptItem) else dict(p) for p in prompts]
+    elif template is None or inputs is None:
+        raise TypeError("submit needs prompts, or a template with inputs (its rows)")
+    else:
+        if isinstance(inputs, str | Mapping):
+            raise TypeError("inputs is an iterable of rows (mappings), not one row")
+        given["template"] = prompt_template(template)
+        given["inputs"] = [dict(row) for row in inputs]
+    return BatchCreate.model_validate(given)
+
+
+def prompt_template(template: Template) -> PromptTemplate:
+    """A template as the API takes it; a string is one human message."""
+    if isinstance(template, PromptTemplate):
+        return template
+    if isinstance(template, str):
+        return PromptTemplate(messages=[("human", template)])
+    if isinstance(template, Sequence):
+        return PromptTemplate.model_validate({"messages": list(template)})
+    raise TypeError(
+        "template is a string, a list of (role, text) pairs or a PromptTemplate, "
+        f"not {type(template).__name__}"
+    )
 
 
 def body(request: BatchCreate) -> str:

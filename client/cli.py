@@ -1,8 +1,10 @@
-"""The `promptbatch` command line: submit a file of prompts, watch it with a live progress bar,
-and write its results, in promptbatch's own format or as an OpenAI Batch output file."""
+"""The `promptbatch` command line: submit a file of prompts (or of rows to fill a template), watch
+it with a live progress bar, and write its results: promptbatch JSONL, OpenAI Batch output, CSV."""
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Annotated, NoReturn, TextIO
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from client._requests import DEFAULT_URL
+from client._requests import DEFAULT_URL, batch_request
 from client.errors import APIConnectionError, APIError, PromptbatchError
-from client.inputs import InputFormat, read_batch_file
+from client.inputs import read_batch_file, read_rows
+from client.rows import check_columns, flat_row, input_columns
 from client.sync import Batch, Client
 from shared.errors import AppError
 from shared.schemas import BatchCreate
@@ -35,6 +39,11 @@ INTERRUPTED = 130
 class Format(StrEnum):
     promptbatch = "promptbatch"
     openai = "openai"
+    csv = "csv"
+
+
+#: A CSV's columns after the input row's (or `custom_id`).
+CSV_RESULTS = ("output", "status", "error", "output_json")
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,9 @@ FormatOption = Annotated[
     Format | None,
     typer.Option(
         "--format",
-        help="Results as promptbatch items or OpenAI Batch output lines [default: openai for an "
-        "OpenAI input file, else promptbatch].",
+        help="Results as promptbatch items (JSONL), OpenAI Batch output lines, or CSV: the input "
+        "rows' columns (else custom_id), then output, status, error, output_json "
+        "\\[default: csv when -o ends in .csv; openai for an OpenAI input file; else promptbatch].",
         show_default=False,
     ),
 ]
@@ -88,7 +98,9 @@ def submit(
     file: Annotated[
         Path,
         typer.Argument(
-            help="One prompt a line; JSONL of {custom_id, prompt}; or an OpenAI Batch input file.",
+            help="One prompt a line; JSONL of {custom_id, prompt or messages, params}; an OpenAI "
+            "Batch input file; or rows for --template: a .csv file (a prompt column is the "
+            "prompt when there is no --template) or JSONL of objects.",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -96,6 +108,15 @@ def submit(
     ],
     model: Annotated[str | None, typer.Option(help="The model (default: the server's).")] = None,
     system: Annotated[str | None, typer.Option(help="A system prompt for every prompt.")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Fill this prompt (one user message) from each row of FILE: {column} is the "
+            "row's value, {{ and }} are braces; @PATH reads it from a file. A custom_id column "
+            "names the items.",
+            show_default=False,
+        ),
+    ] = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Most calls in flight at once for this batch.")
     ] = None,
@@ -105,9 +126,16 @@ def submit(
     output: Output = None,
     fmt: FormatOption = None,
 ) -> None:
-    """Submit a file of prompts as one batch; print its id (or, with --wait, its results)."""
-    request, kind = _read(file)
+    """Submit a file of prompts, or of rows to fill --template, as one batch; print its id (or,
+    with --wait, its results: with -o out.csv, each input row with its output)."""
+    request, default = _read(file, template)
     request = _override(request, model, system, concurrency)
+    fmt = fmt or _default_format(output, default)
+    if wait and fmt is Format.csv and request.inputs is not None:
+        try:
+            check_columns(input_columns(request.inputs), CSV_RESULTS)
+        except ValueError as exc:
+            _fail(f"{file}: {exc}")
     with _session(ctx) as client:
         batch = client.create(request)
         count = batch.info.request_counts.total
@@ -116,10 +144,7 @@ def submit(
             follow = _command(ctx, "watch", batch.id)
             _note(f"Submitted {batch.id} ({count} prompts). Follow it: {follow}")
             return
-        default = Format.openai if kind == "openai" else Format.promptbatch
-        _follow(
-            ctx, batch, output, fmt or default, intro=f"Submitted {batch.id} ({count} prompts)."
-        )
+        _follow(ctx, batch, output, fmt, intro=f"Submitted {batch.id} ({count} prompts).")
 
 
 @app.command()
@@ -128,7 +153,7 @@ def watch(
 ) -> None:
     """Show a batch's progress until it is final, then write its results."""
     with _session(ctx) as client:
-        _follow(ctx, client.get(batch_id), output, fmt or Format.promptbatch)
+        _follow(ctx, client.get(batch_id), output, fmt or _default_format(output))
 
 
 @app.command()
@@ -156,7 +181,7 @@ def results(
 ) -> None:
     """Write a batch's results in input order (readable while it runs)."""
     with _session(ctx) as client:
-        _write(client.get(batch_id), output, fmt or Format.promptbatch)
+        _write(client.get(batch_id), output, fmt or _default_format(output))
 
 
 @app.command()
@@ -191,11 +216,44 @@ def list_batches(
 # -- the parts commands share --------------------------------------------------------------------
 
 
-def _read(file: Path) -> tuple[BatchCreate, InputFormat]:
+def _read(file: Path, template: str | None) -> tuple[BatchCreate, Format]:
+    """The file as a batch, and the results format its kind calls for. Rows (with --template,
+    or a .csv file) fill a template; anything else is a file of prompts."""
     try:
-        return read_batch_file(file)
+        if template is None and file.suffix.lower() != ".csv":
+            request, kind = read_batch_file(file)
+            return request, Format.openai if kind == "openai" else Format.promptbatch
+        rows = read_rows(file)
+        if template is None and "prompt" not in rows[0]:
+            example = next(iter(rows[0]), "column")
+            _fail(
+                f"{file}: no prompt column; pass --template, as in --template 'Rate: {{{example}}}'"
+            )
+        text = "{prompt}" if template is None else _template_text(template)
+        return batch_request(template=text, inputs=rows), Format.promptbatch
     except AppError as exc:
         _fail(f"{file}: {exc.message}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"{file}: {first['msg']} ({'.'.join(map(str, first['loc']))})")
+
+
+def _template_text(template: str) -> str:
+    """--template's text, or the file's that `@PATH` names (its trailing newline dropped)."""
+    if template.startswith("@"):
+        path = Path(template[1:])
+        try:
+            template = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            _fail(f"--template {path}: {reason}")
+    if not template.strip():
+        _fail("--template is empty")
+    return template
+
+
+def _default_format(output: Path | None, fallback: Format = Format.promptbatch) -> Format:
+    return Format.csv if output is not None and output.suffix.lower() == ".csv" else fallback
 
 
 def _override(
@@ -251,27 +309,44 @@ def _follow(
 
 
 def _write(batch: Batch, output: Path | None, fmt: Format) -> None:
-    """Results, one JSON object a line, streamed; a file appears whole or not at all."""
-    lines: Iterator[str] = (
-        (line.model_dump_json() for line in batch.openai_results())
-        if fmt is Format.openai
-        else (item.model_dump_json() for item in batch.results())
-    )
+    """Results in input order, streamed; a file appears whole or not at all."""
     if output is None:
-        _write_lines(lines, sys.stdout)
+        _write_results(batch, fmt, sys.stdout)
         return
     partial = output.with_name(output.name + ".part")
     try:
-        with partial.open("w", encoding="utf-8") as file:
-            _write_lines(lines, file)
+        with partial.open("w", encoding="utf-8", newline="") as file:
+            _write_results(batch, fmt, file)
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def _write_lines(lines: Iterator[str], file: TextIO) -> None:
+def _write_results(batch: Batch, fmt: Format, file: TextIO) -> None:
+    if fmt is Format.csv:
+        _write_csv(batch, file)
+        return
+    lines: Iterator[str] = (
+        (line.model_dump_json() for line in batch.openai_results())
+        if fmt is Format.openai
+        else (item.model_dump_json() for item in batch.results())
+    )
     for line in lines:
         file.write(line + "\n")
+
+
+def _write_csv(batch: Batch, file: TextIO) -> None:
+    """A header, then each item's input row (else its custom_id) and results; `output_json` as
+    JSON text, empty when there is none."""
+    inputs = batch.inputs
+    head = input_columns(inputs) if inputs is not None else ["custom_id"]
+    writer = csv.DictWriter(file, fieldnames=[*head, *CSV_RESULTS])
+    writer.writeheader()
+    for item in batch.results():
+        row = flat_row(item, inputs, CSV_RESULTS)
+        if item.output_json is not None:
+            row["output_json"] = json.dumps(item.output_json, ensure_ascii=False)
+        writer.writerow(row)
 
 
 def _command(ctx: typer.Context, name: str, batch_id: str) -> str:

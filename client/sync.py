@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from types import TracebackType
 from typing import Any, Unpack
@@ -14,9 +14,10 @@ from client import _requests as req
 from client.errors import check, reaching
 from client.events import watch
 from client.progress import BatchProgress
+from client.rows import check_columns, flat_row, input_columns
 from shared import schemas
 from shared.openai_format import OutputLine, output_line
-from shared.schemas import BatchCreate, BatchList, ItemResult
+from shared.schemas import BatchCreate, BatchList, ItemResult, RowValue
 
 
 class Client:
@@ -47,19 +48,26 @@ class Client:
 
     def submit(
         self,
-        prompts: Iterable[req.Prompt],
+        prompts: Iterable[req.Prompt] | None = None,
+        *,
+        template: req.Template | None = None,
+        inputs: Iterable[req.Row] | None = None,
         **options: Unpack[req.BatchOptions],
     ) -> Batch:
-        """Submit prompts (strings, or `{"prompt", "custom_id"}`) as one batch; `options` are
-        `model`, `system`, `params`, `max_concurrency` and `metadata`."""
-        return self.create(req.batch_request(prompts, **options))
+        """Submit one batch: `prompts` (strings, or `{"custom_id", "prompt" or "messages",
+        "params"}`), or a `template` (a human message's text, `(role, text)` pairs or a
+        `PromptTemplate`) filled from each row of `inputs`. `options` are `model`, `system`,
+        `params`, `max_concurrency` and `metadata`."""
+        request = req.batch_request(prompts, template=template, inputs=inputs, **options)
+        return self.create(request)
 
     def create(self, request: BatchCreate) -> Batch:
         """Submit a batch built as the API's own `BatchCreate` body."""
         response = self._send(
             "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
         )
-        return Batch(self, schemas.Batch.model_validate_json(response.content))
+        info = schemas.Batch.model_validate_json(response.content)
+        return Batch(self, info, inputs=request.inputs)
 
     def get(self, batch_id: str) -> Batch:
         """The batch with this id, as it is now."""
@@ -83,9 +91,17 @@ class Client:
 class Batch:
     """A submitted batch. `info` is its last snapshot (status, counts, usage)."""
 
-    def __init__(self, client: Client, info: schemas.Batch) -> None:
+    def __init__(
+        self,
+        client: Client,
+        info: schemas.Batch,
+        *,
+        inputs: Sequence[Mapping[str, RowValue]] | None = None,
+    ) -> None:
         self.client = client
         self.info = info
+        #: The rows of a template batch, as submitted (None for a handle from `get`).
+        self.inputs = inputs
 
     def __repr__(self) -> str:
         return f"<Batch {self.id} {self.info.status}>"
@@ -124,6 +140,15 @@ class Batch:
             for line in response.iter_lines():
                 if line:
                     yield ItemResult.model_validate_json(line)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """One flat dict per item, in input order, streamed: its input row's columns (when this
+        handle was submitted with `inputs`), else `custom_id`; then `output`, `status`, `error`
+        (`"<type>: <message>"`), `output_json` and `finish_reason`. For `pd.DataFrame(...)`."""
+        if self.inputs is not None:
+            check_columns(input_columns(self.inputs))
+        for item in self.results():
+            yield flat_row(item, self.inputs)
 
     def openai_results(self) -> Iterator[OutputLine]:
         """Finished items as OpenAI Batch output lines (pending items are left out)."""

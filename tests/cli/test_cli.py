@@ -4,12 +4,10 @@ a real worker and Redis (and the OpenAI-compatible mock where a batch must be he
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,29 +16,14 @@ import httpx
 import pytest
 
 from shared.llm import OFFLINE_PREFIX
+from tests.cli.runner import PROMPTBATCH, assert_one_error_line, cli_env, run_cli
 from tests.helpers import MockProvider, Proc, free_port, wait_until
 from tests.integration.flows import openai_worker
 
 pytestmark = pytest.mark.integration
 
-PROMPTBATCH = str(Path(sys.executable).with_name("promptbatch"))
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SUBMITTED = re.compile(r"Submitted (batch_\w+)")
-
-
-def cli_env(url: str) -> dict[str, str]:
-    """A terminal of 120 columns (rich draws the live bar as it would for a person)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTBATCH_")}
-    env.pop("NO_COLOR", None)
-    env.update(PROMPTBATCH_URL=url, FORCE_COLOR="1", COLUMNS="120")
-    return env
-
-
-def run_cli(url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PROMPTBATCH, *args], env=cli_env(url), cwd=cwd, capture_output=True, text=True,
-        timeout=110,
-    )  # fmt: skip
 
 
 def bar_frames(stderr: str) -> list[str]:
@@ -65,16 +48,6 @@ def openai_line(custom_id: str, prompt: str, model: str = "gpt-4o-mini") -> str:
     }
     line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
     return json.dumps(line)
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert done.returncode != 0
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ")
-    for piece in expected:
-        assert piece in lines[0]
 
 
 def test_submit_wait_writes_100_results_in_order_and_the_bar_reaches_100_percent(

@@ -8,7 +8,15 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from client import APIConnectionError, APIError, AsyncClient, Batch, Client, PromptItem
+from client import (
+    APIConnectionError,
+    APIError,
+    AsyncClient,
+    Batch,
+    Client,
+    PromptItem,
+    PromptTemplate,
+)
 from shared.llm import OFFLINE_PREFIX
 from tests.helpers import Proc, free_port
 
@@ -99,3 +107,89 @@ async def test_a_server_that_is_down_is_a_connection_error() -> None:
     async with AsyncClient(url) as apb:
         with pytest.raises(APIConnectionError, match="cannot reach"):
             await apb.submit(["hello"])
+
+
+REVIEWS = [
+    {"custom_id": "lamp-1", "product": "lamp", "review": "bright, {really}"},
+    {"custom_id": "desk-1", "product": "desk", "review": "wobbly"},
+    {"custom_id": "lamp-2", "product": "lamp", "review": "too blue"},
+]
+RESULT_KEYS = ["output", "status", "error", "output_json", "finish_reason"]
+
+
+def test_a_template_batch_reads_back_as_rows_of_inputs_and_outputs(
+    live_api: Callable[..., str], workers: Callable[..., Proc]
+) -> None:
+    workers()
+    template = [("system", "You rate {product} reviews."), ("human", "Review: {review}")]
+    with Client(live_api()) as pb:
+        batch = pb.submit(template=template, inputs=REVIEWS).wait()
+        rows = list(batch.rows())
+
+    assert batch.info.request_counts.succeeded == 3
+    assert [list(row) for row in rows] == [["custom_id", "product", "review", *RESULT_KEYS]] * 3
+    assert [{k: row[k] for k in ("custom_id", "product", "review")} for row in rows] == REVIEWS
+    assert [row["output"] for row in rows] == [
+        f"{OFFLINE_PREFIX}Review: {r['review']}" for r in REVIEWS
+    ]
+    assert {(row["status"], row["error"], row["finish_reason"]) for row in rows} == {
+        ("succeeded", None, "stop")
+    }
+
+
+async def test_the_async_client_reads_rows_with_the_parsed_json(
+    live_api: Callable[..., str], workers: Callable[..., Proc]
+) -> None:
+    workers()
+    async with AsyncClient(live_api()) as pb:
+        batch = await pb.submit(
+            template=PromptTemplate(messages=[("human", "Rate: {review}")]),
+            inputs=REVIEWS,
+            params={"response_format": {"type": "json_object"}},
+        )
+        await batch.wait()
+        rows = [row async for row in batch.rows()]
+
+    assert [row["custom_id"] for row in rows] == [r["custom_id"] for r in REVIEWS]
+    assert [row["output_json"] for row in rows] == [
+        {"you_asked": f"Rate: {r['review']}"} for r in REVIEWS
+    ]
+    assert [row["status"] for row in rows] == ["succeeded"] * 3
+
+
+def test_a_few_shot_messages_item_is_answered_from_its_last_user_message(
+    live_api: Callable[..., str], workers: Callable[..., Proc]
+) -> None:
+    workers()
+    messages = [
+        {"role": "system", "content": "Classify sentiment."},
+        {"role": "user", "content": "I love it"},
+        {"role": "assistant", "content": "positive"},
+        {"role": "user", "content": "It broke on day two"},
+    ]
+    with Client(live_api()) as pb:
+        batch = pb.submit(
+            [{"custom_id": "few", "messages": messages, "params": {"temperature": 0}}, "plain"]
+        ).wait()
+        items = list(batch.results())
+
+    assert [(i.custom_id, i.status) for i in items] == [("few", "succeeded"), ("1", "succeeded")]
+    assert items[0].output == f"{OFFLINE_PREFIX}It broke on day two"
+    assert items[1].output == f"{OFFLINE_PREFIX}plain"
+
+
+def test_rows_of_a_batch_got_by_id_start_with_its_custom_id(
+    live_api: Callable[..., str], workers: Callable[..., Proc]
+) -> None:
+    workers()
+    with Client(live_api()) as pb:
+        submitted = pb.submit(template="Rate: {review}", inputs=REVIEWS).wait()
+        again = pb.get(submitted.id)
+        rows = list(again.rows())
+
+    assert again.inputs is None
+    assert [list(row) for row in rows] == [["custom_id", *RESULT_KEYS]] * 3
+    assert [row["custom_id"] for row in rows] == [r["custom_id"] for r in REVIEWS]
+    assert [row["output"] for row in rows] == [
+        f"{OFFLINE_PREFIX}Rate: {r['review']}" for r in REVIEWS
+    ]

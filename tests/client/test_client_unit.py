@@ -8,7 +8,17 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from client import APIError, Client
+from client import (
+    APIError,
+    Batch,
+    BatchParams,
+    Client,
+    ItemResult,
+    PromptItem,
+    PromptTemplate,
+)
+from client._requests import batch_request
+from shared.schemas import ErrorInfo
 from tests.client.snapshots import snapshot
 
 
@@ -69,3 +79,112 @@ def test_an_error_without_the_error_body_still_says_its_status() -> None:
     client, _ = recording({("GET", "/v1/batches/b"): httpx.Response(502, text="<html>bad")})
     with pytest.raises(APIError, match="502 http_error: HTTP 502"):
         client.get("b")
+
+
+def queued_client(
+    results: list[ItemResult] | None = None,
+) -> tuple[Client, list[httpx.Request]]:
+    """A client whose server accepts any batch and streams these results for it."""
+    queued = snapshot("queued", 0)
+    lines = "".join(item.model_dump_json() + "\n" for item in results or ())
+    return recording(
+        {
+            ("POST", "/v1/batches"): httpx.Response(202, json=queued.model_dump(mode="json")),
+            ("GET", f"/v1/batches/{queued.id}/results"): httpx.Response(200, text=lines),
+        }
+    )
+
+
+def test_a_string_template_is_one_human_message_filled_from_each_row() -> None:
+    client, sent = queued_client()
+    rows = [{"custom_id": "r1", "review": "works {fine}"}, {"review": "ok"}]
+    client.submit(template="Rate this: {review}", inputs=iter(rows), system="Be brief.")
+    assert json.loads(sent[0].content) == {
+        "template": {"messages": [["human", "Rate this: {review}"]]},
+        "inputs": rows,
+        "system": "Be brief.",
+        "params": {},
+    }
+
+
+def test_role_pairs_and_a_prompt_template_make_the_same_request() -> None:
+    pairs = [("system", "You rate {product} reviews."), ("human", "Review: {review}")]
+    rows = [{"product": "lamp", "review": "bright"}]
+    from_pairs = batch_request(template=pairs, inputs=rows)
+    from_model = batch_request(template=PromptTemplate(messages=pairs), inputs=rows)
+    assert from_pairs == from_model
+    assert from_pairs.template is not None
+    assert from_pairs.template.messages == pairs
+
+
+def test_messages_and_params_items_are_sent_as_given() -> None:
+    client, sent = queued_client()
+    messages = [
+        {"role": "system", "content": "Classify sentiment."},
+        {"role": "user", "content": "I love it"},
+        {"role": "assistant", "content": "positive"},
+        {"role": "user", "content": "And this?"},
+    ]
+    item = {"custom_id": "few", "messages": messages, "params": {"temperature": 0}}
+    client.submit([item, PromptItem(prompt="plain", params=BatchParams(max_tokens=5))])
+    assert json.loads(sent[0].content)["prompts"] == [
+        item, {"prompt": "plain", "params": {"max_tokens": 5}},
+    ]  # fmt: skip
+
+
+def test_a_bad_template_or_inputs_is_refused_before_anything_is_sent() -> None:
+    client, sent = recording({})
+    rows = [{"review": "ok"}]
+    with pytest.raises(TypeError, match="template is a string"):
+        client.submit(template=42, inputs=rows)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        client.submit(template=[("robot", "Beep {review}")], inputs=rows)
+    with pytest.raises(TypeError, match="not one row"):
+        client.submit(template="{review}", inputs={"review": "ok"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="with inputs"):
+        client.submit(template="{review}")
+    with pytest.raises(TypeError, match="not both"):
+        client.submit(["a"], template="{review}", inputs=rows)
+    with pytest.raises(TypeError, match="needs prompts"):
+        client.submit()
+    with pytest.raises(ValidationError):
+        client.submit(template="{review}", inputs=[])
+    with pytest.raises(ValidationError):
+        client.submit(template="{review}", inputs=[{"review": ["not", "a", "value"]}])
+    assert sent == []
+
+
+def test_rows_are_input_rows_then_results_in_order() -> None:
+    client, _ = queued_client(
+        [
+            ItemResult(
+                index=0, custom_id="0", status="succeeded", output='{"stars": 4}',
+                output_json={"stars": 4}, finish_reason="stop",
+            ),
+            ItemResult(
+                index=1, custom_id="1", status="failed",
+                error=ErrorInfo(type="invalid_output", message="not JSON"),
+            ),
+        ]
+    )  # fmt: skip
+    rows = [{"id": 1, "review": "good"}, {"id": 2, "review": "bad"}]
+    batch = client.submit(template="Rate {review}", inputs=rows)
+    assert list(batch.rows()) == [
+        {
+            "id": 1, "review": "good", "output": '{"stars": 4}', "status": "succeeded",
+            "error": None, "output_json": {"stars": 4}, "finish_reason": "stop",
+        },
+        {
+            "id": 2, "review": "bad", "output": None, "status": "failed",
+            "error": "invalid_output: not JSON", "output_json": None, "finish_reason": None,
+        },
+    ]  # fmt: skip
+    by_id = Batch(client, batch.info)
+    assert [list(row)[:2] for row in by_id.rows()] == [["custom_id", "output"]] * 2
+
+
+def test_rows_refuse_an_input_column_named_like_a_result_column() -> None:
+    client, _ = queued_client()
+    batch = client.submit(template="Rate {review}", inputs=[{"review": "good", "status": "new"}])
+    with pytest.raises(ValueError, match="'status' has the name of a result column"):
+        next(batch.rows())

@@ -1,4 +1,4 @@
-"""Files of prompts, told apart by their first non-blank line."""
+"""Files of prompts, told apart by their first non-blank line; files of a template's rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.inputs import read_batch_file
+from client.inputs import read_batch_file, read_rows
 from shared.chat import dump_messages
 from shared.errors import InvalidRequest
 from tests.helpers import prompt_items
@@ -74,3 +74,43 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(InvalidRequest, match="not UTF-8"):
         read_batch_file(path)
+
+
+def test_a_csv_file_is_rows_named_by_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(
+        '\ufeffid,review\r\n1,"fine, ""really""\nyes"\r\n\r\n2,{braces} café\r\n'.encode()
+    )
+    assert read_rows(path) == [
+        {"id": "1", "review": 'fine, "really"\nyes'},
+        {"id": "2", "review": "{braces} café"},
+    ]
+
+
+def test_a_jsonl_file_is_rows_of_objects(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    rows = [{"custom_id": "a", "n": 1, "ok": True, "x": None}, {"custom_id": "b", "n": 2.5}]
+    path.write_text("\n\n".join(json.dumps(row) for row in rows) + "\n")
+    assert read_rows(path) == rows
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("rows.csv", "id,review\n", "no rows"),
+        ("rows.csv", "id,review\n1,ok\n2,too,many\n", "Line 3 has more fields"),
+        ("rows.csv", 'id,review\n1,ok\n2,"a\nb"\n3\n', "Line 5 has fewer fields"),
+        ("rows.csv", "id,id\n1,2\n", "column id twice"),
+        ("rows.jsonl", '{"a": "x"}\n["a"]\n', "Line 2 is not a JSON object"),
+        ("rows.jsonl", '{"a": "x"}\n{"a": {"b": 1}}\n', "Line 2: 'a' is not a string"),
+        ("rows.jsonl", "one prompt a line\n", "Line 1 is not valid JSON"),
+    ],
+    ids=["empty", "long-row", "short-row", "repeated-column", "not-object", "nested", "text"],
+)
+def test_a_bad_rows_file_is_refused_naming_the_line(
+    tmp_path: Path, name: str, content: str, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InvalidRequest, match=expected):
+        read_rows(path)
