@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.types import Message
 
 from shared.errors import InvalidRequest
-from shared.openai_format import batch_from_request_lines
+from shared.openai_format import as_line_error, numbered_batch
 from shared.schemas import BatchCreate
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl"})
@@ -51,9 +51,13 @@ class BatchBodyRoute(APIRoute):
             return handler
 
         async def handle(request: Request) -> Response:
-            if _media_type(request) in NDJSON_TYPES:
-                request = await _as_json(request)
-            return await handler(request)
+            if _media_type(request) not in NDJSON_TYPES:
+                return await handler(request)
+            request, numbers = await _as_json(request)
+            try:
+                return await handler(request)
+            except InvalidRequest as exc:  # found planning the batch: name the line
+                raise as_line_error(exc, numbers) from None
 
         return handle
 
@@ -68,13 +72,18 @@ def _media_type(request: Request) -> str:
     return message.get_content_type()
 
 
-async def _as_json(request: Request) -> Request:
-    """The same request with its NDJSON body converted to a `BatchCreate` JSON body."""
+async def _as_json(request: Request) -> tuple[Request, list[int]]:
+    """The same request with its NDJSON body converted to a `BatchCreate` JSON body, and the
+    line number of each item."""
     try:
-        text = (await request.body()).decode("utf-8")
+        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line.
+        text = (await request.body()).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidRequest("The body is not UTF-8 text.") from None
-    payload = batch_from_request_lines(text.splitlines()).model_dump_json(exclude_none=True)
+    # Lines end at "\n" only: str.splitlines() also splits at U+2028, U+2029 and U+0085,
+    # which JSON allows raw inside strings (json.dumps(..., ensure_ascii=False) writes them).
+    batch, numbers = numbered_batch(text.split("\n"))
+    payload = batch.model_dump_json(exclude_none=True)
     headers = [
         (k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")
     ]
@@ -88,4 +97,4 @@ async def _as_json(request: Request) -> Request:
         sent = True
         return {"type": "http.request", "body": payload.encode(), "more_body": False}
 
-    return Request({**request.scope, "headers": headers}, receive)
+    return Request({**request.scope, "headers": headers}, receive), numbers

@@ -23,7 +23,7 @@ def read_batch_file(path: Path) -> tuple[BatchCreate, InputFormat]:
     """The file's prompts as a batch, and which format it was in. InvalidRequest names the line
     (counted from 1) that is wrong."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text_lines(path)
     except UnicodeDecodeError:
         raise InvalidRequest("the file is not UTF-8 text") from None
     kind = sniff(lines)
@@ -72,7 +72,7 @@ def _csv_rows(path: Path) -> list[dict[str, RowValue]]:
 
 def _jsonl_rows(path: Path) -> list[dict[str, RowValue]]:
     rows: list[dict[str, RowValue]] = []
-    for number, value in json_lines(path.read_text(encoding="utf-8").splitlines()):
+    for number, value in json_lines(text_lines(path)):
         if not isinstance(value, dict):
             raise InvalidRequest(
                 f"Line {number} is not a JSON object (a row: column to value).",
@@ -86,6 +86,12 @@ def _jsonl_rows(path: Path) -> list[dict[str, RowValue]]:
                 )
         rows.append(value)
     return rows
+
+
+def text_lines(path: Path) -> list[str]:
+    """The file's lines, split at line ends only: `str.splitlines()` also splits at U+2028,
+    U+2029 and U+0085, which JSON strings may hold raw. A byte-order mark is dropped."""
+    return [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
 
 
 def sniff(lines: Sequence[str]) -> InputFormat:

@@ -40,6 +40,33 @@ class ContentPart(BaseModel):
         return f"A {self.type} part needs {self.type!r}: {kind}."
 
 
+def _json_object(arguments: str) -> str:
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError("a tool call's arguments are a JSON object, as text")
+    return arguments
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: Annotated[str, AfterValidator(_json_object)]
+
+
+class ToolCall(BaseModel):
+    """A function call an assistant turn made, in OpenAI's format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class Message(BaseModel):
     """One chat message, as in OpenAI's `messages`."""
 
@@ -49,7 +76,7 @@ class Message(BaseModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     #: An assistant turn's calls (OpenAI's format), and a tool message's answer to one.
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -96,13 +123,12 @@ def _schema_problem(schema_json: bytes) -> str | None:
 
 def _tools(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for tool in value:
-        kind = tool.get("type")
-        if kind == "function":
-            function = tool.get("function")
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise ValueError("a function tool needs function.name")
-        elif kind != "custom":
-            raise ValueError("a chat-completions tool has type function or custom")
+        if tool.get("type") != "function":
+            # LangChain sends any other tool type to OpenAI's Responses API, not this one.
+            raise ValueError("a tool has type function (custom and built-in tools are not run)")
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError("a function tool needs function.name")
     return value
 
 

@@ -47,7 +47,7 @@ class OfflineChatModel(BaseChatModel):
     """A deterministic chat model that needs no network: it echoes the last user message.
 
     Reply: `[offline] You asked: <prompt>`, cut to `max_tokens` words when given (then
-    `finish_reason` is `length`); asked for JSON, `{"you_asked": "<prompt>"}`. Tokens are
+    `finish_reason` is `length`); asked for JSON, `{"you_asked": "<prompt>"}`, whole. Tokens are
     counted as whitespace-separated words, so usage is real and predictable.
     """
 
@@ -83,11 +83,12 @@ def _offline_reply(messages: list[BaseMessage], **params: Any) -> ChatResult:
     words = (OFFLINE_PREFIX + prompt).split()
     limit = params.get("max_completion_tokens") or params.get("max_tokens")
     finish_reason = "stop"
-    if limit is not None and len(words) > limit:
-        words, finish_reason = words[:limit], "length"
-    reply = " ".join(words)
     if (params.get("response_format") or {}).get("type") in JSON_FORMATS:
-        reply = json.dumps({"you_asked": prompt}, ensure_ascii=False)
+        reply = json.dumps({"you_asked": prompt}, ensure_ascii=False)  # whole, never cut
+    else:
+        if limit is not None and len(words) > limit:
+            words, finish_reason = words[:limit], "length"
+        reply = " ".join(words)
     input_tokens = max(1, sum(len(str(m.text).split()) for m in messages))
     usage = UsageMetadata(
         input_tokens=input_tokens, output_tokens=len(words), total_tokens=input_tokens + len(words)
@@ -156,7 +157,10 @@ def to_messages(system: str | None, prompt: str | list[dict[str, Any]]) -> list[
     if isinstance(prompt, str):
         head: list[BaseMessage] = [SystemMessage(content=system)] if system else []
         return [*head, HumanMessage(content=prompt)]
-    messages = convert_to_messages(prompt)
+    # An assistant turn that only calls tools may leave content out; LangChain needs the key.
+    messages = convert_to_messages(
+        [m if "content" in m else {**m, "content": None} for m in prompt]
+    )
     if system and not has_system(prompt):
         return [SystemMessage(content=system), *messages]
     return messages
@@ -191,13 +195,21 @@ def _parsed(outcome: ItemOutcome, text: str, json_schema: dict[str, Any] | None)
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return _invalid(outcome, f"The reply is not valid JSON ({exc}).")
+        why = _STOPPED_EARLY.get(outcome.finish_reason or "", f"({exc})")
+        return _invalid(outcome, f"The reply is not valid JSON {why}.")
     schema = (json_schema or {}).get("json_schema", {}).get("schema")
     if isinstance(schema, dict):
         problem = schema_error(schema, value)
         if problem is not None:
             return _invalid(outcome, f"The reply does not match the schema: {problem}")
     return replace(outcome, output_json=value)
+
+
+#: Why a reply can be incomplete JSON, by its finish_reason.
+_STOPPED_EARLY = {
+    "length": "(it was cut at max_tokens: finish_reason length)",
+    "content_filter": "(the provider's content filter stopped it: finish_reason content_filter)",
+}
 
 
 def _invalid(outcome: ItemOutcome, message: str) -> ItemOutcome:

@@ -24,7 +24,6 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from shared import keys, workers
-from shared.store import TOKEN_KINDS
 
 #: Upper bounds (seconds) of the provider-latency histogram's buckets.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
@@ -124,9 +123,18 @@ class _Snapshot(Collector):
             items.add_metric([status], self._n(f"items:{status}"))
         yield items
         tokens = CounterMetricFamily("promptbatch_tokens", "Tokens used.", labels=["kind"])
-        for kind in TOKEN_KINDS:
+        for kind in ("input", "output"):
             tokens.add_metric([kind], self._n(f"tokens:{kind}"))
         yield tokens
+        # Parts of the input and output tokens above, so not more values of their label.
+        yield CounterMetricFamily(
+            "promptbatch_cached_tokens", "Input tokens read from the provider's prompt cache.",
+            value=self._n("tokens:cached"),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "promptbatch_reasoning_tokens", "Output tokens a reasoning model spent thinking.",
+            value=self._n("tokens:reasoning"),
+        )  # fmt: skip
         yield self._responses()
         yield self._latency()
         yield GaugeMetricFamily(

@@ -5,6 +5,7 @@ here unchanged."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -69,7 +70,13 @@ def batch_from_request_lines(lines: Iterable[str]) -> BatchCreate:
     """An OpenAI Batch input file as one batch: every line keeps its own messages and params.
     One model per batch, as OpenAI requires; InvalidRequest names the first line (counted
     from 1) that is wrong."""
+    return numbered_batch(lines)[0]
+
+
+def numbered_batch(lines: Iterable[str]) -> tuple[BatchCreate, list[int]]:
+    """`batch_from_request_lines`, and the line number (from 1) of each item."""
     prompts: list[PromptEntry] = []
+    numbers: list[int] = []
     seen: set[str] = set()
     model: tuple[int, str] | None = None
     for number, value in json_lines(lines):
@@ -93,9 +100,26 @@ def batch_from_request_lines(lines: Iterable[str]) -> BatchCreate:
         prompts.append(
             PromptItem(custom_id=line.custom_id, messages=body.messages, params=body.params())
         )
+        numbers.append(number)
     if not prompts:
         raise InvalidRequest("The body has no request lines.", param="line[1]")
-    return BatchCreate(prompts=prompts, model=model[1] if model else None)
+    return BatchCreate(prompts=prompts, model=model[1] if model else None), numbers
+
+
+_ITEM_PARAM = re.compile(r"^prompts\[(\d+)\](?:\.params(?=\.)|(?=\.messages)|(?=\.custom_id))?")
+
+
+def as_line_error(error: InvalidRequest, numbers: Sequence[int]) -> InvalidRequest:
+    """An error about `prompts[i]` of a batch made from request lines, as one about its line:
+    `prompts[2].params.max_tokens` -> `line[4].body.max_tokens`."""
+    found = _ITEM_PARAM.match(error.param or "")
+    if found is None or int(found[1]) >= len(numbers):
+        return error
+    number = numbers[int(found[1])]
+    rest = (error.param or "")[found.end() :]
+    where = "" if rest.startswith(".custom_id") or not rest else ".body"
+    param = f"line[{number}]{where}{rest}"
+    return type(error)(f"Line {number}: {error.message}", param=param)
 
 
 def _request_line(number: int, value: Any) -> RequestLine:
@@ -203,12 +227,13 @@ class OutputLine(BaseModel):
 
 def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
     """The item as OpenAI writes it in a batch output file; None while it is still pending
-    (an OpenAI output file holds finished requests only). An item that failed (a reply that
-    is not the JSON asked for included) is an error line."""
+    (an OpenAI output file holds finished requests only). A failed item is an error line,
+    except a reply that is not the JSON asked for: the provider answered, and OpenAI writes
+    that answer as it came (promptbatch's own results mark it `invalid_output`)."""
     if item.status == "pending":
         return None
     line_id = f"batch_req_{batch.id.removeprefix('batch_')}_{item.index}"
-    if item.status != "succeeded":
+    if item.status != "succeeded" and not _answered(item):
         code = item.error.type if item.error else f"batch_{item.status}"
         message = item.error.message if item.error else f"The request was {item.status}."
         return OutputLine(
@@ -228,3 +253,8 @@ def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
         body=completion,
     )  # fmt: skip
     return OutputLine(id=line_id, custom_id=item.custom_id, response=response, error=None)
+
+
+def _answered(item: ItemResult) -> bool:
+    """Whether the provider answered the item (a reply promptbatch refused as invalid_output)."""
+    return item.error is not None and item.error.type == "invalid_output"

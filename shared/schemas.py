@@ -16,7 +16,8 @@ BatchStatus = Literal["queued", "in_progress", "completed", "failed", "cancellin
 ItemStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 FINAL_BATCH_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
-CustomId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_CUSTOM_ID = 256
+CustomId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CUSTOM_ID)]
 
 
 class _Strict(BaseModel):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from string import Formatter
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate, SystemMessagePromptTemplate
 
 from shared.errors import InvalidRequest
-from shared.schemas import ItemRecord, PromptTemplate, RowValue, UniqueIds, check_prompt
+from shared.schemas import MAX_CUSTOM_ID, ItemRecord, PromptTemplate, RowValue, UniqueIds
 
 #: LangChain's message types as OpenAI's roles.
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
@@ -46,12 +47,27 @@ def render_rows(
                 f"variables: {', '.join(sorted(variables))}).",
                 param=param,
             )
-        custom_id = row.get("custom_id")
-        messages = _as_openai(template.format_messages(**{v: row[v] for v in variables}))
-        for message in messages:
-            check_prompt(message["content"], max_chars, param)
-        items.append((ids.add(None if custom_id is None else str(custom_id), index), messages))
+        # A null is an empty cell, not the text "None".
+        values = {v: "" if row[v] is None else row[v] for v in variables}
+        messages = _as_openai(template.format_messages(**values))
+        if sum(len(m["content"]) for m in messages) > max_chars:
+            raise InvalidRequest(
+                f"Row {index} makes a prompt longer than {max_chars} characters.", param=param
+            )
+        items.append((ids.add(_custom_id(row, param), index), messages))
     return Rendered(items, system)
+
+
+def _custom_id(row: dict[str, RowValue], param: str) -> str | None:
+    value = row.get("custom_id")
+    if value is None:
+        return None
+    custom_id = str(value)
+    if not 1 <= len(custom_id) <= MAX_CUSTOM_ID:
+        raise InvalidRequest(
+            f"A custom_id has 1 to {MAX_CUSTOM_ID} characters.", param=f"{param}.custom_id"
+        )
+    return custom_id
 
 
 def _template(spec: PromptTemplate) -> ChatPromptTemplate:
@@ -65,7 +81,21 @@ def _template(spec: PromptTemplate) -> ChatPromptTemplate:
             "or write {{ and }} for literal braces.",
             param="template",
         )
+    for _, text in spec.messages:
+        _check_fields(text)
     return template
+
+
+def _check_fields(text: str) -> None:
+    """Refuse format specs and conversions (`{x:>9999999}`, `{x!r}`): a variable is its value,
+    inserted as is, and a spec could fail on a row or ask for gigabytes of padding."""
+    for _, name, spec, conversion in Formatter().parse(text):
+        if name is not None and (spec or conversion):
+            raise InvalidRequest(
+                f"The template's {{{name}}} has a format spec or conversion; write {{{name}}} "
+                "alone (and {{ }} for literal braces).",
+                param="template",
+            )
 
 
 def _split_system(template: ChatPromptTemplate) -> tuple[ChatPromptTemplate, str | None]:

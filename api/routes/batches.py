@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -60,14 +61,15 @@ async def create_batch(
     """Submit prompts (strings, prompt objects or OpenAI messages, each with its own params), or
     a template with rows of `inputs`; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
+    plan, request_hash = await _plan(body, settings)
     batch, created = await submit_within_limits(
         limits,
         store,
-        await _plan(body, settings),
+        plan,
         settings,
         owner,
         idempotency_key=idempotency_key,
-        request_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
+        request_hash=request_hash,
     )
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     if not created:
@@ -80,10 +82,17 @@ async def create_batch(
 _PLAN_INLINE_ITEMS = 1000
 
 
-async def _plan(body: BatchCreate, settings: Settings) -> BatchPlan:
+async def _plan(body: BatchCreate, settings: Settings) -> tuple[BatchPlan, str]:
     if body.template is None and len(body.prompts or ()) <= _PLAN_INLINE_ITEMS:
-        return plan_batch(body, settings)
-    return await run_in_threadpool(plan_batch, body, settings)
+        return _planned(body, settings)
+    return await run_in_threadpool(_planned, body, settings)
+
+
+def _planned(body: BatchCreate, settings: Settings) -> tuple[BatchPlan, str]:
+    """The plan, and the request's hash for `Idempotency-Key` (the same body, whatever the
+    order of the keys inside its objects, hashes the same)."""
+    canonical = orjson.dumps(orjson.loads(body.model_dump_json()), option=orjson.OPT_SORT_KEYS)
+    return plan_batch(body, settings), hashlib.sha256(canonical).hexdigest()
 
 
 @router.get("", response_model=BatchList)

@@ -118,3 +118,40 @@ async def test_openapi_documents_both_bodies(client: httpx.AsyncClient) -> None:
     assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/BatchCreate"}
     assert "application/x-ndjson" in content
     assert "requestBody" not in schema["paths"]["/v1/batches/{batch_id}"]["get"]
+
+
+@pytest.mark.parametrize(
+    ("second", "param"),
+    [
+        (request("b", "y", max_tokens=10**7), "line[3].body.max_tokens"),
+        ({**request("b", "y"), "body": {"messages": [
+            {"role": "user", "content": [{"type": "image_url"}]}]}},
+         "line[3].body.messages[0].content[0].image_url"),
+        ({**request("b", "y"), "body": {"messages": [{"role": "tool", "content": "x"}]}},
+         "line[3].body.messages[0].tool_call_id"),
+    ],
+    ids=["max-tokens", "part-payload", "tool-call-id"],
+)  # fmt: skip
+async def test_what_planning_refuses_names_the_line_too(
+    client: httpx.AsyncClient, redis_url: str, second: dict[str, Any], param: str
+) -> None:
+    body = ndjson(request("a", "x"), "", second)  # a blank line: lines count from 1, blanks too
+    response = await client.post("/v1/batches", content=body, headers=NDJSON)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["message"].startswith("Line 3: ")) == (param, True)
+    with sync_redis.Redis.from_url(redis_url) as redis:
+        assert list(redis.scan_iter("*")) == []
+
+
+async def test_a_file_written_with_raw_unicode_line_separators_and_a_bom_runs(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    prompt = "one\u2028two\u2029three\x85four"
+    lines = [json.dumps(request(c, prompt), ensure_ascii=False) for c in ("a", "b")]
+    body = "\ufeff" + "\r\n".join(lines) + "\r\n"
+    response = await client.post("/v1/batches", content=body.encode(), headers=NDJSON)
+    assert response.status_code == 202, response.text
+    async with Redis.from_url(redis_url) as redis:
+        items = await BatchStore(redis).pending_items(response.json()["id"], 0, 2)
+    assert [item.prompt[-1]["content"] for item in items] == [prompt, prompt]  # type: ignore[index]

@@ -50,6 +50,18 @@ LINES: list[dict[str, Any]] = [
         {"role": "user", "content": "json-mode: Name a colour as JSON."}],
         "response_format": {"type": "json_object"}, "logit_bias": {"50256": -100},
         "tools": [{"type": "function", "function": {"name": "palette"}}]}},
+    {"custom_id": "tool-turns", "body": {"messages": [
+        {"role": "user", "content": "What is the weather in Seoul?"},
+        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Seoul"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+        {"role": "user", "name": "kim", "content": [
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            {"type": "file", "file": {"file_id": "file-abc"}},
+            {"type": "text", "text": "tool-turns: and tomorrow?"}]}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": "none", "parallel_tool_calls": False}},
     {"custom_id": "schema", "body": {"messages": [
         {"role": "system", "content": "Answer with the genre."},
         {"role": "user", "content": "schema: Dune"}],
@@ -79,6 +91,16 @@ def sent_for(mock: MockProvider, text: str) -> dict[str, Any]:
     bodies = [b for b in mock.requests() if last_user_text(b["messages"]) == text]
     assert len(bodies) == 1, f"{len(bodies)} requests for {text!r}"
     return bodies[0]
+
+
+def as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as ChatOpenAI puts it on the wire: a tool-calling turn with no content says
+    `content: null`; the same arguments object, in LangChain's JSON spacing."""
+    if "tool_calls" not in message:
+        return message
+    calls = [{**call, "function": {**call["function"], "arguments": json.dumps(
+        json.loads(call["function"]["arguments"]))}} for call in message["tool_calls"]]  # fmt: skip
+    return {"content": None, **message, "tool_calls": calls}
 
 
 #: ChatOpenAI sends `max_tokens` under its current name, `max_completion_tokens`.
@@ -113,7 +135,7 @@ async def test_openai_batch_files_run_unchanged_and_the_provider_sees_each_line_
     for line in LINES:
         wanted = line["body"]
         sent = sent_for(mock, last_user_text(wanted["messages"]))
-        assert sent["messages"] == wanted["messages"], line["custom_id"]
+        assert sent["messages"] == [as_sent(m) for m in wanted["messages"]], line["custom_id"]
         assert sent["model"] == "gpt-4o-mini"
         params = {WIRE_NAMES.get(k, k): v for k, v in wanted.items() if k != "messages"}
         assert {k: sent.get(k) for k in params} == params, line["custom_id"]
@@ -142,18 +164,27 @@ async def test_structured_output_is_parsed_and_a_reply_that_is_not_json_fails_on
 ) -> None:
     openai_worker(workers, mock)
     prompts = ["Dune", {"custom_id": "chatty", "prompt": "Neuromancer [[not_json]]"},
-               {"custom_id": "wrong", "prompt": "Emma [[wrong_json]]"}, "Solaris"]  # fmt: skip
+               {"custom_id": "wrong", "prompt": "Emma [[wrong_json]]"}, "Solaris",
+               {"custom_id": "cut", "prompt": "Ubik [[cut]]"}]  # fmt: skip
     async with api_client(openai_settings(redis_url, mock)) as client:
         done, items = await run_batch(client, prompts=prompts, params={"response_format": GENRE})
 
     assert done["status"] == "completed"
     assert done["request_counts"] | {"total": 0} == {
-        "total": 0, "succeeded": 2, "failed": 2, "cancelled": 0, "pending": 0,
+        "total": 0, "succeeded": 2, "failed": 3, "cancelled": 0, "pending": 0,
     }  # fmt: skip
     assert [(i["status"], i["output_json"]) for i in items] == [
         ("succeeded", {"genre": "mock"}), ("failed", None), ("failed", None),
-        ("succeeded", {"genre": "mock"}),
+        ("succeeded", {"genre": "mock"}), ("failed", None),
     ]  # fmt: skip
+    cut = items[4]
+    assert (cut["error"]["type"], cut["finish_reason"]) == ("invalid_output", "length")
+    assert "cut at max_tokens" in cut["error"]["message"]
+    line = output_line(ItemResult.model_validate(cut), Batch.model_validate(done))
+    assert line is not None  # in OpenAI's format, the provider's answer as it came
+    assert line.response is not None
+    assert line.response.body.choices[0].finish_reason == "length"
+    assert line.response.body.choices[0].message.content == cut["output"]
     chatty, wrong = items[1], items[2]
     assert chatty["error"]["type"] == wrong["error"]["type"] == "invalid_output"
     assert chatty["output"] == "mock reply to: Neuromancer [[not_json]]"  # the raw text is kept
@@ -242,6 +273,7 @@ async def test_tool_calls_refusals_and_token_details_come_back_as_the_provider_s
     ]  # fmt: skip
     async with api_client(openai_settings(redis_url, mock)) as client:
         done, items = await run_batch(client, prompts=prompts)
+        metrics = (await client.get("/metrics")).text
 
     tool, refused, filtered, cached = items
     assert (tool["status"], tool["finish_reason"], tool["output"]) == (
@@ -255,6 +287,8 @@ async def test_tool_calls_refusals_and_token_details_come_back_as_the_provider_s
     assert filtered["finish_reason"] == "content_filter"
     assert (cached["usage"]["cached_tokens"], cached["usage"]["reasoning_tokens"]) == (4, 2)
     assert (done["usage"]["cached_tokens"], done["usage"]["reasoning_tokens"]) == (4, 2)
+    assert "promptbatch_cached_tokens_total 4.0" in metrics
+    assert "promptbatch_reasoning_tokens_total 2.0" in metrics
     batch = Batch.model_validate(done)
     line = output_line(ItemResult.model_validate(tool), batch)
     assert line is not None

@@ -233,3 +233,16 @@ def test_a_reply_cut_at_max_tokens_says_length() -> None:
     assert line is not None
     assert line.response is not None
     assert line.response.body.choices[0].finish_reason == "length"
+
+
+def test_a_reply_refused_as_invalid_output_is_still_the_providers_response() -> None:
+    item = ItemResult(
+        index=0, custom_id="j", status="failed", output='{"genre": "sci', finish_reason="length",
+        error=ErrorInfo(type="invalid_output", message="The reply is not valid JSON"),
+    )  # fmt: skip
+    line = output_line(item, batch())
+    assert line is not None
+    assert line.error is None
+    assert line.response is not None
+    choice = line.response.body.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ('{"genre": "sci', "length")

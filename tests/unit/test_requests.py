@@ -77,6 +77,10 @@ def test_a_tool_conversation_is_accepted() -> None:
          "prompts[0].messages[0].tool_call_id"),
         ({"prompts": [{"messages": [{"role": "user", "content": "x", "tool_calls": []}]}]},
          "prompts[0].messages[0].tool_calls"),
+        ({"prompts": [{"messages": [{"role": "user", "content": "x"},
+                                    {"role": "tool", "tool_call_id": "c", "content": "y"},
+                                    {"role": "user", "content": [{"type": "file"}]}]}]},
+         "prompts[0].messages[2].content[0].file"),
         ({"prompts": [{"prompt": "a", "params": {"max_tokens": 10**6}}]},
          "prompts[0].params.max_tokens"),
         ({"prompts": [{"prompt": "a", "params": {"max_completion_tokens": 10**6}}]},
@@ -88,7 +92,7 @@ def test_a_tool_conversation_is_accepted() -> None:
         ({"template": REVIEWS}, "inputs"),
         ({"inputs": [{"review": "x"}]}, "template"),
     ],
-    ids=["no-prompt", "both", "no-content", "tool-without-id", "tool-calls-on-user",
+    ids=["no-prompt", "both", "no-content", "tool-without-id", "tool-calls-on-user", "bad-part",
          "item-max-tokens", "item-max-completion-tokens", "messages-too-long", "nothing",
          "prompts-and-template", "template-without-inputs", "inputs-without-template"],
 )  # fmt: skip
@@ -110,11 +114,12 @@ def test_a_wrong_item_is_refused_naming_it(body: dict[str, Any], param: str) -> 
                               "json_schema": {"name": "x", "schema": {"type": 5}}}},
          "response_format"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tools": [{"type": "custom", "custom": {"name": "sql"}}]}, "tools"),
         ({"tools": [{"type": "function", "function": {}}]}, "tools"),
         ({"functions": []}, "functions"),
     ],
     ids=["n", "stream", "logit-bias", "top-logprobs", "format-type", "schema-name",
-         "bad-schema", "builtin-tool", "unnamed-function", "unknown"],
+         "bad-schema", "builtin-tool", "custom-tool", "unnamed-function", "unknown"],
 )  # fmt: skip
 def test_params_outside_openais_chat_fields_are_refused(params: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
@@ -170,17 +175,45 @@ def test_a_template_system_message_wins_over_the_batchs() -> None:
         (REVIEWS, [{"custom_id": "a", "product": "p", "review": "r"},
                    {"custom_id": "a", "product": "p", "review": "r"}], "inputs[1].custom_id",
          "twice"),
-        ({"messages": [["human", "{review}"]]}, [{"review": " "}], "inputs[0]", "empty"),
+        ({"messages": [["human", "{x:>999999999}"]]}, [{"x": 1}], "template", "format spec"),
+        ({"messages": [["human", "{x!r}"]]}, [{"x": 1}], "template", "conversion"),
+        ({"messages": [["human", "{x}"]]}, [{"x": 1, "custom_id": "c" * 257}],
+         "inputs[0].custom_id", "256"),
+        ({"messages": [["human", "{x}"]]}, [{"x": "y" * 31}], "inputs[0]", "longer than 30"),
     ],
-    ids=["missing-variable", "attribute-access", "unbalanced", "empty", "duplicate-id", "blank"],
+    ids=["missing-variable", "attribute-access", "unbalanced", "empty", "duplicate-id",
+         "format-spec", "conversion", "long-custom-id", "too-long"],
 )  # fmt: skip
 def test_a_bad_template_or_row_is_refused_naming_it(
     template: dict[str, Any], inputs: list[dict[str, Any]], param: str, says: str
 ) -> None:
-    error = refusal({"template": template, "inputs": inputs})
+    error = refusal({"template": template, "inputs": inputs}, max_prompt_chars=30)
     assert (error.param, says in error.message) == (param, True), error.message
+
+
+def test_an_empty_or_null_cell_fills_its_variable_with_nothing() -> None:
+    got = plan({"template": {"messages": [["human", "Rate: {review}"]]},
+                "inputs": [{"review": ""}, {"review": None}]})  # fmt: skip
+    assert [item[1] for item in got.items] == [[{"role": "user", "content": "Rate: "}]] * 2
 
 
 def test_too_many_rows_names_inputs() -> None:
     rows = [{"review": str(i)} for i in range(3)]
     assert refusal({"template": REVIEWS, "inputs": rows}, max_prompts=2).param == "inputs"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "not json"}},
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1, 2]"}},
+        {"id": "c1", "type": "function"},
+        {"id": "c1", "type": "custom", "custom": {"name": "f", "input": "x"}},
+    ],
+    ids=["not-json", "not-an-object", "no-function", "custom"],
+)
+def test_a_tool_call_the_provider_could_not_take_is_refused(call: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call]}]
+    with pytest.raises(ValidationError) as caught:
+        BatchCreate.model_validate({"prompts": [{"messages": messages}]})
+    assert caught.value.errors()[-1]["loc"][3:7] == ("messages", 1, "tool_calls", 0)
