@@ -193,11 +193,11 @@ class Bench:
 
     async def storage(self) -> None:
         """Redis bytes per item of a batch of chat items (no worker runs it: the batch as
-        stored at submit), against the bytes of the items' JSON as sent."""
+        stored at submit), against the bytes of each item's JSON, compact."""
         count, size = self.sizes.storage
         items = chat_items(count, size)
         payload = json.dumps({"prompts": items}).encode()
-        sent = sum(len(json.dumps(item)) for item in items)
+        sent = sum(len(json.dumps(item, separators=(",", ":"))) for item in items)
         _, batch_id = await submit(self.http, payload)
         stored = await redis_bytes(self.stack.redis.url, keys.batch_keys(batch_id))
         await self.http.delete(f"/v1/batches/{batch_id}")
