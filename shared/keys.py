@@ -91,6 +91,12 @@ EVENTS_MAXLEN = 10_000
 STATS = f"{PREFIX}:stats"
 
 
+def pacing(model: str) -> str:
+    """Hash: one model's provider pacing, shared by every worker (`worker/pacing.py`): its
+    request and token buckets, learned limits, 429 wait. Expires an hour after its last use."""
+    return f"{PREFIX}:pacing:{model}"
+
+
 def idempotency(owner: str, key_hash: str) -> str:
     """String: `<batch id> <request hash>` for an `Idempotency-Key` (stored as its SHA-256);
     expires after `PROMPTBATCH_IDEMPOTENCY_TTL_S`."""

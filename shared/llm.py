@@ -166,6 +166,25 @@ def to_messages(system: str | None, prompt: str | list[dict[str, Any]]) -> list[
     return messages
 
 
+def item_chars(prompt: str | list[dict[str, Any]], system: str | None) -> int:
+    """The characters of an item's text (for estimating its tokens before the call)."""
+    if isinstance(prompt, str):
+        return len(prompt) + len(system or "")
+    total = 0 if has_system(prompt) else len(system or "")
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(str(part.get("text", ""))) for part in content)
+    return total
+
+
+def rate_limited(exc: BaseException) -> bool:
+    """Whether a call failed only because the provider said "later" (429)."""
+    return isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429
+
+
 def outcome_of(
     result: BaseMessage | BaseException, response_format: dict[str, Any] | None = None
 ) -> ItemOutcome:

@@ -102,6 +102,14 @@ class RequestCounts(BaseModel):
     pending: int
 
 
+class Pacing(BaseModel):
+    """How the provider's rate limits shaped a batch: time its calls waited for their turn
+    (summed over calls), and the 429s the provider answered them with (each one retried)."""
+
+    wait_s: float = 0.0
+    provider_429s: int = 0
+
+
 class ErrorInfo(BaseModel):
     type: str
     message: str
@@ -120,6 +128,7 @@ class Batch(BaseModel):
     expires_at: datetime | None = None
     request_counts: RequestCounts
     usage: Usage
+    pacing: Pacing = Field(default_factory=Pacing)
     metadata: dict[str, str] | None
     error: ErrorInfo | None
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(default=32_768, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=20)
+    #: Provider requests / tokens per minute for the whole service, per model (0: none set;
+    #: follow the provider's x-ratelimit-* headers and 429s).
+    rpm_limit: int = Field(default=0, ge=0)
+    tpm_limit: int = Field(default=0, ge=0)
+    #: How long an item keeps being retried while the provider only says "later" (429).
+    item_deadline_s: float = Field(default=3600.0, gt=0)
 
     redis_timeout_s: float = Field(default=2.0, gt=0)
     worker_max_jobs: int = Field(default=8, ge=1)

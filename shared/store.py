@@ -25,6 +25,7 @@ from shared.schemas import (
     BatchPlan,
     ErrorInfo,
     ItemResult,
+    Pacing,
     RequestCounts,
     ResultsPage,
     Usage,
@@ -61,18 +62,24 @@ end
 # -1 when the batch is gone or already failed as a whole, 0 when the item already had a result
 # (a repeated write changes nothing), 1 when written, 2 when written and it was the batch's
 # last item (the batch is then final, exactly once).
-# ARGV: ttl ms, then per result: index, result JSON, item status, chunk, custom_id, then its
-# input, output, cached and reasoning tokens (summed into the fields of _TOKEN_FIELDS).
-_STRIDE = 9
+# ARGV: ttl ms, then per result: index, result JSON, item status, chunk, custom_id, then the
+# numbers it adds to the batch's fields and the service's counters named in _SUMS.
 #: The kinds of tokens counted, per batch (`<kind>_tokens`) and service-wide (`tokens:<kind>`).
 TOKEN_KINDS = ("input", "output", "cached", "reasoning")
 _TOKEN_FIELDS = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
+#: Batch field -> service-wide counter, for each number a result adds to both.
+_SUMS = {
+    **{f"{kind}_tokens": f"tokens:{kind}" for kind in TOKEN_KINDS},
+    "paced_ms": "pacing:wait_ms",
+    "rate_limited": "pacing:rate_limited",
+}
+_STRIDE = 5 + len(_SUMS)
 _RECORD = (
     _PRELUDE
     + f"""
 local stride = {_STRIDE}
-local token_fields = {{'{"', '".join(_TOKEN_FIELDS)}'}}
-local token_kinds = {{'{"', '".join(TOKEN_KINDS)}'}}
+local sum_fields = {{'{"', '".join(_SUMS)}'}}
+local sum_stats = {{'{"', '".join(_SUMS.values())}'}}
 """
     + """
 local codes = {}
@@ -88,11 +95,11 @@ for i = 2, #ARGV, stride do
     codes[#codes + 1] = 0
   else
     redis.call('HINCRBY', meta, item_status, 1)
-    for t, field in ipairs(token_fields) do
+    for t, field in ipairs(sum_fields) do
       local n = ARGV[i + 4 + t]
       if n ~= '0' then
         redis.call('HINCRBY', meta, field, n)
-        redis.call('HINCRBY', stats, 'tokens:' .. token_kinds[t], n)
+        redis.call('HINCRBY', stats, sum_stats[t], n)
       end
     end
     redis.call('HINCRBY', chunks, ARGV[i + 3], 1)
@@ -227,6 +234,10 @@ class ItemOutcome:
     finish_reason: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+    #: How running it went (summed into the batch, not stored with the result): time spent
+    #: waiting for the provider's rate limits, and 429s the provider answered it with.
+    paced_ms: int = 0
+    rate_limited: int = 0
 
     def to_json(self) -> bytes:
         """The stored result: only the fields that are set (a reader fills in the rest)."""
@@ -535,6 +546,8 @@ class BatchStore:
                 usage.output_tokens,
                 usage.cached_tokens,
                 usage.reasoning_tokens,
+                outcome.paced_ms,
+                outcome.rate_limited,
             ]
         codes = await self._record(keys=_script_keys(spec.id), args=args)
         return [_OUTCOMES[int(code)] for code in codes]
@@ -680,6 +693,9 @@ def _batch_from_fields(f: Mapping[str, str]) -> Batch:
             pending=total - succeeded - failed - cancelled,
         ),
         usage=Usage.of(*tokens),
+        pacing=Pacing(
+            wait_s=int(f.get("paced_ms", 0)) / 1000, provider_429s=int(f.get("rate_limited", 0))
+        ),
         metadata=metadata,
         error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
     )

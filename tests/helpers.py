@@ -137,12 +137,22 @@ class RedisServer:
 class MockProvider:
     """The OpenAI-compatible mock (tests/mock_openai.py) in a process of its own."""
 
-    def __init__(self, workdir: Path, latency_ms: float = 0.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        latency_ms: float = 0.0,
+        rpm: int = 0,
+        tpm: int = 0,
+        burst_s: float = 1.0,
+    ) -> None:
+        """`rpm` / `tpm`: the mock's rate limits at start (0: off), `burst_s` its bucket size."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         args = [sys.executable, "-m", "tests.mock_openai", "--port", str(port),
-                "--latency-ms", str(latency_ms), str(latency_ms)]  # fmt: skip
-        self.proc = Proc(args, dict(os.environ), workdir / f"mock{latency_ms:g}.log").start()
+                "--latency-ms", str(latency_ms), str(latency_ms),
+                "--rpm", str(rpm), "--tpm", str(tpm), "--burst-s", str(burst_s)]  # fmt: skip
+        name = f"mock{latency_ms:g}" + (f"-rpm{rpm}-tpm{tpm}" if rpm or tpm else "")
+        self.proc = Proc(args, dict(os.environ), workdir / f"{name}.log").start()
         wait_until(self._up, what="the mock provider")
 
     def _up(self) -> bool:
@@ -157,6 +167,16 @@ class MockProvider:
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/_reset").raise_for_status()
+
+    def set_limits(self, **fields: int | float | bool) -> dict[str, Any]:
+        """Change the mock's rate limits (`rpm`, `tpm`, `burst_s`, `headers`; any subset).
+
+        A changed limit starts with a full bucket; `reset()` keeps the limits. Returns them all.
+        """
+        response = httpx.post(f"{self.url}/_limits", json=fields)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
 
     def requests(self) -> list[dict[str, Any]]:
         """The chat-completions request bodies the mock received since its last reset."""

@@ -28,11 +28,22 @@ contents and `text` parts). From the request body:
 - `tools` with `tool_choice` `"required"` or naming a function (or `[[tool_call]]`): one call
   of that tool (else the first) with arguments built from its parameters, finish_reason
   `tool_calls`
-`GET /_stats` reports calls, calls in flight, the most in flight at once, answers by status and
-early retries; `GET /_requests` lists the request bodies received (the newest 100,000);
-`POST /_reset` clears both.
+Rate limits, as OpenAI enforces them (each 0 = off; `--rpm N --tpm N --burst-s S`, or at run
+time `POST /_limits {"rpm", "tpm", "burst_s", "headers"}`, any subset): one continuous token
+bucket per limit, capacity max(1, limit * burst_s / 60), refilled at limit / 60 per second,
+starting full (a changed limit starts full again). A call costs 1 request and prompt_tokens +
+max_completion_tokens / max_tokens (else the reply's completion_tokens) tokens, checked on
+arrival (before latency and gates). If either bucket is short, the call gets an OpenAI-style 429
+(`type` `requests` or `tokens`, `retry-after` in whole seconds, `retry-after-ms`) and consumes
+nothing; a cost above the whole capacity waits its full refill time. Each chat answer carries
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits on (unless `headers` is
+false); reset is OpenAI's duration format (`120ms`, `1.5s`, `6m0s`).
+`GET /_stats` reports calls, calls in flight, the most in flight at once, answers by status,
+early retries, calls refused by the limits (`rate_limited`) and the `limits`; `GET /_requests`
+lists the request bodies received (the newest 100,000); `POST /_reset` clears all those and
+refills the buckets, but keeps the limits.
 
-Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200]`.
+Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200] [--rpm N --tpm N --burst-s S]`.
 """
 
 from __future__ import annotations
@@ -41,12 +52,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import random
 import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -58,15 +71,80 @@ DIRECTIVE = re.compile(r"\[\[(\w+)(?:=([\w:.\-]+))?\]\]")
 MAX_RECORDED = 100_000
 JSON_MODES = ("json_object", "json_schema")
 REFUSAL = "mock refuses this request"
+EPSILON = 1e-9  # float slack: a client that waits exactly retry-after-ms gets in
+Kind = Literal["requests", "tokens"]
+ABBREVIATION: dict[Kind, str] = {"requests": "RPM", "tokens": "TPM"}
 
 
 def _recorded() -> deque[Any]:
     return deque(maxlen=MAX_RECORDED)
 
 
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up (after float noise is rounded away)."""
+    return max(0, math.ceil(round(seconds * 1000, 6)))
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI's rate-limit headers write it: `120ms`, `1.5s`, `6m0s`."""
+    ms = _ms(seconds)
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, ms = divmod(ms, 60_000)
+    text = f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{minutes}m{text}" if minutes else text
+
+
+@dataclass
+class Bucket:
+    """A continuous token bucket for a per-minute limit; full until first used."""
+
+    per_minute: int
+    burst_s: float
+    level: float | None = None  # None: full
+    at: float = 0.0
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.per_minute * self.burst_s / 60)
+
+    @property
+    def rate(self) -> float:
+        return self.per_minute / 60
+
+    def available(self, now: float) -> float:
+        if self.level is None:
+            return self.capacity
+        return min(self.capacity, self.level + (now - self.at) * self.rate)
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds until `cost` fits (0: it fits now); a cost above capacity waits its refill."""
+        if cost > self.capacity + EPSILON:
+            return cost / self.rate
+        short = cost - self.available(now)
+        return short / self.rate if short > EPSILON else 0.0
+
+    def take(self, cost: float, now: float) -> None:
+        self.level = max(0.0, self.available(now) - cost)
+        self.at = now
+
+    def remaining(self, now: float) -> int:
+        return math.floor(self.available(now) + EPSILON)
+
+    def until_full(self, now: float) -> float:
+        return (self.capacity - self.available(now)) / self.rate
+
+
 @dataclass
 class MockState:
     latency_ms: tuple[float, float] = (0.0, 0.0)
+    rpm: int = 0
+    tpm: int = 0
+    burst_s: float = 1.0
+    limit_headers: bool = True
+    clock: Callable[[], float] = time.monotonic
+    buckets: dict[Kind, Bucket] = field(default_factory=dict)
+    rate_limited: int = 0
     calls: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -79,6 +157,27 @@ class MockState:
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
+
+    def limit(self, kind: Kind) -> int:
+        return self.rpm if kind == "requests" else self.tpm
+
+    def bucket(self, kind: Kind) -> Bucket | None:
+        """The bucket of a limit that is on (a new, full one when the limit changed)."""
+        limit = self.limit(kind)
+        if not limit:
+            return None
+        current = self.buckets.get(kind)
+        if current is None or (current.per_minute, current.burst_s) != (limit, self.burst_s):
+            current = self.buckets[kind] = Bucket(limit, self.burst_s)
+        return current
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "burst_s": self.burst_s,
+            "headers": self.limit_headers,
+        }
 
 
 def _error(status: int, message: str, retry_after: str = "0") -> JSONResponse:
@@ -225,10 +324,14 @@ def _said(message: dict[str, Any]) -> list[str]:
     return texts + [call["function"]["arguments"] for call in calls]
 
 
+def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(_words(_texts(m.get("content"))) for m in messages)
+
+
 def _usage(
     messages: list[dict[str, Any]], message: dict[str, Any], directives: dict[str, str]
 ) -> dict[str, Any]:
-    prompt_tokens = sum(_words(_texts(m.get("content"))) for m in messages)
+    prompt_tokens = _prompt_tokens(messages)
     completion_tokens = _words(_said(message))
     cached = min(max(int(directives.get("cached", "0")), 0), prompt_tokens)
     return {
@@ -252,6 +355,89 @@ def _completion(payload: dict[str, Any], prompt: str, directives: dict[str, str]
     }
 
 
+def _token_cost(payload: dict[str, Any], prompt: str, directives: dict[str, str]) -> int:
+    """What a call costs in TPM: prompt tokens + the most it may answer (else what it answers)."""
+    max_out = _max_tokens(payload)
+    if max_out is None:
+        max_out = _words(_said(_reply(payload, prompt, directives)[0]))
+    return _prompt_tokens(payload.get("messages", [])) + max_out
+
+
+def _limit_headers(state: MockState, now: float) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if not state.limit_headers:
+        return headers
+    for kind in ABBREVIATION:
+        bucket = state.bucket(kind)
+        if bucket is not None:
+            headers[f"x-ratelimit-limit-{kind}"] = str(bucket.per_minute)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(bucket.remaining(now))
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.until_full(now))
+    return headers
+
+
+def _rate_limited(
+    state: MockState, kind: Kind, bucket: Bucket, cost: int, wait: float, now: float
+) -> JSONResponse:
+    limit, remaining = bucket.per_minute, bucket.remaining(now)
+    message = (
+        f"Rate limit reached for mock on {kind} per min ({ABBREVIATION[kind]}): "
+        f"Limit {limit}, Used {max(0, limit - remaining)}, Requested {cost}. "
+        f"Please try again in {format_duration(wait)}."
+    )
+    body = {
+        "error": {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
+    }
+    wait_ms = _ms(wait)
+    headers = {"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)}
+    headers.update(_limit_headers(state, now))
+    return JSONResponse(body, status_code=429, headers=headers)
+
+
+def _admit(
+    state: MockState, payload: dict[str, Any], prompt: str, directives: dict[str, str]
+) -> tuple[JSONResponse | None, dict[str, str]]:
+    """(a 429, or None and the rate-limit headers after taking this call's cost)."""
+    now = state.clock()
+    costs: list[tuple[Kind, Bucket, int]] = []
+    for kind in ABBREVIATION:
+        bucket = state.bucket(kind)
+        if bucket is not None:
+            cost = 1 if kind == "requests" else _token_cost(payload, prompt, directives)
+            costs.append((kind, bucket, cost))
+    waits = [(bucket.wait(cost, now), kind, bucket, cost) for kind, bucket, cost in costs]
+    longest = max(waits, key=lambda w: w[0], default=None)  # the first of equal waits
+    if longest is not None and longest[0] > 0:
+        wait, kind, bucket, cost = longest
+        return _rate_limited(state, kind, bucket, cost, wait, now), {}
+    for _, bucket, cost in costs:
+        bucket.take(cost, now)
+    return None, _limit_headers(state, now)
+
+
+def _set_limits(state: MockState, fields: Any) -> str | None:
+    """Apply a `POST /_limits` body; the reason it is invalid (then nothing changes), or None."""
+    if not isinstance(fields, dict):
+        return "the body must be a JSON object"
+    unknown = set(fields) - set(state.limits())
+    if unknown:
+        return f"unknown fields: {sorted(unknown)}"
+    for name in ("rpm", "tpm"):
+        value = fields.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{name} must be an integer >= 0"
+    burst_s = fields.get("burst_s", 1.0)
+    if isinstance(burst_s, bool) or not isinstance(burst_s, int | float) or burst_s <= 0:
+        return "burst_s must be a number > 0"
+    if not isinstance(fields.get("headers", True), bool):
+        return "headers must be true or false"
+    state.rpm = fields.get("rpm", state.rpm)
+    state.tpm = fields.get("tpm", state.tpm)
+    state.burst_s = float(fields.get("burst_s", state.burst_s))
+    state.limit_headers = fields.get("headers", state.limit_headers)
+    return None
+
+
 async def _wait(request: Request, event: asyncio.Event) -> bool:
     """Wait for `event`; False if the client went away first (then the call is not in flight)."""
     while not event.is_set():
@@ -269,12 +455,19 @@ def create_app(state: MockState) -> Starlette:
         prompt = _prompt(payload.get("messages", []))
         directives = dict(DIRECTIVE.findall(prompt))
         state.calls += 1
+        refused, headers = _admit(state, payload, prompt, directives)
+        if refused is not None:
+            state.rate_limited += 1
+            state.statuses[429] += 1
+            return refused
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            return await _answer(request, payload, prompt, directives)
+            response = await _answer(request, payload, prompt, directives)
         finally:
             state.in_flight -= 1
+        response.headers.update(headers)
+        return response
 
     async def _answer(
         request: Request,
@@ -324,6 +517,8 @@ def create_app(state: MockState) -> Starlette:
                 "max_in_flight": state.max_in_flight,
                 "statuses": {str(k): v for k, v in state.statuses.items()},
                 "early_retries": state.early_retries,
+                "rate_limited": state.rate_limited,
+                "limits": state.limits(),
             }
         )
 
@@ -331,12 +526,23 @@ def create_app(state: MockState) -> Starlette:
         return JSONResponse({"data": list(state.requests)})
 
     async def reset(_: Request) -> JSONResponse:
-        state.calls = state.max_in_flight = state.early_retries = 0
+        state.calls = state.max_in_flight = state.early_retries = state.rate_limited = 0
+        state.buckets.clear()  # full again; the limits stay
         state.attempts.clear()
         state.not_before.clear()
         state.statuses.clear()
         state.requests.clear()
         return JSONResponse({"ok": True})
+
+    async def limits(request: Request) -> JSONResponse:
+        try:
+            fields = await request.json()
+        except ValueError:
+            fields = None
+        invalid = _set_limits(state, fields)
+        if invalid is not None:
+            return _error(400, f"invalid limits: {invalid}")
+        return JSONResponse(state.limits())
 
     async def open_gate(request: Request) -> JSONResponse:
         state.gate(request.path_params["name"]).set()
@@ -355,6 +561,7 @@ def create_app(state: MockState) -> Starlette:
             Route("/_stats", stats),
             Route("/_requests", requests),
             Route("/_reset", reset, methods=["POST"]),
+            Route("/_limits", limits, methods=["POST"]),
             Route("/_gates/{name}", open_gate, methods=["POST"]),
             Route("/healthz", health),
         ]
@@ -366,8 +573,18 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--latency-ms", type=float, nargs=2, default=(0.0, 0.0))
+    parser.add_argument("--rpm", type=int, default=0, help="requests per minute (0: no limit)")
+    parser.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: no limit)")
+    parser.add_argument("--burst-s", type=float, default=1.0, help="bucket size in seconds")
     args = parser.parse_args()
-    state = MockState(latency_ms=(args.latency_ms[0], args.latency_ms[1]))
+    if args.rpm < 0 or args.tpm < 0 or args.burst_s <= 0:
+        parser.error("--rpm and --tpm must be >= 0, --burst-s > 0")
+    state = MockState(
+        latency_ms=(args.latency_ms[0], args.latency_ms[1]),
+        rpm=args.rpm,
+        tpm=args.tpm,
+        burst_s=args.burst_s,
+    )
     uvicorn.run(
         create_app(state),
         host=args.host,

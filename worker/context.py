@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import openai
@@ -18,7 +20,21 @@ from shared.metrics import WorkerMetrics
 from shared.queue import Leases
 from shared.settings import Provider, Settings
 from shared.store import BatchSpec, BatchStore, ItemOutcome, PendingItem, RecordOutcome
+from worker.pacing import Pacer
 from worker.watch import BatchWatch
+
+
+@dataclass
+class CallRun:
+    """What happened while one item's call ran: its wait for rate limits, and the 429s the
+    provider answered it with (counted by the HTTP client's hook, which runs in its task)."""
+
+    paced_s: float = 0.0
+    rate_limited: int = 0
+
+
+#: The item call running in the current task, if any.
+CURRENT_CALL: ContextVar[CallRun | None] = ContextVar("promptbatch_call", default=None)
 
 
 class WorkerContext(TypedDict):
@@ -29,6 +45,7 @@ class WorkerContext(TypedDict):
     models: dict[Provider, BaseChatModel]
     worker_id: str
     limiters: Limiters
+    pacer: Pacer
     leases: Leases
     watch: BatchWatch
     metrics: WorkerMetrics

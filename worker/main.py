@@ -20,7 +20,8 @@ from shared.metrics import WorkerMetrics
 from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
-from worker.context import Attempts, WorkerContext, Writes
+from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
+from worker.pacing import Pacer, ProviderSaid, model_of
 from worker.reconcile import reconcile, take_turn
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
@@ -35,9 +36,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
     # one pool per process and event loop, shared by every batch this worker runs.
     metrics = WorkerMetrics()
+    pacer = Pacer(ctx["redis"], settings.rpm_limit, settings.tpm_limit)
 
     async def count_response(response: Any) -> None:
         metrics.count_response(response.status_code)
+        said = ProviderSaid.of(response.status_code, response.headers)
+        if said is None:
+            return
+        if response.status_code == 429 and (run := CURRENT_CALL.get()) is not None:
+            run.rate_limited += 1
+        with contextlib.suppress(Exception):  # learning must never break the call itself
+            await pacer.observe(model_of(response.request), said)
 
     http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [count_response]})
     worker_id = workers.worker_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
@@ -53,6 +62,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         models=build_models(settings, http),
         worker_id=worker_id,
         limiters=Limiters(ctx["redis"], worker_id, ttl_s=settings.worker_alive_s),
+        pacer=pacer,
         leases=Leases(ctx["redis"], worker_id, settings.lease_s),
     )
     wctx = cast(WorkerContext, ctx)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from arq import Retry
@@ -16,11 +17,11 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.limiter import BatchLimiter
-from shared.llm import bind_model, call_kwargs, outcome_of, to_messages
-from shared.metrics import WorkerMetrics
+from shared.llm import bind_model, call_kwargs, item_chars, outcome_of, rate_limited, to_messages
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from shared.store import BatchSpec, ItemOutcome, PendingItem, RecordOutcome
-from worker.context import WorkerContext
+from worker.context import CURRENT_CALL, CallRun, WorkerContext
+from worker.pacing import estimate_tokens
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -140,7 +141,7 @@ async def _run_items(
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
         return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(model, bound, spec, limiter, stop, ctx["metrics"], write)
+    items = _item_runnable(model, bound, spec, limiter, stop, ctx, write)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -169,7 +170,7 @@ def _item_runnable(
     spec: BatchSpec,
     limiter: BatchLimiter,
     stop: _Stop,
-    metrics: WorkerMetrics,
+    ctx: WorkerContext,
     write: Write,
 ) -> Runnable[PendingItem, tuple[RecordOutcome, str]]:
     """One item through the chat model while holding one of the batch's slots, its result
@@ -179,9 +180,16 @@ def _item_runnable(
 
     This one runnable is the whole chain of an item (the messages are built inside it): each
     runnable layer costs LangChain a run of its own, about 0.25 ms of CPU per item.
+
+    Each call takes its turn from the provider's rate limits first (`worker/pacing.py`); a 429
+    is waited out and the call made again until the item's deadline, never its failure while
+    the provider only says "later".
     """
+    settings, pacer, metrics = ctx["settings"], ctx["pacer"], ctx["metrics"]
 
     batch_format = spec.params.response_format
+    batch_output = spec.params.provider_kwargs().get("max_completion_tokens")
+    deadline_s = settings.item_deadline_s
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         own = item.params or {}  # the item's params, over the batch's bound ones
@@ -189,15 +197,34 @@ def _item_runnable(
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
-            began = time.perf_counter()
-            try:
-                messages = to_messages(spec.system, item.prompt)
-                reply = await bound.ainvoke(messages, config, **kwargs)
-                outcome = outcome_of(reply, own.get("response_format", batch_format))
-            except Exception as exc:  # the provider's error is this item's result
-                outcome = outcome_of(exc)
-            finally:
-                metrics.observe_latency(time.perf_counter() - began)
+            messages = to_messages(spec.system, item.prompt)
+            tokens = estimate_tokens(
+                item_chars(item.prompt, spec.system), own.get("max_completion_tokens", batch_output)
+            )
+            run = CallRun()
+            CURRENT_CALL.set(run)
+            give_up = time.monotonic() + deadline_s
+            while True:
+                run.paced_s += await pacer.reserve(spec.model, tokens)
+                if stop:
+                    raise ChunkStopped
+                began = time.perf_counter()
+                try:
+                    reply = await bound.ainvoke(messages, config, **kwargs)
+                except Exception as exc:  # the provider's error is this item's result
+                    if rate_limited(exc) and time.monotonic() < give_up:
+                        continue  # "later": paced again (the 429 slowed every worker)
+                    outcome = outcome_of(exc)
+                else:
+                    outcome = outcome_of(reply, own.get("response_format", batch_format))
+                    if outcome.usage is not None:
+                        await pacer.settle(spec.model, tokens, outcome.usage.total_tokens)
+                finally:
+                    metrics.observe_latency(time.perf_counter() - began)
+                break
+        outcome = replace(
+            outcome, paced_ms=round(run.paced_s * 1000), rate_limited=run.rate_limited
+        )
         return await write(item, outcome), outcome.status
 
     return RunnableLambda(call, name="promptbatch_item")

@@ -20,6 +20,7 @@ from tests.conftest import make_settings
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.store.conftest import item, stored
 from worker.context import Attempts, Writes
+from worker.pacing import Pacer
 from worker.tasks import run_chunk
 from worker.watch import BatchWatch
 
@@ -42,6 +43,7 @@ def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
         "attempts": Attempts(store),
         "models": {"offline": OfflineChatModel()},
         "limiters": Limiters(redis, "test-worker", ttl_s=5),
+        "pacer": Pacer(redis, rpm=0, tpm=0),
         "leases": Leases(redis, "test-worker", lease_s=30),
         **overrides,
     }
