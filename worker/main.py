@@ -43,8 +43,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         said = ProviderSaid.of(response.status_code, response.headers)
         if said is None:
             return
-        if response.status_code == 429 and (run := CURRENT_CALL.get()) is not None:
-            run.rate_limited += 1
+        if response.status_code == 429:
+            # Retried by the item's call, after its turn in the shared buckets, rather than
+            # at once by the SDK (which honours this header): a retry is paced like any call.
+            response.headers["x-should-retry"] = "false"
+            if (run := CURRENT_CALL.get()) is not None:
+                run.rate_limited += 1
         with contextlib.suppress(Exception):  # learning must never break the call itself
             await pacer.observe(model_of(response.request), said)
 

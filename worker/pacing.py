@@ -26,8 +26,12 @@ from redis.asyncio import Redis
 
 from shared import keys
 
-#: A burst the buckets allow, in time at the full rate (as a provider's bucket does).
-BURST_MS = 1000
+#: A burst the buckets allow, in time at the full rate: half a second, under the second or more
+#: a provider's own bucket holds, so that calls arriving a little bunched are still within it.
+BURST_MS = 500
+#: The share of a limit the buckets use: calls take a few ms to reach the provider, and not
+#: all equally, so pacing at the very limit would meet it a little early now and then.
+HEADROOM = 0.95
 #: The rate falls to this share of the limit at the lowest, however many 429s come.
 MIN_FACTOR = 0.05
 #: How often a worker that paces nothing looks whether another worker has begun to (seconds).
@@ -35,7 +39,7 @@ LOOK_S = 1.0
 #: Output tokens a call is assumed to use when it names no `max_tokens` (corrected after it).
 DEFAULT_OUTPUT_TOKENS = 256
 
-_PRELUDE = """
+_PRELUDE = f"""
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
@@ -47,7 +51,7 @@ end
 local function limit(configured, learned)
   local l = tonumber(configured)
   if l == 0 then l = tonumber(learned) or 0 end
-  return l * f
+  return l * f * {HEADROOM}
 end
 local rpm, tpm = limit(ARGV[1], h[3]), limit(ARGV[2], h[4])
 """
@@ -86,7 +90,8 @@ return 0
 )
 
 # What the provider said: its limits (ARGV[3], ARGV[4]; 0 = not said), and, with ARGV[5] > 0, a
-# 429 asking for ARGV[5] ms: nobody starts before then, and the rate halves once per wait.
+# 429 asking for ARGV[5] ms: nobody starts before then, and, if the call had been paced
+# (ARGV[8] = 1: the limits were wrong, not yet known), the rate halves, once per wait.
 _OBSERVE = (
     _PRELUDE
     + """
@@ -95,7 +100,7 @@ if tonumber(ARGV[4]) > 0 then redis.call('HSET', key, 'tl', ARGV[4]) end
 local wait = tonumber(ARGV[5])
 if wait > 0 then
   local nb = tonumber(h[5]) or 0
-  if now >= nb then
+  if now >= nb and ARGV[8] == '1' then
     redis.call('HSET', key, 'f', math.max(tonumber(ARGV[6]), f / 2), 'fs', now)
   end
   redis.call('HSET', key, 'nb', math.max(nb, now + wait))
@@ -174,6 +179,8 @@ class Pacer:
         #: Models whose provider has spoken of limits (then every call is paced).
         self._learned: dict[str, tuple[int, int]] = {}
         self._looked: dict[str, float] = {}
+        self._answered: set[str] = set()
+        self._probes: dict[str, asyncio.Event] = {}
 
     async def paces(self, model: str) -> bool:
         """Whether calls to `model` go through the buckets: a limit is configured, or the
@@ -192,10 +199,12 @@ class Pacer:
 
     async def reserve(self, model: str, tokens: int) -> float:
         """Wait for this call's turn; returns the seconds waited."""
+        began = time.monotonic()
+        await self.first_answer(model)
         wait_s = await self.turn(model, tokens) if await self.paces(model) else 0.0
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        return wait_s
+        return time.monotonic() - began
 
     async def turn(self, model: str, tokens: int) -> float:
         """Take the next place in `model`'s buckets for a call of `tokens`: the seconds until
@@ -215,14 +224,35 @@ class Pacer:
         """Share what a response said: its limits (once each, while they stay the same) and
         any 429's wait."""
         known = (said.rpm, said.tpm)
+        paced = bool(self._rpm or self._tpm) or any(self._learned.get(model, ()))
         if said.retry_ms <= 0 and self._learned.get(model) == known:
             return
-        self._learned[model] = known
+        if said.rpm or said.tpm or model not in self._learned:
+            self._learned[model] = known
         await self._observe(
             keys=[keys.pacing(model)],
             args=[self._rpm, self._tpm, said.rpm, said.tpm, math.ceil(said.retry_ms),
-                  MIN_FACTOR, STATE_TTL_MS],
+                  MIN_FACTOR, STATE_TTL_MS, int(paced)],
         )  # fmt: skip
+
+    async def first_answer(self, model: str) -> None:
+        """Until the provider has answered a call to `model` once in this process (and so
+        said what its limits are, if it says), with no limit configured, one call at a time:
+        a batch's first burst would otherwise meet limits nobody has heard of yet."""
+        if self._rpm or self._tpm or model in self._answered:
+            return
+        probe = self._probes.get(model)
+        if probe is None:
+            self._probes[model] = asyncio.Event()  # this call is the probe
+        else:
+            await probe.wait()
+
+    def answered(self, model: str) -> None:
+        """A call to `model` ended (whatever its outcome): the others may go."""
+        if model not in self._answered:
+            self._answered.add(model)
+            if (probe := self._probes.pop(model, None)) is not None:
+                probe.set()
 
 
 def estimate_tokens(text_chars: int, max_output: int | None) -> int:

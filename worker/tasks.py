@@ -198,30 +198,34 @@ def _item_runnable(
             if stop:
                 raise ChunkStopped
             messages = to_messages(spec.system, item.prompt)
-            tokens = estimate_tokens(
-                item_chars(item.prompt, spec.system), own.get("max_completion_tokens", batch_output)
-            )
+            max_output = own.get("max_completion_tokens", batch_output)
+            tokens = estimate_tokens(item_chars(item.prompt, spec.system), max_output)
             run = CallRun()
             CURRENT_CALL.set(run)
             give_up = time.monotonic() + deadline_s
-            while True:
-                run.paced_s += await pacer.reserve(spec.model, tokens)
-                if stop:
-                    raise ChunkStopped
-                began = time.perf_counter()
-                try:
-                    reply = await bound.ainvoke(messages, config, **kwargs)
-                except Exception as exc:  # the provider's error is this item's result
-                    if rate_limited(exc) and time.monotonic() < give_up:
-                        continue  # "later": paced again (the 429 slowed every worker)
-                    outcome = outcome_of(exc)
-                else:
-                    outcome = outcome_of(reply, own.get("response_format", batch_format))
-                    if outcome.usage is not None:
-                        await pacer.settle(spec.model, tokens, outcome.usage.total_tokens)
-                finally:
-                    metrics.observe_latency(time.perf_counter() - began)
-                break
+            try:
+                while True:
+                    run.paced_s += await pacer.reserve(spec.model, tokens)
+                    if stop:
+                        raise ChunkStopped
+                    began = time.perf_counter()
+                    try:
+                        reply = await bound.ainvoke(messages, config, **kwargs)
+                    except Exception as exc:  # the provider's error is this item's result
+                        if rate_limited(exc) and time.monotonic() < give_up:
+                            continue  # "later": paced again (the 429 slowed every worker)
+                        outcome = outcome_of(exc)
+                    else:
+                        outcome = outcome_of(reply, own.get("response_format", batch_format))
+                        if outcome.usage is not None:
+                            # As providers count it: the input, and the output limit if set.
+                            out = max_output or outcome.usage.output_tokens
+                            await pacer.settle(spec.model, tokens, outcome.usage.input_tokens + out)
+                    finally:
+                        metrics.observe_latency(time.perf_counter() - began)
+                    break
+            finally:
+                pacer.answered(spec.model)
         outcome = replace(
             outcome, paced_ms=round(run.paced_s * 1000), rate_limited=run.rate_limited
         )

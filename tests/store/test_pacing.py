@@ -3,13 +3,14 @@ worker, learned limits pace everyone, and with no limit nothing touches Redis.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from shared import keys
-from worker.pacing import BURST_MS, Pacer, ProviderSaid, duration_ms
+from worker.pacing import BURST_MS, HEADROOM, Pacer, ProviderSaid, duration_ms
 
 MODEL = "gpt-test"
 
@@ -25,6 +26,14 @@ async def turns(pacer: Pacer, count: int, tokens: int = 1) -> list[float]:
     return [await pacer.turn(MODEL, tokens) for _ in range(count)]
 
 
+def schedule(count: int, per_minute: float, cost: float = 1, after_s: float = 0.0) -> list[float]:
+    """When each of `count` calls of `cost` may start, by the buckets' rule: evenly at the
+    limit (less the headroom), after a burst of BURST_MS at that rate."""
+    each = cost * 60 / (per_minute * HEADROOM)
+    burst = max(BURST_MS / 1000, each)
+    return [after_s + max(0.0, (n + 1) * each - burst) for n in range(count)]
+
+
 def near(got: list[float], want: list[float], slack_s: float = 0.03) -> bool:
     """The schedule, allowing for the milliseconds the calls themselves take."""
     pairs = zip(got, want, strict=False)
@@ -34,35 +43,44 @@ def near(got: list[float], want: list[float], slack_s: float = 0.03) -> bool:
 async def test_a_configured_rpm_lets_a_burst_through_then_spaces_calls_evenly(
     redis: Redis,
 ) -> None:
-    pacer = Pacer(redis, rpm=600, tpm=0)  # 10 a second: a burst of 10, then one each 0.1 s
-    burst = BURST_MS * 600 // 60_000
-    got = await turns(pacer, burst + 5)
-    assert near(got, [0.0] * burst + [0.1 * n for n in range(1, 6)]), got
+    got = await turns(Pacer(redis, rpm=600, tpm=0), 12)
+    assert got[0] == 0.0
+    assert got[-1] > 0.5  # 12 calls at 10 a second cannot all start at once
+    assert near(got, schedule(12, 600)), got
 
 
 async def test_two_workers_share_one_budget(redis: Redis) -> None:
     first, second = Pacer(redis, rpm=600, tpm=0), Pacer(redis, rpm=600, tpm=0)
-    await turns(first, 10)  # the burst, all taken by the first worker
-    got = [await p.turn(MODEL, 1) for p in (second, first, second)]
-    assert near(got, [0.1, 0.2, 0.3]), got
+    got = [await p.turn(MODEL, 1) for p in (first, second) * 5]
+    assert near(got, schedule(10, 600)), got
 
 
 async def test_tokens_per_minute_space_calls_by_their_size_and_settle_corrects_them(
     redis: Redis,
 ) -> None:
-    pacer = Pacer(redis, rpm=0, tpm=60_000)  # 1,000 tokens a second, a burst of 1,000
+    pacer = Pacer(redis, rpm=0, tpm=60_000)  # 1,000 tokens a second
     got = await turns(pacer, 3, tokens=500)
-    assert near(got, [0.0, 0.0, 0.5]), got
+    assert near(got, schedule(3, 60_000, cost=500)), got
     await pacer.settle(MODEL, reserved=500, used=100)  # the last one used 400 fewer
-    assert near([await pacer.turn(MODEL, 500)], [0.6]), "400 tokens refunded: 1.0 s -> 0.6 s"
+    refunded = schedule(4, 60_000, cost=500)[-1] - 400 * 60 / (60_000 * HEADROOM)
+    assert near([await pacer.turn(MODEL, 500)], [refunded])
 
 
-async def test_a_429_makes_every_worker_wait_and_halves_the_rate(redis: Redis) -> None:
+async def test_a_429_makes_every_worker_wait_and_halves_a_rate_that_was_paced(
+    redis: Redis,
+) -> None:
     hit, other = Pacer(redis, rpm=600, tpm=0), Pacer(redis, rpm=600, tpm=0)
     await hit.observe(MODEL, ProviderSaid(retry_ms=2000))
-    got = await turns(other, 12)
-    # Nobody before 2 s; then the burst at the halved rate (5 a second, 5 at once), 0.2 s apart.
-    assert near(got, [2.0] * 5 + [2.0 + 0.2 * n for n in range(1, 8)], slack_s=0.05), got
+    got = await turns(other, 8)
+    # Nobody before 2 s, then the halved rate.
+    assert near(got, schedule(8, 300, after_s=2.0), slack_s=0.05), got
+
+
+async def test_a_429_before_any_limit_was_known_waits_without_halving(redis: Redis) -> None:
+    hit = Pacer(redis, rpm=0, tpm=0)
+    await hit.observe(MODEL, ProviderSaid(rpm=600, retry_ms=1000))  # the first burst's 429
+    got = await turns(hit, 8)
+    assert near(got, schedule(8, 600, after_s=1.0), slack_s=0.05), got
 
 
 async def test_limits_learned_from_one_workers_headers_pace_the_others(redis: Redis) -> None:
@@ -72,7 +90,18 @@ async def test_limits_learned_from_one_workers_headers_pace_the_others(redis: Re
     await learner.observe(MODEL, said)
     assert await other.paces(MODEL)  # it looks at most once a second, and this is its first
     got = await turns(other, 12)
-    assert near(got, [0.0] * 10 + [0.1, 0.2]), got
+    assert near(got, schedule(12, 600)), got
+
+
+async def test_until_the_provider_first_answers_one_call_goes_at_a_time(redis: Redis) -> None:
+    pacer = Pacer(redis, rpm=0, tpm=0)
+    await pacer.first_answer(MODEL)  # the probe goes at once
+    waiting = asyncio.ensure_future(pacer.first_answer(MODEL))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    pacer.answered(MODEL)
+    await waiting
+    await pacer.first_answer(MODEL)  # from now on nobody waits for that
 
 
 async def test_with_no_limit_and_nothing_learned_nothing_is_paced_or_stored(
@@ -80,7 +109,9 @@ async def test_with_no_limit_and_nothing_learned_nothing_is_paced_or_stored(
 ) -> None:
     pacer = Pacer(redis, rpm=0, tpm=0)
     assert ProviderSaid.of(200, {"content-type": "application/json"}) is None
-    assert [await pacer.reserve(MODEL, 100) for _ in range(50)] == [0.0] * 50
+    pacer.answered(MODEL)  # the provider answered (and said nothing of limits)
+    waited = [await pacer.reserve(MODEL, 100) for _ in range(50)]
+    assert max(waited) < 0.01
     assert await redis.exists(keys.pacing(MODEL)) == 0
 
 

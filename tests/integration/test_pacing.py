@@ -1,0 +1,104 @@
+"""Pacing to a provider's limits, end to end: two real workers against the mock enforcing
+requests or tokens per minute over HTTP (429s with Retry-After and x-ratelimit-* headers, as
+OpenAI answers). Every item succeeds; 429s stay rare, configured or learned."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import api_client
+from tests.helpers import MockProvider, Proc
+from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Callable[..., MockProvider]:
+    """A mock of the test's own that enforces the limits given (stopped after the test)."""
+    started: list[MockProvider] = []
+
+    def start(**limits: Any) -> MockProvider:
+        started.append(MockProvider(tmp_path, latency_ms=20, **limits))
+        return started[-1]
+
+    yield start  # type: ignore[misc]
+    for mock in started:
+        mock.stop()
+
+
+async def run_paced(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc], count: int,
+    env: dict[str, str], **body: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    for _ in range(2):
+        openai_worker(workers, mock, **env)
+    prompts = [f"prompt {i}: name a colour" for i in range(count)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts, max_concurrency=32, **body)
+        done = await wait_final(client, batch["id"], timeout_s=100)
+        items = await all_results(client, batch["id"])
+    return done, items, mock.stats()
+
+
+def share_429(stats: dict[str, Any]) -> float:
+    return int(stats["rate_limited"]) / int(stats["calls"])
+
+
+@pytest.mark.parametrize(
+    ("limits", "env", "most_429s"),
+    [
+        ({"rpm": 1200}, {"PROMPTBATCH_RPM_LIMIT": "1200"}, 0.03),
+        ({"rpm": 1200}, {}, 0.10),
+    ],
+    ids=["configured", "learned-from-headers"],
+)
+async def test_two_workers_keep_to_a_requests_per_minute_limit(
+    redis_url: str, workers: Callable[..., Proc], limited: Callable[..., MockProvider],
+    limits: dict[str, int], env: dict[str, str], most_429s: float,
+) -> None:  # fmt: skip
+    mock = limited(**limits)
+    done, items, stats = await run_paced(redis_url, mock, workers, 200, env)
+    assert done["status"] == "completed"
+    assert [i["status"] for i in items] == ["succeeded"] * 200
+    assert share_429(stats) < most_429s, stats
+    assert done["pacing"]["wait_s"] > 0  # 200 calls at 20 a second: most waited their turn
+    assert done["pacing"]["provider_429s"] == stats["rate_limited"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "env", "most_429s"),
+    [
+        ({"tpm": 12_000}, {"PROMPTBATCH_TPM_LIMIT": "12000"}, 0.03),
+        ({"tpm": 12_000}, {}, 0.10),
+    ],
+    ids=["configured", "learned-from-headers"],
+)
+async def test_two_workers_keep_to_a_tokens_per_minute_limit(
+    redis_url: str, workers: Callable[..., Proc], limited: Callable[..., MockProvider],
+    limits: dict[str, int], env: dict[str, str], most_429s: float,
+) -> None:  # fmt: skip
+    mock = limited(**limits)
+    # About 25 tokens a call (its words and max_tokens): 80 calls are 2,000 tokens, 10 s.
+    done, items, stats = await run_paced(
+        redis_url, mock, workers, 80, env, params={"max_tokens": 20}
+    )
+    assert done["status"] == "completed"
+    assert [i["status"] for i in items] == ["succeeded"] * 80
+    assert share_429(stats) < most_429s, stats
+
+
+async def test_429s_without_any_header_are_waited_out_never_failed(
+    redis_url: str, workers: Callable[..., Proc], limited: Callable[..., MockProvider]
+) -> None:
+    mock = limited(rpm=1200)
+    mock.set_limits(headers=False)  # only Retry-After: nothing to learn a rate from
+    done, items, stats = await run_paced(redis_url, mock, workers, 150, {})
+    assert done["status"] == "completed"
+    assert [i["status"] for i in items] == ["succeeded"] * 150
+    assert stats["rate_limited"] > 0  # the provider did say "later", and nobody failed for it
+    assert done["pacing"]["provider_429s"] == stats["rate_limited"]
