@@ -4,7 +4,7 @@ OpenAI answers). Every item succeeds; 429s stay rare, configured or learned."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def limited(tmp_path: Path) -> Callable[..., MockProvider]:
+def limited(tmp_path: Path) -> Iterator[Callable[..., MockProvider]]:
     """A mock of the test's own that enforces the limits given (stopped after the test)."""
     started: list[MockProvider] = []
 
@@ -26,7 +26,7 @@ def limited(tmp_path: Path) -> Callable[..., MockProvider]:
         started.append(MockProvider(tmp_path, latency_ms=20, **limits))
         return started[-1]
 
-    yield start  # type: ignore[misc]
+    yield start
     for mock in started:
         mock.stop()
 
