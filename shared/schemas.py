@@ -63,6 +63,9 @@ class BatchCreate(_Strict):
     system: str | None = None
     params: BatchParams = Field(default_factory=BatchParams)
     max_concurrency: int | None = Field(default=None, ge=1)
+    #: A token budget: once the batch's usage reaches it no new call starts, and the items
+    #: not started end `cancelled` (`budget_exceeded`).
+    max_total_tokens: int | None = Field(default=None, ge=1)
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], str] | None = Field(
         default=None, max_length=16
     )
@@ -129,6 +132,7 @@ class Batch(BaseModel):
     request_counts: RequestCounts
     usage: Usage
     pacing: Pacing = Field(default_factory=Pacing)
+    max_total_tokens: int | None = None
     metadata: dict[str, str] | None
     error: ErrorInfo | None
 
@@ -189,6 +193,7 @@ class BatchPlan:
     max_concurrency: int
     metadata: dict[str, str] | None
     provider: Provider
+    max_total_tokens: int | None = None
 
 
 def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
@@ -230,6 +235,7 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
         params=request.params,
         max_concurrency=concurrency,
         metadata=request.metadata,
+        max_total_tokens=request.max_total_tokens,
         provider=settings.resolved_provider,
     )
 

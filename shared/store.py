@@ -89,6 +89,7 @@ if not status or status == 'failed' then
   return codes
 end
 local total = tonumber(redis.call('HGET', meta, 'total'))
+local budget = tonumber(redis.call('HGET', meta, 'max_total_tokens'))
 for i = 2, #ARGV, stride do
   local index, item_status = ARGV[i], ARGV[i + 2]
   if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
@@ -107,6 +108,17 @@ for i = 2, #ARGV, stride do
     event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 4])
     if redis.call('HINCRBY', meta, 'done', 1) < total then
       codes[#codes + 1] = 1
+      if budget and status ~= 'cancelling' then
+        local used = redis.call('HMGET', meta, 'input_tokens', 'output_tokens')
+        if (tonumber(used[1]) or 0) + (tonumber(used[2]) or 0) >= budget then
+          -- The token budget is spent: no new call starts; the rest end cancelled.
+          status = 'cancelling'
+          redis.call('HSET', meta, 'status', status, 'cancel_requested_at', now_ms(),
+            'error', '{"type": "budget_exceeded", "message": "The batch used its token ' ..
+            'budget of ' .. budget .. ' tokens (max_total_tokens), so no more items started."}')
+          event('k', 'status', 's', status)
+        end
+      end
     else
       finish(status == 'cancelling' and 'cancelled' or 'completed', ARGV[1])
       codes[#codes + 1] = 2
@@ -173,6 +185,9 @@ end
 return runs
 """
 )
+
+#: The error type of a batch, and of its items not started, once its token budget is spent.
+BUDGET_EXCEEDED = "budget_exceeded"
 
 #: How long a final batch is kept unless the store is told otherwise.
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
@@ -266,6 +281,7 @@ class BatchSpec:
     max_concurrency: int
     total: int
     chunk_size: int
+    max_total_tokens: int | None = None
 
     @property
     def chunks(self) -> int:
@@ -388,6 +404,8 @@ class BatchStore:
             fields["system"] = plan.system
         if plan.metadata is not None:
             fields["metadata"] = json.dumps(plan.metadata, ensure_ascii=False)
+        if plan.max_total_tokens is not None:
+            fields["max_total_tokens"] = plan.max_total_tokens
         encoded = [orjson.dumps(item) for item in plan.items]  # 50,000 items: 90 ms with json
         pipe.hset(keys.batch(batch_id), mapping=fields)
         for start in range(0, len(encoded), PAGE):
@@ -504,6 +522,7 @@ class BatchStore:
             system=f.get("system"),
             params=BatchParams.model_validate_json(f["params"]),
             max_concurrency=int(f["max_concurrency"]),
+            max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
             total=int(f["total"]),
             chunk_size=int(f["chunk_size"]),
         )
@@ -557,8 +576,19 @@ class BatchStore:
         return await self._close_pending(spec, chunk, ItemOutcome(status="failed", error=error))
 
     async def cancel_pending(self, spec: BatchSpec, chunk: int) -> int:
-        """Cancel every item of a chunk that has no result yet; returns how many."""
-        return await self._close_pending(spec, chunk, ItemOutcome(status="cancelled"))
+        """Cancel every item of a chunk that has no result yet; returns how many. Cancelled
+        because the batch's token budget was spent, each says so (`budget_exceeded`)."""
+        raw = await self.redis.hget(keys.batch(spec.id), "error")  # type: ignore[misc]
+        error = ErrorInfo.model_validate_json(raw) if raw else None
+        if error is not None and error.type != BUDGET_EXCEEDED:
+            error = None
+        return await self._close_pending(spec, chunk, ItemOutcome(status="cancelled", error=error))
+
+    async def stopped(self, batch_id: str) -> bool:
+        """Whether the batch takes no new calls (cancelling, final, or gone): checked before
+        each call of a batch with a token budget, so none starts once it is spent."""
+        status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
+        return status is None or status.decode() != "in_progress"
 
     async def _close_pending(self, spec: BatchSpec, chunk: int, outcome: ItemOutcome) -> int:
         pending = await self.pending_items(spec.id, *spec.chunk_bounds(chunk))
@@ -693,6 +723,7 @@ def _batch_from_fields(f: Mapping[str, str]) -> Batch:
             pending=total - succeeded - failed - cancelled,
         ),
         usage=Usage.of(*tokens),
+        max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
         pacing=Pacing(
             wait_s=int(f.get("paced_ms", 0)) / 1000, provider_429s=int(f.get("rate_limited", 0))
         ),

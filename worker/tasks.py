@@ -93,7 +93,10 @@ async def _run_attempt(
         async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
             stops = _Stop(stop, stopped)
             counts = await _run_items(ctx, spec, model, chunk, limiter, stops)
-    if stopped.is_set():  # calls in flight finished and were kept; the rest are cancelled
+    # Calls in flight finished and were kept; the rest are cancelled: the batch was cancelled,
+    # or spent its token budget (seen before a call, sooner than the watch sees it).
+    budget_spent = counts["stopped"] and not stop.is_set() and await store.stopped(spec.id)
+    if stopped.is_set() or budget_spent:
         counts["cancelled"] = await store.cancel_pending(spec, chunk)
     return counts
 
@@ -185,7 +188,8 @@ def _item_runnable(
     is waited out and the call made again until the item's deadline, never its failure while
     the provider only says "later".
     """
-    settings, pacer, metrics = ctx["settings"], ctx["pacer"], ctx["metrics"]
+    settings, pacer, metrics, store = ctx["settings"], ctx["pacer"], ctx["metrics"], ctx["store"]
+    budgeted = spec.max_total_tokens is not None
 
     batch_format = spec.params.response_format
     batch_output = spec.params.provider_kwargs().get("max_completion_tokens")
@@ -206,7 +210,7 @@ def _item_runnable(
             try:
                 while True:
                     run.paced_s += await pacer.reserve(spec.model, tokens)
-                    if stop:
+                    if stop or (budgeted and await store.stopped(spec.id)):
                         raise ChunkStopped
                     began = time.perf_counter()
                     try:

@@ -102,3 +102,30 @@ async def test_429s_without_any_header_are_waited_out_never_failed(
     assert [i["status"] for i in items] == ["succeeded"] * 150
     assert stats["rate_limited"] > 0  # the provider did say "later", and nobody failed for it
     assert done["pacing"]["provider_429s"] == stats["rate_limited"]
+
+
+async def test_a_token_budget_stops_the_batch_within_it_plus_the_calls_in_flight(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    for _ in range(2):
+        openai_worker(workers, mock)
+    concurrency = 8
+    # Each call is 9 tokens: 3 words of prompt, 6 of reply ("mock reply to: p 1 [[...]]").
+    prompts = [f"p {i} [[latency=30]]" for i in range(300)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(
+            client, prompts=prompts, max_concurrency=concurrency, max_total_tokens=450
+        )
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+
+    assert (done["status"], done["error"]["type"]) == ("cancelled", "budget_exceeded")
+    assert done["max_total_tokens"] == 450
+    used = done["usage"]["total_tokens"]
+    assert 450 <= used <= 450 + concurrency * 9  # the budget, plus what was in flight
+    counts = done["request_counts"]
+    assert counts["succeeded"] == used // 9
+    assert counts["succeeded"] + counts["cancelled"] == 300
+    cancelled = [i for i in items if i["status"] == "cancelled"]
+    assert {i["error"]["type"] for i in cancelled} == {"budget_exceeded"}
+    assert mock.stats()["calls"] == counts["succeeded"]  # nothing started that was not kept
