@@ -42,9 +42,11 @@ class BatchProgress:
             RateColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[paced]}", style="yellow"),
             console=console,
         )
         self._task: TaskID | None = None
+        self._pacing = (0.0, 0)
 
     def __enter__(self) -> BatchProgress:
         self._progress.start()
@@ -58,10 +60,23 @@ class BatchProgress:
     def update(self, batch: Batch) -> None:
         counts = batch.request_counts
         done = counts.total - counts.pending
+        paced = self._paced(batch)
         if self._task is None:
             self._task = self._progress.add_task(
-                batch.status, total=counts.total, completed=done, failed=counts.failed
-            )
+                batch.status, total=counts.total, completed=done, failed=counts.failed,
+                paced=paced,
+            )  # fmt: skip
         self._progress.update(
-            self._task, description=batch.status, completed=done, failed=counts.failed
-        )
+            self._task, description=batch.status, completed=done, failed=counts.failed,
+            paced=paced,
+        )  # fmt: skip
+
+    def _paced(self, batch: Batch) -> str:
+        """`paced by the provider's limits` while the batch's calls wait for their turn or are
+        answered 429 (either grew since the last snapshot), with the 429s so far."""
+        before = self._pacing
+        self._pacing = (batch.pacing.wait_s, batch.pacing.provider_429s)
+        if self._pacing[0] <= before[0] + 0.001 and self._pacing[1] <= before[1]:
+            return ""
+        answered = self._pacing[1]
+        return "paced by the provider's limits" + (f", {answered} answered 429" if answered else "")

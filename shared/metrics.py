@@ -135,6 +135,16 @@ class _Snapshot(Collector):
             "promptbatch_reasoning_tokens", "Output tokens a reasoning model spent thinking.",
             value=self._n("tokens:reasoning"),
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "promptbatch_pacing_wait_seconds",
+            "Time provider calls waited for their turn under the provider's rate limits.",
+            value=self._n("pacing:wait_ms") / 1000,
+        )
+        yield CounterMetricFamily(
+            "promptbatch_provider_rate_limited",
+            "Provider calls answered 429 (each waited out and made again).",
+            value=self._n("pacing:rate_limited"),
+        )
         yield self._responses()
         yield self._latency()
         yield GaugeMetricFamily(

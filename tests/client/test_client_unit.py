@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 from pydantic import ValidationError
+from rich.console import Console
 
 from client import (
     APIError,
@@ -18,7 +19,8 @@ from client import (
     PromptTemplate,
 )
 from client._requests import batch_request
-from shared.schemas import ErrorInfo
+from client.progress import BatchProgress
+from shared.schemas import ErrorInfo, Pacing
 from tests.client.snapshots import snapshot
 
 
@@ -188,3 +190,19 @@ def test_rows_refuse_an_input_column_named_like_a_result_column() -> None:
     batch = client.submit(template="Rate {review}", inputs=[{"review": "good", "status": "new"}])
     with pytest.raises(ValueError, match="'status' has the name of a result column"):
         next(batch.rows())
+
+
+def test_the_progress_line_says_when_the_provider_paces_the_batch() -> None:
+    console = Console(record=True, width=200, force_terminal=False)
+    bar = BatchProgress(console)
+    lines = []
+    with bar:
+        for wait_s, answered_429 in ((0.0, 0), (1.5, 0), (1.5, 0), (1.5, 3), (1.5, 3)):
+            batch = snapshot("in_progress", 1, total=10)
+            batch.pacing = Pacing(wait_s=wait_s, provider_429s=answered_429)
+            bar.update(batch)
+            lines.append(bar._progress.tasks[0].fields["paced"])
+    assert lines == [
+        "", "paced by the provider's limits", "",
+        "paced by the provider's limits, 3 answered 429", "",
+    ]  # fmt: skip

@@ -42,7 +42,9 @@ async def run_paced(
         batch = await submit(client, prompts=prompts, max_concurrency=32, **body)
         done = await wait_final(client, batch["id"], timeout_s=100)
         items = await all_results(client, batch["id"])
-    return done, items, mock.stats()
+        metrics = (await client.get("/metrics")).text
+    stats = mock.stats()
+    return done, items, stats | {"metrics": metrics}
 
 
 def share_429(stats: dict[str, Any]) -> float:
@@ -102,6 +104,8 @@ async def test_429s_without_any_header_are_waited_out_never_failed(
     assert [i["status"] for i in items] == ["succeeded"] * 150
     assert stats["rate_limited"] > 0  # the provider did say "later", and nobody failed for it
     assert done["pacing"]["provider_429s"] == stats["rate_limited"]
+    assert f"promptbatch_provider_rate_limited_total {stats['rate_limited']}.0" in stats["metrics"]
+    assert "promptbatch_pacing_wait_seconds_total 0.0" not in stats["metrics"]
 
 
 async def test_a_token_budget_stops_the_batch_within_it_plus_the_calls_in_flight(
