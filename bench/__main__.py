@@ -46,6 +46,7 @@ class Sizes:
     submit: tuple[int, int] = (10_000, 15)  # prompts, POSTs
     memory: tuple[int, float, int] = (50_000, 20.0, 64)
     storage: tuple[int, int] = (50_000, 1200)  # items, bytes of JSON each
+    paced: tuple[int, int] = (300, 1200)  # prompts, the mock's requests per minute
     pollers: tuple[int, float, float] = (200, 30.0, 0.5)  # clients, seconds, interval
     sweep: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
     sweep_rounds: int = 12  # prompts per point = rounds * concurrency, at most sweep_most
@@ -61,6 +62,7 @@ SMOKE = Sizes(
     submit=(100, 2),
     memory=(300, 0.0, 16),
     storage=(100, 1200),
+    paced=(40, 1200),
     pollers=(4, 1.0, 0.2),
     sweep=(2, 8),
     sweep_rounds=4,
@@ -209,6 +211,28 @@ class Bench:
             met=ratio <= 1.5, runs=1, extra=f"{ratio:.2f}× its {sent / count:.0f} B of JSON",
         ))  # fmt: skip
 
+    async def paced(self) -> None:
+        """Two workers against a provider that allows `rpm` requests a minute (and answers 429
+        beyond it, with Retry-After and x-ratelimit-* headers): the limit configured, then only
+        learned from the headers. Against the time the limit allows, and the 429s it took."""
+        count, rpm = self.sizes.paced
+        ideal = count / (rpm / 60)
+        for how, settings in (("configured", {"PROMPTBATCH_RPM_LIMIT": str(rpm)}), ("learned", {})):
+            mock = await asyncio.to_thread(self.stack.mock, 20.0, rpm)
+            await asyncio.to_thread(mock.reset)
+            async with self.stack.workers(2, 20.0, rpm, **settings):
+                run = await run_batch(self.http, body(prompts(count), 32), 0.05)
+            stats = await asyncio.to_thread(mock.stats)
+            share = int(str(stats["rate_limited"])) / int(str(stats["calls"]))
+            target = 1.3 if how == "configured" else 1.5
+            self.rows.append(Row(
+                name=f"paced: {count} prompts, 2 workers, a provider allowing {rpm:,} requests "
+                     f"a minute, the limit {how}",
+                unit="s", service=run.seconds, ideal=ideal, target=f"≤ {target:g}× ideal",
+                met=run.seconds <= target * ideal, runs=1,
+                extra=f"{run.seconds / ideal:.2f}× ideal, 429s {share:.1%} of calls",
+            ))  # fmt: skip
+
     async def pollers(self) -> None:
         clients, seconds, interval = self.sizes.pollers
         latency_ms = self.sizes.latency[1]
@@ -276,6 +300,7 @@ async def main_async(sizes: Sizes, workdir: Path) -> Results:
                 ("submit", bench.submit_time),
                 ("memory", bench.memory),
                 ("storage", bench.storage),
+                ("paced", bench.paced),
                 ("API under load", bench.pollers),
             ]:
                 print(f"{name}…")

@@ -22,7 +22,7 @@ class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.redis = RedisServer(workdir)
-        self._mocks: dict[float, MockProvider] = {}
+        self._mocks: dict[tuple[float, int], MockProvider] = {}
         self.api: Api = start_api(
             self.redis.url,
             workdir / "api.log",
@@ -32,20 +32,25 @@ class Stack:
             PROMPTBATCH_MAX_CONCURRENCY="1024",
         )
 
-    def mock(self, latency_ms: float) -> MockProvider:
-        if latency_ms not in self._mocks:
-            self._mocks[latency_ms] = MockProvider(self.workdir, latency_ms=latency_ms)
-        return self._mocks[latency_ms]
+    def mock(self, latency_ms: float, rpm: int = 0) -> MockProvider:
+        """The mock at `latency_ms`, enforcing `rpm` requests a minute (0: none)."""
+        if (latency_ms, rpm) not in self._mocks:
+            mock = MockProvider(self.workdir, latency_ms=latency_ms, rpm=rpm)
+            self._mocks[latency_ms, rpm] = mock
+        return self._mocks[latency_ms, rpm]
 
     @contextlib.asynccontextmanager
-    async def workers(self, count: int, latency_ms: float) -> AsyncIterator[list[Proc]]:
-        """`count` worker processes calling the mock at `latency_ms`; stopped on exit."""
-        url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
+    async def workers(
+        self, count: int, latency_ms: float, rpm: int = 0, **settings: str
+    ) -> AsyncIterator[list[Proc]]:
+        """`count` worker processes calling the mock at `latency_ms` (enforcing `rpm`), with
+        these `PROMPTBATCH_*` settings; stopped on exit."""
+        url = f"{(await asyncio.to_thread(self.mock, latency_ms, rpm)).url}/v1"
         started: list[Proc] = []
         try:
             for _ in range(count):
                 log = self.workdir / f"worker-{latency_ms:g}ms-{len(started)}.log"
-                env = {"OPENAI_BASE_URL": url, "OPENAI_API_KEY": API_KEY}
+                env = {"OPENAI_BASE_URL": url, "OPENAI_API_KEY": API_KEY, **settings}
                 started.append(await asyncio.to_thread(start_worker, self.redis.url, log, **env))
             yield started
         finally:
