@@ -22,6 +22,7 @@ import httpx
 from bench.measure import (
     body,
     cpu_s,
+    forget_pacing,
     poll_load,
     redis_bytes,
     reset_peak,
@@ -220,6 +221,7 @@ class Bench:
         for how, settings in (("configured", {"PROMPTBATCH_RPM_LIMIT": str(rpm)}), ("learned", {})):
             mock = await asyncio.to_thread(self.stack.mock, 20.0, rpm)
             await asyncio.to_thread(mock.reset)
+            await forget_pacing(self.stack.redis.url)  # each row learns (or not) afresh
             async with self.stack.workers(2, 20.0, rpm, **settings):
                 run = await run_batch(self.http, body(prompts(count), 32), 0.05)
             stats = await asyncio.to_thread(mock.stats)

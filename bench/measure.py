@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.schemas import FINAL_BATCH_STATUSES
 
 JSON = {"Content-Type": "application/json"}
@@ -146,3 +147,11 @@ async def redis_bytes(redis_url: str, names: tuple[str, ...]) -> int:
     async with Redis.from_url(redis_url) as redis:
         sizes = [await redis.memory_usage(name, samples=0) for name in names]
     return sum(size or 0 for size in sizes)
+
+
+async def forget_pacing(redis_url: str) -> None:
+    """Drop what the workers learned of the provider's limits (every model's pacing)."""
+    async with Redis.from_url(redis_url) as redis:
+        names = [name async for name in redis.scan_iter(match=keys.pacing("*"))]
+        if names:
+            await redis.delete(*names)

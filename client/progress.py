@@ -29,6 +29,10 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
 
 
+#: Waiting for turns that grows by less than this between two snapshots is not "paced".
+PACED_S = 0.1
+
+
 class BatchProgress:
     """Shows a batch's snapshots as they come; use as a context manager around `update` calls."""
 
@@ -76,7 +80,7 @@ class BatchProgress:
         answered 429 (either grew since the last snapshot), with the 429s so far."""
         before = self._pacing
         self._pacing = (batch.pacing.wait_s, batch.pacing.provider_429s)
-        if self._pacing[0] <= before[0] + 0.001 and self._pacing[1] <= before[1]:
+        if self._pacing[0] < before[0] + PACED_S and self._pacing[1] <= before[1]:
             return ""
         answered = self._pacing[1]
         return "paced by the provider's limits" + (f", {answered} answered 429" if answered else "")

@@ -181,8 +181,18 @@ def item_chars(prompt: str | list[dict[str, Any]], system: str | None) -> int:
 
 
 def rate_limited(exc: BaseException) -> bool:
-    """Whether a call failed only because the provider said "later" (429)."""
-    return isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429
+    """Whether a call failed only because the provider said "later" (429). A 429 for an
+    exhausted quota or billing limit is not "later": waiting would not help."""
+    if not (isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429):
+        return False
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    code = error.get("code") or error.get("type") if isinstance(error, dict) else None
+    return code not in _NOT_LATER
+
+
+#: 429 codes that mean "no", not "later" (OpenAI's for a key out of credit or quota).
+_NOT_LATER = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
 def outcome_of(

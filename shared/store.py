@@ -108,7 +108,7 @@ for i = 2, #ARGV, stride do
     event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 4])
     if redis.call('HINCRBY', meta, 'done', 1) < total then
       codes[#codes + 1] = 1
-      if budget and status ~= 'cancelling' then
+      if budget and status == 'in_progress' then
         local used = redis.call('HMGET', meta, 'input_tokens', 'output_tokens')
         if (tonumber(used[1]) or 0) + (tonumber(used[2]) or 0) >= budget then
           -- The token budget is spent: no new call starts; the rest end cancelled.

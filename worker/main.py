@@ -50,7 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             if (run := CURRENT_CALL.get()) is not None:
                 run.rate_limited += 1
         with contextlib.suppress(Exception):  # learning must never break the call itself
-            await pacer.observe(model_of(response.request), said)
+            pacer.observe(model_of(response.request), said)
 
     http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [count_response]})
     worker_id = workers.worker_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
@@ -89,6 +89,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
                 await ctx[name]
     if "limiters" in ctx:
         await wctx["limiters"].close()
+    if "pacer" in ctx:
+        await wctx["pacer"].drain()
     if "attempts" in ctx:
         with contextlib.suppress(Exception):
             await wctx["attempts"].record_ended()

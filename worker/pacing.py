@@ -14,15 +14,17 @@ With nothing configured and nothing learned this costs nothing: no Redis round t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
 
@@ -34,6 +36,8 @@ BURST_MS = 500
 HEADROOM = 0.95
 #: The rate falls to this share of the limit at the lowest, however many 429s come.
 MIN_FACTOR = 0.05
+#: Longest a call waits for Redis to give it its turn before it goes unpaced (seconds).
+REDIS_WAIT_S = 1.0
 #: How often a worker that paces nothing looks whether another worker has begun to (seconds).
 LOOK_S = 1.0
 #: Output tokens a call is assumed to use when it names no `max_tokens` (corrected after it).
@@ -48,16 +52,19 @@ local f = tonumber(h[6]) or 1
 if f < 1 then  -- additive increase: half the limit back per minute without a 429
   f = math.min(1, f + (now - (tonumber(h[7]) or now)) / 120000)
 end
-local function limit(configured, learned)
+-- A configured limit, else the one learned (kept here, or as this worker last heard it).
+local function limit(configured, learned, heard)
   local l = tonumber(configured)
-  if l == 0 then l = tonumber(learned) or 0 end
+  if l == 0 then l = tonumber(learned) or tonumber(heard) or 0 end
   return l * f * {HEADROOM}
 end
-local rpm, tpm = limit(ARGV[1], h[3]), limit(ARGV[2], h[4])
+local rpm, tpm = limit(ARGV[1], h[3], ARGV[#ARGV - 1]), limit(ARGV[2], h[4], ARGV[#ARGV])
 """
 
 # Reserve a call's place: one request and ARGV[3] tokens. Returns the ms to wait before it.
-# ARGV: configured rpm, configured tpm, tokens, burst ms, ttl ms.
+# ARGV of every script: configured rpm, configured tpm, its own, then the rpm and tpm this
+# worker last heard from the provider (should the key have been lost). Here its own are:
+# tokens, burst ms, ttl ms.
 _ACQUIRE = (
     _PRELUDE
     + """
@@ -79,6 +86,7 @@ return math.floor(start - now)
 )
 
 # A call used ARGV[3] tokens more (or fewer, negative) than it reserved: move the token bucket.
+# (ARGV as _ACQUIRE's.)
 _SETTLE = (
     _PRELUDE
     + """
@@ -168,7 +176,12 @@ def _retry_after_ms(headers: Mapping[str, str]) -> float | None:
 
 class Pacer:
     """This worker's side of the shared buckets: reserve before a call, settle after it, and
-    tell every worker what the provider said."""
+    tell every worker what the provider said.
+
+    Redis never holds a call up for long: a reservation that Redis does not answer within
+    `REDIS_WAIT_S` lets the call go unpaced (as it would with no limit), and what the provider
+    said is shared in the background.
+    """
 
     def __init__(self, redis: Redis, rpm: int, tpm: int) -> None:
         self._redis = redis
@@ -176,64 +189,72 @@ class Pacer:
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._observe = redis.register_script(_OBSERVE)
-        #: Models whose provider has spoken of limits (then every call is paced).
+        #: Models whose provider has spoken of limits (then every call is paced), and the
+        #: limits it last said (0: not said).
         self._learned: dict[str, tuple[int, int]] = {}
         self._looked: dict[str, float] = {}
         self._answered: set[str] = set()
         self._probes: dict[str, asyncio.Event] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
-    async def paces(self, model: str) -> bool:
+    def paces(self, model: str) -> bool:
         """Whether calls to `model` go through the buckets: a limit is configured, or the
-        provider spoke of limits to this worker, or (looked up at most once a second) to
-        another one."""
+        provider spoke of limits to this worker, or to another one (looked up in the
+        background, at most once a second)."""
         if self._rpm or self._tpm or model in self._learned:
             return True
         now = time.monotonic()
-        if now - self._looked.get(model, -LOOK_S) < LOOK_S:
-            return False
-        self._looked[model] = now
-        if await self._redis.exists(keys.pacing(model)):
-            self._learned[model] = (0, 0)
-            return True
+        if now - self._looked.get(model, -LOOK_S) >= LOOK_S:
+            self._looked[model] = now
+            self._spawn(self._look(model))
         return False
 
+    async def _look(self, model: str) -> None:
+        if await self._redis.exists(keys.pacing(model)):
+            self._learned.setdefault(model, (0, 0))
+
     async def reserve(self, model: str, tokens: int) -> float:
-        """Wait for this call's turn; returns the seconds waited."""
+        """Wait for this call's turn; returns the seconds it waited."""
         began = time.monotonic()
         await self.first_answer(model)
-        wait_s = await self.turn(model, tokens) if await self.paces(model) else 0.0
-        if wait_s > 0:
-            await asyncio.sleep(wait_s)
+        if self.paces(model):
+            wait_s = await self.turn(model, tokens)
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
         return time.monotonic() - began
 
     async def turn(self, model: str, tokens: int) -> float:
         """Take the next place in `model`'s buckets for a call of `tokens`: the seconds until
-        it may start."""
-        wait_ms = await self._acquire(
-            keys=[keys.pacing(model)], args=[self._rpm, self._tpm, tokens, BURST_MS, STATE_TTL_MS]
-        )
+        it may start (0 when Redis does not answer in time: the call goes unpaced)."""
+        args = [self._rpm, self._tpm, tokens, BURST_MS, STATE_TTL_MS, *self._heard(model)]
+        try:
+            wait_ms = await asyncio.wait_for(
+                self._acquire(keys=[keys.pacing(model)], args=args), REDIS_WAIT_S
+            )
+        except (RedisError, TimeoutError):
+            return 0.0
         return max(0, int(wait_ms)) / 1000
 
-    async def settle(self, model: str, reserved: int, used: int) -> None:
-        """Correct the token bucket by what the call really used."""
-        if used == reserved or not (self._tpm or self._learned.get(model, (0, 0))[1]):
+    def settle(self, model: str, reserved: int, used: int) -> None:
+        """Correct the token bucket by what the call really used (in the background: a reply
+        already paid for never waits on this, nor is lost to it)."""
+        if used == reserved or not (self._tpm or self._heard(model)[1]):
             return
-        await self._settle(keys=[keys.pacing(model)], args=[self._rpm, self._tpm, used - reserved])
+        args = [self._rpm, self._tpm, used - reserved, *self._heard(model)]
+        self._spawn(self._settle(keys=[keys.pacing(model)], args=args))
 
-    async def observe(self, model: str, said: ProviderSaid) -> None:
-        """Share what a response said: its limits (once each, while they stay the same) and
-        any 429's wait."""
+    def observe(self, model: str, said: ProviderSaid) -> None:
+        """Share what a response said, in the background: its limits (once each, while they
+        stay the same) and any 429's wait."""
         known = (said.rpm, said.tpm)
         paced = bool(self._rpm or self._tpm) or any(self._learned.get(model, ()))
         if said.retry_ms <= 0 and self._learned.get(model) == known:
             return
         if said.rpm or said.tpm or model not in self._learned:
             self._learned[model] = known
-        await self._observe(
-            keys=[keys.pacing(model)],
-            args=[self._rpm, self._tpm, said.rpm, said.tpm, math.ceil(said.retry_ms),
-                  MIN_FACTOR, STATE_TTL_MS, int(paced)],
-        )  # fmt: skip
+        args = [self._rpm, self._tpm, said.rpm, said.tpm, math.ceil(said.retry_ms),
+                MIN_FACTOR, STATE_TTL_MS, int(paced), *self._heard(model)]  # fmt: skip
+        self._spawn(self._observe(keys=[keys.pacing(model)], args=args))
 
     async def first_answer(self, model: str) -> None:
         """Until the provider has answered a call to `model` once in this process (and so
@@ -248,11 +269,29 @@ class Pacer:
             await probe.wait()
 
     def answered(self, model: str) -> None:
-        """A call to `model` ended (whatever its outcome): the others may go."""
+        """The provider answered a call to `model` (whatever it said), or the probe ended
+        without one: the others may go."""
         if model not in self._answered:
             self._answered.add(model)
             if (probe := self._probes.pop(model, None)) is not None:
                 probe.set()
+
+    async def drain(self) -> None:
+        """Let what is being shared reach Redis (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _heard(self, model: str) -> tuple[int, int]:
+        return self._learned.get(model, (0, 0))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(RedisError, OSError):
+                await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 def estimate_tokens(text_chars: int, max_output: int | None) -> int:

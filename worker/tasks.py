@@ -209,8 +209,10 @@ def _item_runnable(
             give_up = time.monotonic() + deadline_s
             try:
                 while True:
-                    run.paced_s += await pacer.reserve(spec.model, tokens)
                     if stop or (budgeted and await store.stopped(spec.id)):
+                        raise ChunkStopped
+                    run.paced_s += await pacer.reserve(spec.model, tokens)
+                    if stop:
                         raise ChunkStopped
                     began = time.perf_counter()
                     try:
@@ -224,9 +226,10 @@ def _item_runnable(
                         if outcome.usage is not None:
                             # As providers count it: the input, and the output limit if set.
                             out = max_output or outcome.usage.output_tokens
-                            await pacer.settle(spec.model, tokens, outcome.usage.input_tokens + out)
+                            pacer.settle(spec.model, tokens, outcome.usage.input_tokens + out)
                     finally:
                         metrics.observe_latency(time.perf_counter() - began)
+                        pacer.answered(spec.model)  # a 429 is an answer too: the probe is over
                     break
             finally:
                 pacer.answered(spec.model)

@@ -68,7 +68,8 @@ async def test_two_workers_keep_to_a_requests_per_minute_limit(
     assert done["status"] == "completed"
     assert [i["status"] for i in items] == ["succeeded"] * 200
     assert share_429(stats) < most_429s, stats
-    assert done["pacing"]["wait_s"] > 0  # 200 calls at 20 a second: most waited their turn
+    # 200 calls at 20 a second, 32 at a time: most waited their turn, seconds each.
+    assert done["pacing"]["wait_s"] > 50
     assert done["pacing"]["provider_429s"] == stats["rate_limited"]
 
 
@@ -91,6 +92,7 @@ async def test_two_workers_keep_to_a_tokens_per_minute_limit(
     )
     assert done["status"] == "completed"
     assert [i["status"] for i in items] == ["succeeded"] * 80
+    assert done["pacing"]["wait_s"] > 20  # 80 calls in 10 s, 32 at a time: they waited
     assert share_429(stats) < most_429s, stats
 
 
@@ -105,7 +107,6 @@ async def test_429s_without_any_header_are_waited_out_never_failed(
     assert stats["rate_limited"] > 0  # the provider did say "later", and nobody failed for it
     assert done["pacing"]["provider_429s"] == stats["rate_limited"]
     assert f"promptbatch_provider_rate_limited_total {stats['rate_limited']}.0" in stats["metrics"]
-    assert "promptbatch_pacing_wait_seconds_total 0.0" not in stats["metrics"]
 
 
 async def test_a_token_budget_stops_the_batch_within_it_plus_the_calls_in_flight(

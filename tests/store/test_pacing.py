@@ -61,7 +61,8 @@ async def test_tokens_per_minute_space_calls_by_their_size_and_settle_corrects_t
     pacer = Pacer(redis, rpm=0, tpm=60_000)  # 1,000 tokens a second
     got = await turns(pacer, 3, tokens=500)
     assert near(got, schedule(3, 60_000, cost=500)), got
-    await pacer.settle(MODEL, reserved=500, used=100)  # the last one used 400 fewer
+    pacer.settle(MODEL, reserved=500, used=100)  # the last one used 400 fewer
+    await pacer.drain()
     refunded = schedule(4, 60_000, cost=500)[-1] - 400 * 60 / (60_000 * HEADROOM)
     assert near([await pacer.turn(MODEL, 500)], [refunded])
 
@@ -70,7 +71,8 @@ async def test_a_429_makes_every_worker_wait_and_halves_a_rate_that_was_paced(
     redis: Redis,
 ) -> None:
     hit, other = Pacer(redis, rpm=600, tpm=0), Pacer(redis, rpm=600, tpm=0)
-    await hit.observe(MODEL, ProviderSaid(retry_ms=2000))
+    hit.observe(MODEL, ProviderSaid(retry_ms=2000))
+    await hit.drain()
     got = await turns(other, 8)
     # Nobody before 2 s, then the halved rate.
     assert near(got, schedule(8, 300, after_s=2.0), slack_s=0.05), got
@@ -78,7 +80,8 @@ async def test_a_429_makes_every_worker_wait_and_halves_a_rate_that_was_paced(
 
 async def test_a_429_before_any_limit_was_known_waits_without_halving(redis: Redis) -> None:
     hit = Pacer(redis, rpm=0, tpm=0)
-    await hit.observe(MODEL, ProviderSaid(rpm=600, retry_ms=1000))  # the first burst's 429
+    hit.observe(MODEL, ProviderSaid(rpm=600, retry_ms=1000))  # the first burst's 429
+    await hit.drain()
     got = await turns(hit, 8)
     assert near(got, schedule(8, 600, after_s=1.0), slack_s=0.05), got
 
@@ -87,8 +90,11 @@ async def test_limits_learned_from_one_workers_headers_pace_the_others(redis: Re
     learner, other = Pacer(redis, rpm=0, tpm=0), Pacer(redis, rpm=0, tpm=0)
     said = ProviderSaid.of(200, {"x-ratelimit-limit-requests": "600"})
     assert said == ProviderSaid(rpm=600)
-    await learner.observe(MODEL, said)
-    assert await other.paces(MODEL)  # it looks at most once a second, and this is its first
+    learner.observe(MODEL, said)
+    await learner.drain()
+    assert not other.paces(MODEL)  # not yet: it looks in the background (once a second)
+    await other.drain()
+    assert other.paces(MODEL)
     got = await turns(other, 12)
     assert near(got, schedule(12, 600)), got
 
@@ -111,7 +117,9 @@ async def test_with_no_limit_and_nothing_learned_nothing_is_paced_or_stored(
     assert ProviderSaid.of(200, {"content-type": "application/json"}) is None
     pacer.answered(MODEL)  # the provider answered (and said nothing of limits)
     waited = [await pacer.reserve(MODEL, 100) for _ in range(50)]
+    await pacer.drain()
     assert max(waited) < 0.01
+    assert not pacer.paces(MODEL)
     assert await redis.exists(keys.pacing(MODEL)) == 0
 
 
@@ -124,3 +132,28 @@ def test_what_a_429_asks_for_is_read_from_any_of_its_headers() -> None:
     assert [duration_ms(t) for t in ("6m0s", "120ms", "1.5s", "soon")] == [
         360_000, 120, 1500, None,
     ]  # fmt: skip
+
+
+async def test_limits_this_worker_heard_pace_it_even_if_redis_lost_them(redis: Redis) -> None:
+    pacer = Pacer(redis, rpm=0, tpm=0)
+    pacer.observe(MODEL, ProviderSaid(rpm=600))
+    await pacer.drain()
+    await redis.delete(keys.pacing(MODEL))  # expired after an idle hour, or Redis restarted
+    got = await turns(pacer, 12)
+    assert near(got, schedule(12, 600)), got
+
+
+async def test_a_429_ends_the_probe_so_no_call_waits_on_it_for_ever(redis: Redis) -> None:
+    pacer = Pacer(redis, rpm=0, tpm=0)
+    await pacer.first_answer(MODEL)  # the probe, answered 429:
+    pacer.observe(MODEL, ProviderSaid(retry_ms=10))
+    pacer.answered(MODEL)
+    await asyncio.wait_for(pacer.reserve(MODEL, 1), 5)  # the probe's retry, and the others
+    await asyncio.wait_for(pacer.reserve(MODEL, 1), 5)
+
+
+async def test_when_redis_does_not_answer_calls_go_unpaced(redis_url: str) -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    pacer = Pacer(dead, rpm=600, tpm=0)
+    assert await asyncio.wait_for(pacer.turn(MODEL, 1), 5) == 0.0
+    await dead.aclose()

@@ -15,6 +15,7 @@ from shared.llm import (
     build_chain,
     error_info,
     outcome_of,
+    rate_limited,
     to_messages,
 )
 
@@ -172,3 +173,11 @@ async def test_offline_model_says_length_when_cut_and_answers_json_when_asked() 
         [HumanMessage(content="Seoul?")], response_format={"type": "json_object"}
     )
     assert outcome_of(asked, {"type": "json_object"}).output_json == {"you_asked": "Seoul?"}
+
+
+def test_a_429_is_later_unless_the_quota_is_spent() -> None:
+    later = _SdkStatusError(429, "Rate limit reached")
+    spent = _SdkStatusError(429, "You exceeded your current quota")
+    spent.body = {"message": "You exceeded your current quota", "code": "insufficient_quota"}
+    assert (rate_limited(later), rate_limited(spent)) == (True, False)
+    assert rate_limited(_SdkStatusError(503, "busy")) is False
