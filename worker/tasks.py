@@ -201,7 +201,6 @@ def _item_runnable(
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
-            messages = to_messages(spec.system, item.prompt)
             max_output = own.get("max_completion_tokens", batch_output)
             tokens = estimate_tokens(item_chars(item.prompt, spec.system), max_output)
             run = CallRun()
@@ -216,6 +215,7 @@ def _item_runnable(
                         raise ChunkStopped
                     began = time.perf_counter()
                     try:
+                        messages = to_messages(spec.system, item.prompt)
                         reply = await bound.ainvoke(messages, config, **kwargs)
                     except Exception as exc:  # the provider's error is this item's result
                         if rate_limited(exc) and time.monotonic() < give_up:
