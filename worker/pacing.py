@@ -43,11 +43,19 @@ LOOK_S = 1.0
 #: Output tokens a call is assumed to use when it names no `max_tokens` (corrected after it).
 DEFAULT_OUTPUT_TOKENS = 256
 
+#: Learned limits lapse this long after the provider last stated them (ms); workers that keep
+#: hearing them confirm them every CONFIRM_S.
+LEARNED_MS = 300_000
+CONFIRM_S = 60.0
+
 _PRELUDE = f"""
 local key = KEYS[1]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
-local h = redis.call('HMGET', key, 'rt', 'tt', 'rl', 'tl', 'nb', 'f', 'fs')
+local h = redis.call('HMGET', key, 'rt', 'tt', 'rl', 'tl', 'nb', 'f', 'fs', 'ls')
+if now - (tonumber(h[8]) or 0) > {LEARNED_MS} then  -- learned limits lapse unless confirmed
+  h[3], h[4] = nil, nil
+end
 local f = tonumber(h[6]) or 1
 if f < 1 then  -- additive increase: half the limit back per minute without a 429
   f = math.min(1, f + (now - (tonumber(h[7]) or now)) / 120000)
@@ -103,8 +111,8 @@ return 0
 _OBSERVE = (
     _PRELUDE
     + """
-if tonumber(ARGV[3]) > 0 then redis.call('HSET', key, 'rl', ARGV[3]) end
-if tonumber(ARGV[4]) > 0 then redis.call('HSET', key, 'tl', ARGV[4]) end
+if tonumber(ARGV[3]) > 0 then redis.call('HSET', key, 'rl', ARGV[3], 'ls', now) end
+if tonumber(ARGV[4]) > 0 then redis.call('HSET', key, 'tl', ARGV[4], 'ls', now) end
 local wait = tonumber(ARGV[5])
 if wait > 0 then
   local nb = tonumber(h[5]) or 0
@@ -192,6 +200,7 @@ class Pacer:
         #: Models whose provider has spoken of limits (then every call is paced), and the
         #: limits it last said (0: not said).
         self._learned: dict[str, tuple[int, int]] = {}
+        self._stated: dict[str, float] = {}
         self._looked: dict[str, float] = {}
         self._answered: set[str] = set()
         self._probes: dict[str, asyncio.Event] = {}
@@ -244,14 +253,18 @@ class Pacer:
         self._spawn(self._settle(keys=[keys.pacing(model)], args=args))
 
     def observe(self, model: str, said: ProviderSaid) -> None:
-        """Share what a response said, in the background: its limits (once each, while they
-        stay the same) and any 429's wait."""
+        """Share what a response said, in the background: its limits (when they change, and
+        every CONFIRM_S while they stay the same) and any 429's wait."""
         known = (said.rpm, said.tpm)
-        paced = bool(self._rpm or self._tpm) or any(self._learned.get(model, ()))
-        if said.retry_ms <= 0 and self._learned.get(model) == known:
+        paced = bool(self._rpm or self._tpm) or any(self._heard(model))
+        now = time.monotonic()
+        fresh = now - self._stated.get(model, -CONFIRM_S) < CONFIRM_S
+        if said.retry_ms <= 0 and self._learned.get(model) == known and fresh:
             return
-        if said.rpm or said.tpm or model not in self._learned:
-            self._learned[model] = known
+        if said.rpm or said.tpm:
+            self._learned[model], self._stated[model] = known, now
+        else:
+            self._learned.setdefault(model, (0, 0))
         args = [self._rpm, self._tpm, said.rpm, said.tpm, math.ceil(said.retry_ms),
                 MIN_FACTOR, STATE_TTL_MS, int(paced), *self._heard(model)]  # fmt: skip
         self._spawn(self._observe(keys=[keys.pacing(model)], args=args))
@@ -282,6 +295,10 @@ class Pacer:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def _heard(self, model: str) -> tuple[int, int]:
+        """The limits the provider last stated to this worker, while they are fresh."""
+        stated = self._stated.get(model)
+        if stated is None or time.monotonic() - stated > LEARNED_MS / 1000:
+            return (0, 0)
         return self._learned.get(model, (0, 0))
 
     def _spawn(self, work: Awaitable[Any]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import keys
-from worker.pacing import BURST_MS, HEADROOM, Pacer, ProviderSaid, duration_ms
+from worker.pacing import BURST_MS, HEADROOM, LEARNED_MS, Pacer, ProviderSaid, duration_ms
 
 MODEL = "gpt-test"
 
@@ -157,3 +157,13 @@ async def test_when_redis_does_not_answer_calls_go_unpaced(redis_url: str) -> No
     pacer = Pacer(dead, rpm=600, tpm=0)
     assert await asyncio.wait_for(pacer.turn(MODEL, 1), 5) == 0.0
     await dead.aclose()
+
+
+async def test_learned_limits_lapse_when_no_provider_states_them_any_more(redis: Redis) -> None:
+    learner, other = Pacer(redis, rpm=0, tpm=0), Pacer(redis, rpm=0, tpm=0)
+    learner.observe(MODEL, ProviderSaid(rpm=600))
+    await learner.drain()
+    seconds, micros = await redis.time()
+    stated_long_ago = seconds * 1000 + micros // 1000 - LEARNED_MS - 1000
+    await redis.hset(keys.pacing(MODEL), "ls", stated_long_ago)  # type: ignore[misc]
+    assert await turns(other, 12) == [0.0] * 12  # nobody heard them lately: no longer paced
