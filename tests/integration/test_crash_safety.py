@@ -64,7 +64,10 @@ async def test_a_killed_worker_is_resumed_by_another_with_nothing_lost_or_double
     assert done["status"] == "completed"
     _assert_each_output_is_its_own(items, prompts)
     resent = int(str(mock.stats()["calls"])) - len(prompts)
-    assert 0 <= resent <= concurrency  # only the calls in flight when the worker died
+    # Only what the killed worker had not written: its calls in flight, and replies that had
+    # arrived but were still on their way to Redis (a call gives its slot back before its
+    # result's grouped write returns, so there can be up to as many of those again).
+    assert 0 <= resent <= 2 * concurrency
 
 
 async def test_sigterm_hands_the_chunks_back_at_once_and_redoes_nothing_finished(
