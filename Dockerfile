@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
-COPY client ./client
+COPY promptbatch ./promptbatch
 RUN pip install . && rm -rf build *.egg-info
 # The OpenAI-compatible mock, for the compose profile `mock` (an offline stack end to end).
 COPY tests/__init__.py tests/mock_openai.py ./tests/

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict, cast
 
-from arq.connections import ArqRedis
 from fastapi import Depends, Request
+from redis.asyncio import Redis
 
-from api.events import EventHub
-from shared.limits import Limits
+from api.admission import Limits
+from api.hub import EventHub
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -17,7 +17,7 @@ class AppState(TypedDict):
     """Yielded by the lifespan; Starlette hands a copy to every request as `request.state`."""
 
     settings: Settings
-    redis: ArqRedis
+    redis: Redis
     store: BatchStore
     events: EventHub
     limits: Limits
@@ -29,8 +29,8 @@ async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
-async def get_redis(request: Request) -> ArqRedis:
-    return cast(ArqRedis, request.state.redis)
+async def get_redis(request: Request) -> Redis:
+    return cast(Redis, request.state.redis)
 
 
 async def get_store(request: Request) -> BatchStore:
@@ -46,7 +46,7 @@ async def get_limits(request: Request) -> Limits:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RedisDep = Annotated[ArqRedis, Depends(get_redis)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[BatchStore, Depends(get_store)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]

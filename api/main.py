@@ -7,18 +7,30 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
+from redis.asyncio import ConnectionPool, Redis
 
+from api.admission import Limits
 from api.deps import AppState
 from api.errors import install_error_handlers
-from api.events import EventHub
+from api.hub import EventHub
 from api.middleware import BodyLimit, QuietErrors
 from api.routes import batches, health, metrics
-from shared.limits import Limits
-from shared.queue import connect
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
 
 log = logging.getLogger("promptbatch.api")
+
+
+def connect(settings: Settings) -> Redis:
+    """The API's client: connects lazily, never blocks at start, and fails fast (a 503) rather
+    than retrying while Redis is away."""
+    pool = ConnectionPool.from_url(
+        settings.require_redis_url(),
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
 
 
 def _lifespan(

@@ -19,8 +19,8 @@ import openai
 
 from bench.workload import prompts
 from shared.chat import BatchParams
-from shared.llm import build_chain, build_models
 from shared.settings import Settings
+from worker.llm import build_chain, build_models
 
 
 async def run(base_url: str, count: int, concurrency: int) -> dict[str, float]:

@@ -7,12 +7,10 @@ Lua script may touch them together. A batch's own keys live until it is deleted,
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-
 PREFIX = "pb"
 
-#: arq's queue: a sorted set of job ids scored by when they may start. arq's per-job keys are
-#: named below (`arq_job`, `arq_in_progress`); arq also keeps `arq:retry:*` for a day.
+#: The job queue arq serves (its layout is arq's). arq's per-job keys (a job's record, its
+#: claim while it runs, its try count) are arq's own names, derived in `shared/jobs.py`.
 QUEUE = f"{PREFIX}:queue"
 
 #: Sorted set: worker id -> last heartbeat (epoch ms). Members older than the liveness window
@@ -70,7 +68,7 @@ def events(batch_id: str) -> str:
 
 
 def batch_keys(batch_id: str) -> tuple[str, ...]:
-    """Every key that belongs to one batch, in the order the store's Lua scripts take them."""
+    """Every key that belongs to one batch, in the order the batch scripts take them."""
     return (
         batch(batch_id),
         inputs(batch_id),
@@ -80,6 +78,16 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
         slots(batch_id),
         events(batch_id),
     )
+
+
+#: The KEYS of every batch script (`shared/lua/`), by the names the scripts give them: the
+#: batch's own keys in `batch_keys` order, then `STATS`. `batch_script_keys` lists them.
+BATCH_SCRIPT_KEYS = ("meta", "inputs", "results", "chunks", "attempts", "slots", "events", "stats")
+
+
+def batch_script_keys(batch_id: str) -> list[str]:
+    """KEYS of a batch script: the batch's own keys, then the service-wide counters."""
+    return [*batch_keys(batch_id), STATS]
 
 
 #: Entries a batch's events stream keeps (approximately): enough to resume a watcher that
@@ -109,27 +117,11 @@ def batch_index(owner: str) -> str:
 
 
 def job_id(batch_id: str, chunk: int) -> str:
-    """arq job id of one chunk of a batch: deterministic, so enqueueing twice is a no-op."""
+    """Job id of one chunk of a batch: deterministic, so enqueueing twice is a no-op."""
     return f"{batch_id}:{chunk}"
 
 
-def arq_job(job_id: str) -> str:
-    """arq's record of a queued job (its JSON payload); we write it with the queue entry."""
-    return f"{job_key_prefix}{job_id}"
-
-
-def arq_retry(job_id: str) -> str:
-    """arq's count of a job's tries (kept a day); deleted with a deleted batch's jobs."""
-    return f"{retry_key_prefix}{job_id}"
-
-
-def arq_in_progress(job_id: str) -> str:
-    """arq's claim on a running job. arq sets it for job_timeout + 10 s; the running worker
-    shortens it to the lease and renews it, so it lapses soon after the worker dies."""
-    return f"{in_progress_key_prefix}{job_id}"
-
-
-# -- per-key limits (shared/limits.py) -----------------------------------------------------------
+# -- per-key limits (api/admission.py) -----------------------------------------------------------
 # An owner is `public` or the hash of an API key (never the key). The three keys share the
 # hash tag `{<owner>}`.
 

@@ -23,14 +23,18 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from shared import keys, workers
+from shared import jobs, keys, workers
+from shared.schemas import (
+    ACTIVE_BATCH_STATUSES,
+    BATCH_STATUSES,
+    FINAL_BATCH_STATUSES,
+    FINAL_ITEM_STATUSES,
+)
 
 #: Upper bounds (seconds) of the provider-latency histogram's buckets.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
 
-ACTIVE_STATUSES = ("queued", "in_progress", "cancelling")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
-ITEM_STATUSES = ("succeeded", "failed", "cancelled")
+FINAL_STATUSES = tuple(s for s in BATCH_STATUSES if s in FINAL_BATCH_STATUSES)
 
 
 class WorkerMetrics:
@@ -82,7 +86,7 @@ async def render(redis: Redis, alive_s: float) -> bytes:
         for batch_id in active:
             pipe.hget(keys.batch(batch_id), "status")
         statuses = Counter(s.decode() for s in await pipe.execute() if s is not None)
-    queued = int(await redis.zcard(keys.QUEUE))
+    queued = await jobs.queued(redis)
     alive = await workers.alive(redis, alive_s)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(stats, statuses, queued, alive))
@@ -113,14 +117,14 @@ class _Snapshot(Collector):
         running = GaugeMetricFamily(
             "promptbatch_batches", "Batches not yet final, by status.", labels=["status"]
         )
-        for status in ACTIVE_STATUSES:
+        for status in ACTIVE_BATCH_STATUSES:
             running.add_metric([status], self.statuses.get(status, 0))
         yield running
         items = CounterMetricFamily(
             "promptbatch_items", "Items that became final, by status.", labels=["status"]
         )
-        for status in ITEM_STATUSES:
-            items.add_metric([status], self._n(f"items:{status}"))
+        for item_status in FINAL_ITEM_STATUSES:
+            items.add_metric([item_status], self._n(f"items:{item_status}"))
         yield items
         tokens = CounterMetricFamily("promptbatch_tokens", "Tokens used.", labels=["kind"])
         for kind in ("input", "output"):

@@ -1,20 +1,31 @@
-"""Request and response bodies of the HTTP contract, shared by the API and the worker."""
+"""The HTTP contract: request and response bodies, and the status names, shared by the API, the
+worker and the client (which is why nothing here knows the server's settings)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.chat import BatchParams, Message, dump_messages
-from shared.errors import InvalidRequest
-from shared.settings import Provider, Settings
+from shared.chat import BatchParams, Message
 
+# The one place status names are spelt: Python reads them from here, Lua from the header
+# `shared/lua.py` generates from here.
 BatchStatus = Literal["queued", "in_progress", "completed", "failed", "cancelling", "cancelled"]
-ItemStatus = Literal["pending", "succeeded", "failed", "cancelled"]
-FINAL_BATCH_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+FinalItemStatus = Literal["succeeded", "failed", "cancelled"]
+ItemStatus = Literal["pending", FinalItemStatus]
+BATCH_STATUSES: tuple[BatchStatus, ...] = get_args(BatchStatus)
+FINAL_BATCH_STATUSES: frozenset[BatchStatus] = frozenset({"completed", "failed", "cancelled"})
+#: Not final yet, in the order a batch passes through them.
+ACTIVE_BATCH_STATUSES: tuple[BatchStatus, ...] = tuple(
+    s for s in BATCH_STATUSES if s not in FINAL_BATCH_STATUSES
+)
+#: What an item ends as (it is `pending` until then).
+FINAL_ITEM_STATUSES: tuple[FinalItemStatus, ...] = get_args(FinalItemStatus)
+
+#: Where a batch's calls go: an OpenAI-compatible endpoint, or the offline model.
+Provider = Literal["openai", "offline"]
 
 MAX_CUSTOM_ID = 256
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CUSTOM_ID)]
@@ -28,8 +39,8 @@ class _Strict(BaseModel):
 
 class PromptItem(_Strict):
     """An item: a `prompt` (one user message) or OpenAI `messages`, with optional `params` that
-    override the batch's. Exactly one of `prompt` and `messages` (checked in `plan_batch`, so
-    that 50,000 items validate in pydantic-core alone)."""
+    override the batch's. Exactly one of `prompt` and `messages` (checked when the API plans the
+    batch, so that 50,000 items validate in pydantic-core alone)."""
 
     custom_id: CustomId | None = None
     prompt: str | None = None
@@ -175,175 +186,3 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
-
-
-#: An item as stored: `(custom_id, prompt or messages)`, and its own params when it has any.
-ItemBody = str | list[dict[str, Any]]
-ItemRecord = tuple[str, ItemBody] | tuple[str, ItemBody, dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPlan:
-    """A validated submission, ready to store: items resolved, defaults and limits applied."""
-
-    items: list[ItemRecord]
-    model: str
-    system: str | None
-    params: BatchParams
-    max_concurrency: int
-    metadata: dict[str, str] | None
-    provider: Provider
-    max_total_tokens: int | None = None
-
-
-def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
-    """Apply the configured limits and defaults, render a template over its rows; raise
-    InvalidRequest naming the field."""
-    _check_source(request)
-    count = len(request.prompts or request.inputs or ())
-    if count > settings.max_prompts:
-        what = "prompts" if request.prompts is not None else "inputs"
-        raise InvalidRequest(
-            f"A batch holds at most {settings.max_prompts} prompts; got {count}.", param=what
-        )
-    concurrency = request.max_concurrency or settings.default_concurrency
-    if concurrency > settings.max_concurrency:
-        raise InvalidRequest(
-            f"max_concurrency is at most {settings.max_concurrency}.", param="max_concurrency"
-        )
-    check_params(request.params, settings, "params")
-    if request.system is not None and len(request.system) > settings.max_prompt_chars:
-        raise InvalidRequest(
-            f"system is longer than {settings.max_prompt_chars} characters.", param="system"
-        )
-    system = request.system
-    if request.template is not None and request.inputs is not None:
-        # Imported here: only a template batch needs LangChain's prompts (and the client
-        # never does).
-        from shared.templates import render_rows
-
-        rendered = render_rows(
-            request.template, request.inputs, settings.max_prompt_chars, hoist=system is None
-        )
-        items, system = rendered.items, system or rendered.system
-    else:
-        items = _resolve_items(request.prompts or [], settings)
-    return BatchPlan(
-        items=items,
-        model=request.model or settings.default_model,
-        system=system,
-        params=request.params,
-        max_concurrency=concurrency,
-        metadata=request.metadata,
-        max_total_tokens=request.max_total_tokens,
-        provider=settings.resolved_provider,
-    )
-
-
-def _check_source(request: BatchCreate) -> None:
-    """Items come from `prompts`, or from a `template` filled from `inputs`: one of the two."""
-    if request.prompts is not None:
-        if request.template is not None or request.inputs is not None:
-            raise InvalidRequest(
-                "Give prompts, or a template with inputs, not both.", param="template"
-            )
-    elif request.template is None and request.inputs is None:
-        raise InvalidRequest("A batch needs prompts (or a template with inputs).", param="prompts")
-    elif request.template is None:
-        raise InvalidRequest("inputs are the rows of a template: give one.", param="template")
-    elif request.inputs is None:
-        raise InvalidRequest("A template needs inputs: the rows to fill it.", param="inputs")
-
-
-def check_params(params: BatchParams, settings: Settings, param: str) -> None:
-    """Refuse params beyond the configured ceilings."""
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(params, name)
-        if value is not None and value > settings.max_output_tokens:
-            raise InvalidRequest(
-                f"{name} is at most {settings.max_output_tokens}.", param=f"{param}.{name}"
-            )
-
-
-def _resolve_items(prompts: list[PromptEntry], settings: Settings) -> list[ItemRecord]:
-    items: list[ItemRecord] = []
-    seen = UniqueIds("prompts")
-    for index, entry in enumerate(prompts):
-        param = f"prompts[{index}]"
-        if isinstance(entry, str):
-            check_prompt(entry, settings.max_prompt_chars, param)
-            items.append((seen.add(None, index), entry))
-            continue
-        custom_id = seen.add(entry.custom_id, index)
-        body = _item_body(entry, settings.max_prompt_chars, param)
-        if entry.params is None:
-            items.append((custom_id, body))
-            continue
-        check_params(entry.params, settings, f"{param}.params")
-        own = entry.params.provider_kwargs()
-        items.append((custom_id, body, own) if own else (custom_id, body))
-    return items
-
-
-def _item_body(item: PromptItem, max_chars: int, param: str) -> ItemBody:
-    if item.prompt is None and item.messages is None:
-        raise InvalidRequest("An item needs a prompt (or messages).", param=f"{param}.prompt")
-    if item.prompt is not None and item.messages is not None:
-        raise InvalidRequest("An item has a prompt or messages, not both.", param=param)
-    if item.prompt is not None:
-        check_prompt(item.prompt, max_chars, f"{param}.prompt")
-        return item.prompt
-    assert item.messages is not None
-    check_messages(item.messages, max_chars, f"{param}.messages")
-    return dump_messages(item.messages)
-
-
-def check_prompt(prompt: str, max_chars: int, param: str) -> None:
-    if not prompt.strip():
-        raise InvalidRequest("A prompt must not be empty.", param=param)
-    if len(prompt) > max_chars:
-        raise InvalidRequest(f"A prompt is at most {max_chars} characters.", param=param)
-
-
-def check_messages(messages: list[Message], max_chars: int, param: str) -> None:
-    """What OpenAI requires of a conversation that a schema cannot say."""
-    for number, message in enumerate(messages):
-        where = f"{param}[{number}]"
-        if message.content is None and not (message.role == "assistant" and message.tool_calls):
-            raise InvalidRequest(
-                f"A {message.role} message needs content.", param=f"{where}.content"
-            )
-        if message.role == "tool" and not message.tool_call_id:
-            raise InvalidRequest(
-                "A tool message needs the tool_call_id it answers.", param=f"{where}.tool_call_id"
-            )
-        for n, part in enumerate(message.content if isinstance(message.content, list) else ()):
-            problem = part.payload_error()
-            if problem is not None:
-                raise InvalidRequest(problem, param=f"{where}.content[{n}].{part.type}")
-        if message.tool_calls is not None and message.role != "assistant":
-            raise InvalidRequest(
-                "Only an assistant message has tool_calls.", param=f"{where}.tool_calls"
-            )
-    if sum(len(m.text()) for m in messages) > max_chars:
-        raise InvalidRequest(
-            f"An item's messages hold at most {max_chars} characters.", param=param
-        )
-
-
-class UniqueIds:
-    """The custom_ids of a batch so far: each one once, an item's index when it names none."""
-
-    def __init__(self, field: str) -> None:
-        self._field = field
-        self._seen: set[str] = set()
-
-    def add(self, custom_id: str | None, index: int) -> str:
-        custom_id = custom_id if custom_id is not None else str(index)
-        if custom_id in self._seen:
-            raise InvalidRequest(
-                f"custom_id {custom_id!r} appears twice in the batch.",
-                param=f"{self._field}[{index}].custom_id",
-            )
-        self._seen.add(custom_id)
-        return custom_id

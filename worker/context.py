@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import openai
-from arq.connections import ArqRedis
 from langchain_core.language_models import BaseChatModel
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.limiter import Limiters
+from shared.batches import BatchSpec
 from shared.metrics import WorkerMetrics
-from shared.queue import Leases
-from shared.settings import Provider, Settings
-from shared.store import BatchSpec, BatchStore, ItemOutcome, PendingItem, RecordOutcome
+from shared.results import ItemOutcome, PendingItem, RecordOutcome
+from shared.schemas import Provider
+from shared.settings import Settings
+from shared.store import BatchStore
+from worker.concurrency import Limiters
+from worker.leases import Leases
 from worker.pacing import Pacer
 from worker.watch import BatchWatch
 
@@ -38,7 +41,7 @@ CURRENT_CALL: ContextVar[CallRun | None] = ContextVar("promptbatch_call", defaul
 
 
 class WorkerContext(TypedDict):
-    redis: ArqRedis  # set by arq itself
+    redis: Redis  # set by arq itself (its client is a Redis client)
     settings: Settings
     store: BatchStore
     http: openai.DefaultAsyncHttpxClient

@@ -1,32 +1,72 @@
-"""arq entry point: `arq worker.main.WorkerSettings` (any number, on any number of hosts)."""
+"""arq entry point: `arq worker.main.WorkerSettings` (any number, on any number of hosts).
+
+The seam to arq, worker side: its settings, the job function it calls, and its Redis connection.
+Nothing else in the worker imports arq (the shared side of the seam is `shared/jobs.py`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
 from typing import Any, ClassVar, cast
 
 import openai
+from arq import Retry
+from arq.connections import RedisSettings
 from arq.worker import Function, func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys, workers
-from shared.limiter import Limiters
-from shared.llm import build_models
+from shared.jobs import RUN_CHUNK, dumps_job, loads_job
 from shared.metrics import WorkerMetrics
-from shared.queue import RUN_CHUNK, Leases, dumps_job, loads_job, redis_settings
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
+from worker import tasks
+from worker.concurrency import Limiters
 from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
+from worker.leases import Leases
+from worker.llm import build_models
 from worker.pacing import Pacer, ProviderSaid, model_of
 from worker.reconcile import reconcile, take_turn
-from worker.tasks import run_chunk
 from worker.watch import BatchWatch
 
 log = logging.getLogger("promptbatch.worker")
+
+#: Longest pause between a worker's retries of a Redis command while Redis is away.
+REDIS_BACKOFF_CAP_S = 2.0
+
+
+async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
+    """The job arq runs for one chunk (`tasks.run_chunk`); a chunk to run again later is
+    handed back to arq's queue with its delay."""
+    try:
+        return await tasks.run_chunk(ctx, batch_id, chunk)
+    except tasks.RunLater as later:
+        raise Retry(defer=later.defer_s) from later.__cause__
+
+
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's connection settings for a worker: REDIS_URL, plus retries with backoff so that the
+    worker rides out a Redis restart (about `worker_redis_retry_s`) instead of dying."""
+    rs = RedisSettings.from_dsn(settings.require_redis_url())
+    rs.conn_timeout = max(1, round(settings.redis_timeout_s))
+    rs.conn_retries = 0  # the retry policy below already covers the first connection
+    backoff = ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.05)
+    rs.retry = RedisRetry(
+        backoff, retries=math.ceil(settings.worker_redis_retry_s / REDIS_BACKOFF_CAP_S)
+    )
+    # OSError: a refused or timed-out connect (redis-py retries those inside `connect`);
+    # ConnectionError covers a dropped connection and the LOADING reply after a restart.
+    rs.retry_on_error = [OSError, RedisConnectionError, RedisTimeoutError]
+    return rs
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -161,26 +201,34 @@ def _settings() -> Settings:
     return settings
 
 
-_SETTINGS = _settings()
-
-
-class WorkerSettings:
+def worker_settings(settings: Settings) -> type:
     """What `arq` reads to run a worker. Signal handling stays on: SIGTERM cancels the running
     chunks, and arq puts them back on the queue at once for another worker."""
 
-    functions: ClassVar[list[Function]] = [func(run_chunk, name=RUN_CHUNK)]
-    on_startup = startup
-    on_shutdown = shutdown
-    redis_settings = redis_settings(_SETTINGS)
-    queue_name = keys.QUEUE
-    job_serializer = dumps_job
-    job_deserializer = loads_job
-    max_jobs = _SETTINGS.worker_max_jobs
-    job_timeout = _SETTINGS.job_timeout_s
-    poll_delay = _SETTINGS.worker_poll_delay_s
-    # arq's record of a finished job is not needed (results live in the batch), and keeping it
-    # would block queueing the same deterministic job id again.
-    keep_result = 0
-    # Deaths are bounded per chunk by PROMPTBATCH_CHUNK_MAX_ATTEMPTS (which then fails the items
-    # with a reason); arq's own cap would drop the job without running the task at all.
-    max_tries = 1_000_000
+    class WorkerSettings:
+        functions: ClassVar[list[Function]] = [func(run_chunk, name=RUN_CHUNK)]
+        on_startup = startup
+        on_shutdown = shutdown
+        redis_settings = arq_redis_settings(settings)
+        queue_name = keys.QUEUE
+        job_serializer = dumps_job
+        job_deserializer = loads_job
+        max_jobs = settings.worker_max_jobs
+        job_timeout = settings.job_timeout_s
+        poll_delay = settings.worker_poll_delay_s
+        # arq's record of a finished job is not needed (results live in the batch), and keeping
+        # it would block queueing the same deterministic job id again.
+        keep_result = 0
+        # Deaths are bounded per chunk by PROMPTBATCH_CHUNK_MAX_ATTEMPTS (which then fails the
+        # items with a reason); arq's own cap would drop the job without running the task.
+        max_tries = 1_000_000
+
+    return WorkerSettings
+
+
+def __getattr__(name: str) -> type:
+    """`WorkerSettings` is built when arq asks for it, from the environment then: importing
+    this module reads no settings (so tests can import its job function)."""
+    if name == "WorkerSettings":
+        return worker_settings(_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, lua
 
 #: A burst the buckets allow, in time at the full rate: half a second, under the second or more
 #: a provider's own bucket holds, so that calls arriving a little bunched are still within it.
@@ -48,82 +48,10 @@ DEFAULT_OUTPUT_TOKENS = 256
 LEARNED_MS = 300_000
 CONFIRM_S = 60.0
 
-_PRELUDE = f"""
-local key = KEYS[1]
-local t = redis.call('TIME')
-local now = t[1] * 1000 + t[2] / 1000
-local h = redis.call('HMGET', key, 'rt', 'tt', 'rl', 'tl', 'nb', 'f', 'fs', 'ls')
-if now - (tonumber(h[8]) or 0) > {LEARNED_MS} then  -- learned limits lapse unless confirmed
-  h[3], h[4] = nil, nil
-end
-local f = tonumber(h[6]) or 1
-if f < 1 then  -- additive increase: half the limit back per minute without a 429
-  f = math.min(1, f + (now - (tonumber(h[7]) or now)) / 120000)
-end
--- A configured limit, else the one learned (kept here, or as this worker last heard it).
-local function limit(configured, learned, heard)
-  local l = tonumber(configured)
-  if l == 0 then l = tonumber(learned) or tonumber(heard) or 0 end
-  return l * f * {HEADROOM}
-end
-local rpm, tpm = limit(ARGV[1], h[3], ARGV[#ARGV - 1]), limit(ARGV[2], h[4], ARGV[#ARGV])
-"""
-
-# Reserve a call's place: one request and ARGV[3] tokens. Returns the ms to wait before it.
-# ARGV of every script: configured rpm, configured tpm, its own, then the rpm and tpm this
-# worker last heard from the provider (should the key have been lost). Here its own are:
-# tokens, burst ms, ttl ms.
-_ACQUIRE = (
-    _PRELUDE
-    + """
-local burst = tonumber(ARGV[4])
-local start = math.max(now, tonumber(h[5]) or 0)
-local function take(tat, inc)
-  tat = math.max(tonumber(tat) or 0, now)
-  start = math.max(start, tat + inc - math.max(burst, inc))
-  return tat
-end
-local rt, tt, ri, ti
-if rpm > 0 then ri = 60000 / rpm; rt = take(h[1], ri) end
-if tpm > 0 then ti = tonumber(ARGV[3]) * 60000 / tpm; tt = take(h[2], ti) end
-if rt then redis.call('HSET', key, 'rt', math.max(rt, start) + ri) end
-if tt then redis.call('HSET', key, 'tt', math.max(tt, start) + ti) end
-redis.call('PEXPIRE', key, ARGV[5])
-return math.floor(start - now)
-"""
-)
-
-# A call used ARGV[3] tokens more (or fewer, negative) than it reserved: move the token bucket.
-# (ARGV as _ACQUIRE's.)
-_SETTLE = (
-    _PRELUDE
-    + """
-if tpm > 0 and h[2] then
-  redis.call('HSET', key, 'tt', tonumber(h[2]) + tonumber(ARGV[3]) * 60000 / tpm)
-end
-return 0
-"""
-)
-
-# What the provider said: its limits (ARGV[3], ARGV[4]; 0 = not said), and, with ARGV[5] > 0, a
-# 429 asking for ARGV[5] ms: nobody starts before then, and, if the call had been paced
-# (ARGV[8] = 1: the limits were wrong, not yet known), the rate halves, once per wait.
-_OBSERVE = (
-    _PRELUDE
-    + """
-if tonumber(ARGV[3]) > 0 then redis.call('HSET', key, 'rl', ARGV[3], 'ls', now) end
-if tonumber(ARGV[4]) > 0 then redis.call('HSET', key, 'tl', ARGV[4], 'ls', now) end
-local wait = tonumber(ARGV[5])
-if wait > 0 then
-  local nb = tonumber(h[5]) or 0
-  if now >= nb and ARGV[8] == '1' then
-    redis.call('HSET', key, 'f', math.max(tonumber(ARGV[6]), f / 2), 'fs', now)
-  end
-  redis.call('HSET', key, 'nb', math.max(nb, now + wait))
-end
-redis.call('PEXPIRE', key, ARGV[7])
-return 0
-"""
+# The scripts (`worker/lua/`): each one is `pacing.lua`'s prelude, then its own part.
+_ACQUIRE, _SETTLE, _OBSERVE = (
+    lua.load("worker", "pacing", name, LEARNED_MS=LEARNED_MS, HEADROOM=HEADROOM)
+    for name in ("acquire", "settle", "observe")
 )
 
 #: How long a model's pacing state outlives its last use.

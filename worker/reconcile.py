@@ -12,7 +12,7 @@ import logging
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.queue import live_jobs, requeue
+from shared.jobs import live_jobs, requeue
 from shared.store import BatchStore
 
 log = logging.getLogger("promptbatch.worker")

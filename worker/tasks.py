@@ -9,23 +9,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, cast
 
-from arq import Retry
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.limiter import BatchLimiter
-from shared.llm import bind_model, call_kwargs, item_chars, outcome_of, rate_limited, to_messages
+from shared.batches import BatchSpec
+from shared.results import ItemOutcome, PendingItem, RecordOutcome
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
-from shared.store import BatchSpec, ItemOutcome, PendingItem, RecordOutcome
+from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
+from worker.llm import bind_model, call_kwargs, item_chars, outcome_of, rate_limited, to_messages
 from worker.pacing import estimate_tokens
 
 log = logging.getLogger("promptbatch.worker")
 
 REDIS_RETRY_DELAY_S = 5
+
+
+class RunLater(Exception):
+    """Run this chunk again after `defer_s` (its finished items are skipped then)."""
+
+    def __init__(self, defer_s: float) -> None:
+        super().__init__(f"run again in {defer_s} s")
+        self.defer_s = defer_s
 
 
 class ChunkStopped(Exception):
@@ -54,7 +62,7 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
         log.warning(
             "batch %s chunk %d: Redis error (%s), retrying", batch_id, chunk, type(exc).__name__
         )
-        raise Retry(defer=REDIS_RETRY_DELAY_S) from exc
+        raise RunLater(REDIS_RETRY_DELAY_S) from exc
     except Exception as exc:
         # The type only: an exception's text may quote a prompt, and prompts never reach logs.
         log.error("batch %s chunk %d: could not run (%s)", batch_id, chunk, type(exc).__name__)

@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+from shared.schemas import BatchStatus
 from shared.store import BatchStore
 
-#: Statuses in which a batch's runs must start no more provider calls.
-STOP_STATUSES = frozenset({"cancelling", "cancelled", "failed", None})
+#: Statuses in which a batch's runs must start no more provider calls (None: it is gone).
+STOP_STATUSES: frozenset[BatchStatus | None] = frozenset(
+    {"cancelling", "cancelled", "failed", None}
+)
 
 
 class BatchWatch:

@@ -11,21 +11,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
+from api.admission import submit_within_limits
 from api.auth import OwnerDep, require_owner
 from api.bodies import BatchBodyRoute
 from api.deps import EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep
-from api.events import valid_event_id
-from shared.limits import submit_within_limits
-from shared.queue import cancel, delete
-from shared.schemas import (
-    Batch,
-    BatchCreate,
-    BatchList,
-    BatchPlan,
-    ErrorBody,
-    ResultsPage,
-    plan_batch,
-)
+from api.hub import valid_event_id
+from api.lifecycle import cancel, delete
+from api.planning import plan_batch
+from shared.batches import BatchPlan
+from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage
 from shared.settings import Settings
 
 NDJSON = "application/x-ndjson"

@@ -13,11 +13,13 @@ import pytest
 from redis.asyncio import Redis
 from sse_starlette import ServerSentEvent
 
-from api import events
-from api.events import MAX_PENDING, EventHub, Update, _Mailbox
+from api import hub as events
+from api.hub import MAX_PENDING, EventHub, Update, _Mailbox
 from shared import keys
+from shared.progress import ProgressEvent
+from shared.results import ItemOutcome
 from shared.settings import Settings
-from shared.store import BatchStore, ItemOutcome, ProgressEvent
+from shared.store import BatchStore
 from tests.conftest import api_client
 from tests.helpers import parse_sse, wait_for
 from tests.store.conftest import item, stored

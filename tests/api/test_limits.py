@@ -14,11 +14,11 @@ import redis as sync_redis
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
+from api.admission import Limits
 from api.auth import owner_id
 from api.main import create_app
 from shared import keys
 from shared.errors import TooManyRequests
-from shared.limits import Limits
 from shared.settings import Settings
 from tests.conftest import api_client, make_settings
 from tests.helpers import bearer, wait_for

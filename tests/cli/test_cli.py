@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.llm import OFFLINE_PREFIX
 from tests.cli.runner import PROMPTBATCH, assert_one_error_line, cli_env, run_cli
 from tests.helpers import MockProvider, Proc, free_port, wait_until
 from tests.integration.flows import openai_worker
+from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import _template_text
-from shared.llm import OFFLINE_PREFIX
+from promptbatch.cli import _template_text
 from tests.cli.runner import assert_one_error_line, run_cli
 from tests.helpers import Proc, free_port
+from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from client import (
+from promptbatch import (
     APIConnectionError,
     APIError,
     AsyncClient,
@@ -17,8 +17,8 @@ from client import (
     PromptItem,
     PromptTemplate,
 )
-from shared.llm import OFFLINE_PREFIX
 from tests.helpers import Proc, free_port
+from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -9,17 +9,9 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
-from client import (
-    APIError,
-    Batch,
-    BatchParams,
-    Client,
-    ItemResult,
-    PromptItem,
-    PromptTemplate,
-)
-from client._requests import batch_request
-from client.progress import BatchProgress
+from promptbatch import APIError, Batch, BatchParams, Client, ItemResult, PromptItem, PromptTemplate
+from promptbatch._requests import batch_request
+from promptbatch.display import BatchProgress
 from shared.schemas import ErrorInfo, Pacing
 from tests.client.snapshots import snapshot
 

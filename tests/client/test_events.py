@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from client.errors import APIConnectionError, APIError
-from client.events import abatch_events, awatch, batch_events, watch
+from promptbatch.errors import APIConnectionError, APIError
+from promptbatch.events import abatch_events, awatch, batch_events, watch
 from shared.schemas import Batch
 from tests.client.snapshots import SNAPSHOT_ID, snapshot
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.inputs import read_batch_file, read_rows
+from promptbatch.inputs import read_batch_file, read_rows
 from shared.chat import dump_messages
 from shared.errors import InvalidRequest
 from tests.helpers import prompt_items

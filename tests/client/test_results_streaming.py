@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from client import Client
-from shared.llm import OFFLINE_PREFIX
+from promptbatch import Client
 from tests.helpers import Proc
+from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from shared import keys
+from shared import jobs, keys
 from shared.store import BatchStore
 from tests.conftest import api_client, make_settings
 from tests.helpers import MockProvider, Proc, RedisServer, start_worker, wait_for, wait_until
@@ -83,7 +83,7 @@ async def test_sigterm_hands_the_chunks_back_at_once_and_redoes_nothing_finished
         assert first.stop(signal.SIGTERM) == 0
         job_ids = [keys.job_id(batch["id"], chunk) for chunk in range(2)]
         with redis.Redis.from_url(redis_url) as r:
-            assert r.exists(*(keys.arq_in_progress(j) for j in job_ids)) == 0  # released
+            assert r.exists(*(jobs.arq_in_progress(j) for j in job_ids)) == 0  # released
             assert all(r.zscore(keys.QUEUE, j) is not None for j in job_ids)  # still queued
         openai_worker(workers, mock)
         done = await wait_final(client, batch["id"])

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from shared.llm import OFFLINE_PREFIX
 from shared.settings import Settings
 from tests.conftest import api_client
 from tests.helpers import MockProvider, Proc, wait_for
@@ -20,6 +19,7 @@ from tests.integration.flows import (
     submit,
     wait_final,
 )
+from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from shared.batches import BatchPlan, BatchSpec
 from shared.chat import BatchParams
-from shared.schemas import BatchPlan
-from shared.store import BatchSpec, BatchStore, PendingItem
+from shared.results import PendingItem
+from shared.store import BatchStore
 
 
 def make_plan(n: int, **overrides: Any) -> BatchPlan:

@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.limiter import BatchLimiter
 from tests.helpers import wait_for
+from worker.concurrency import BatchLimiter
 
 
 @pytest.fixture

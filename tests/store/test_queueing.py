@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.queue import RUN_CHUNK, Leases, live_jobs, submit
-from shared.store import BatchStore, ItemOutcome
+from api.lifecycle import submit
+from shared import jobs, keys
+from shared.jobs import RUN_CHUNK, live_jobs
+from shared.results import ItemOutcome
+from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.store.conftest import item, make_plan
+from worker.leases import Leases
 from worker.reconcile import reconcile, take_turn
 
 
@@ -33,9 +36,9 @@ async def test_a_batch_is_stored_with_one_queued_job_per_chunk(redis: Redis) -> 
     batch, _ = await submit(BatchStore(redis), make_plan(10), settings)
     job_ids = [keys.job_id(batch.id, chunk) for chunk in range(3)]
     assert await _queued(redis) == job_ids  # in chunk order
-    payload = json.loads(await redis.get(keys.arq_job(job_ids[2])))
+    payload = json.loads(await redis.get(jobs.arq_job(job_ids[2])))
     assert (payload["f"], payload["a"], payload["k"]) == (RUN_CHUNK, [batch.id, 2], {})
-    assert await redis.pttl(keys.arq_job(job_ids[2])) > 24 * 3600 * 1000
+    assert await redis.pttl(jobs.arq_job(job_ids[2])) > 24 * 3600 * 1000
 
 
 async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis: Redis) -> None:
@@ -45,25 +48,25 @@ async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis:
         a, b, c, d = [
             await held.enter_async_context(mine.hold(j)) for j in ("ja", "jb", "jc", "jd")
         ]
-        assert await redis.pttl(keys.arq_in_progress("ja")) <= 30_000
-        await redis.delete(keys.arq_in_progress("jb"))  # Redis lost it, nobody took it
+        assert await redis.pttl(jobs.arq_in_progress("ja")) <= 30_000
+        await redis.delete(jobs.arq_in_progress("jb"))  # Redis lost it, nobody took it
         await held.enter_async_context(theirs.hold("jc"))  # lost, and another worker started it
-        await redis.delete(keys.arq_in_progress("jd"))  # deleted with its batch
+        await redis.delete(jobs.arq_in_progress("jd"))  # deleted with its batch
         assert await mine.renew() == ["jc", "jd"]
         assert [e.is_set() for e in (a, b, c, d)] == [False, False, True, True]
-        assert await redis.get(keys.arq_in_progress("jb")) == b"me"
-        assert await redis.get(keys.arq_in_progress("jc")) == b"them"
-        assert await redis.exists(keys.arq_in_progress("jd")) == 0
-    await redis.delete(keys.arq_in_progress("ja"))  # arq deletes a finished job's claim
+        assert await redis.get(jobs.arq_in_progress("jb")) == b"me"
+        assert await redis.get(jobs.arq_in_progress("jc")) == b"them"
+        assert await redis.exists(jobs.arq_in_progress("jd")) == 0
+    await redis.delete(jobs.arq_in_progress("ja"))  # arq deletes a finished job's claim
     assert await mine.renew() == []
-    assert await redis.exists(keys.arq_in_progress("ja")) == 0  # and nothing brings it back
+    assert await redis.exists(jobs.arq_in_progress("ja")) == 0  # and nothing brings it back
 
 
 async def test_live_jobs_cuts_a_day_long_claim_to_the_lease(redis: Redis) -> None:
     await redis.zadd(keys.QUEUE, {"queued": 1})
-    await redis.set(keys.arq_in_progress("running"), b"1", px=86_410_000)
+    await redis.set(jobs.arq_in_progress("running"), b"1", px=86_410_000)
     assert await live_jobs(redis, ["queued", "running", "lost"], lease_s=30) == [True, True, False]
-    assert await redis.pttl(keys.arq_in_progress("running")) <= 30_000
+    assert await redis.pttl(jobs.arq_in_progress("running")) <= 30_000
 
 
 async def test_the_reconciler_queues_again_only_unfinished_chunks_on_no_queue(
@@ -76,7 +79,7 @@ async def test_the_reconciler_queues_again_only_unfinished_chunks_on_no_queue(
     for index in (0, 1):  # chunk 0 is done
         await store.record(spec, item(index), ItemOutcome(status="succeeded", output="x"))
     await redis.delete(keys.QUEUE)  # every queue entry lost
-    await redis.set(keys.arq_in_progress(keys.job_id(batch.id, 1)), b"w", px=30_000)  # running
+    await redis.set(jobs.arq_in_progress(keys.job_id(batch.id, 1)), b"w", px=30_000)  # running
     assert await reconcile(redis, store, lease_s=30) == 1
     assert await _queued(redis) == [keys.job_id(batch.id, 2)]
     assert await reconcile(redis, store, lease_s=30) == 0

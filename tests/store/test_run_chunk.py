@@ -11,17 +11,18 @@ from arq import Retry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.limiter import Limiters
-from shared.llm import OFFLINE_PREFIX, OfflineChatModel
 from shared.metrics import WorkerMetrics
-from shared.queue import Leases
-from shared.store import BatchStore, ItemOutcome
+from shared.results import ItemOutcome
+from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.store.conftest import item, stored
+from worker.concurrency import Limiters
 from worker.context import Attempts, Writes
+from worker.leases import Leases
+from worker.llm import OFFLINE_PREFIX, OfflineChatModel
+from worker.main import run_chunk
 from worker.pacing import Pacer
-from worker.tasks import run_chunk
 from worker.watch import BatchWatch
 
 

@@ -6,8 +6,9 @@ import pytest
 
 from shared import keys
 from shared.errors import InvalidRequest
+from shared.results import ItemOutcome
 from shared.schemas import ErrorInfo, Usage
-from shared.store import BatchStore, ItemOutcome
+from shared.store import BatchStore
 from tests.store.conftest import item, stored
 
 

@@ -9,7 +9,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.store import BatchSpec, BatchStore, ItemOutcome, PendingItem, RecordOutcome
+from shared.batches import BatchSpec
+from shared.results import ItemOutcome, PendingItem, RecordOutcome
+from shared.store import BatchStore
 from tests.helpers import free_port
 from tests.store.conftest import item, stored
 from worker.context import Writes

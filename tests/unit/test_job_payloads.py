@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.queue import RUN_CHUNK, dumps_job, loads_job
+from shared.jobs import RUN_CHUNK, dumps_job, loads_job
 
 JOB: dict[str, Any] = {"t": None, "f": RUN_CHUNK, "a": ["batch_x", 0], "k": {}, "et": 1700000000}
 

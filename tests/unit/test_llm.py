@@ -9,7 +9,7 @@ from langchain_core.exceptions import ModelInvalidRequestError, ModelRateLimitEr
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from shared.chat import BatchParams
-from shared.llm import (
+from worker.llm import (
     OFFLINE_PREFIX,
     OfflineChatModel,
     build_chain,

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from shared.queue import dumps_job, loads_job
+from shared.jobs import dumps_job, loads_job
 
 
 def test_job_payload_round_trips_as_json() -> None:

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from api.planning import plan_batch
+from shared.batches import BatchPlan
 from shared.errors import InvalidRequest
-from shared.schemas import BatchCreate, BatchPlan, plan_batch
+from shared.schemas import BatchCreate
 from shared.settings import Settings
 
 REVIEWS = {"messages": [["system", "You rate {product} reviews."], ["human", "Review: {review}"]]}

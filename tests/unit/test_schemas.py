@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import pytest
 from pydantic import ValidationError
 
+from api.planning import plan_batch
 from shared.errors import InvalidRequest
-from shared.schemas import BatchCreate, plan_batch
+from shared.schemas import BatchCreate
 from shared.settings import Settings, SettingsError, get_settings
 
 

@@ -36,9 +36,9 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_openai import ChatOpenAI
 
 from shared.chat import JSON_FORMATS, BatchParams, has_system, schema_error
-from shared.schemas import ErrorInfo, Usage
-from shared.settings import Provider, Settings
-from shared.store import ItemOutcome
+from shared.results import ItemOutcome
+from shared.schemas import ErrorInfo, Provider, Usage
+from shared.settings import Settings
 
 OFFLINE_PREFIX = "[offline] You asked: "
 

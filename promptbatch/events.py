@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
-from client._requests import batch_path, is_final
-from client.errors import APIConnectionError, check
+from promptbatch._requests import batch_path, is_final
+from promptbatch.errors import APIConnectionError, check
 from shared.schemas import Batch
 
 #: Connections in a row that bring no new event before watching gives up.

@@ -17,11 +17,11 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from client._requests import DEFAULT_URL, batch_request
-from client.errors import APIConnectionError, APIError, PromptbatchError
-from client.inputs import read_batch_file, read_rows
-from client.rows import check_columns, flat_row, input_columns
-from client.sync import Batch, Client
+from promptbatch._requests import DEFAULT_URL, batch_request
+from promptbatch.errors import APIConnectionError, APIError, PromptbatchError
+from promptbatch.inputs import read_batch_file, read_rows
+from promptbatch.rows import check_columns, flat_row, input_columns
+from promptbatch.sync import Batch, Client
 from shared.errors import AppError
 from shared.schemas import BatchCreate
 

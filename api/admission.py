@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from api.lifecycle import idempotency_for, submit
+from shared import keys, lua
+from shared.batches import BatchPlan
 from shared.errors import InvalidRequest, TooManyRequests
-from shared.queue import idempotency_for, submit
-from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchPlan
+from shared.schemas import Batch
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -30,56 +31,7 @@ log = logging.getLogger("promptbatch.limits")
 #: Retry-After when a key's queue is full: prompts finish at the provider's pace, not ours.
 QUEUE_FULL_RETRY_S = 5
 
-# KEYS: submissions, active batches, reservations (of one owner).
-# ARGV: rate per minute, prompt ceiling (0 = off), prompts, token, batch key before / after the
-# id, window ms, reservation ttl ms, then the final batch statuses.
-# Returns {0, 0} admitted (room reserved, submission counted), {1, ms until a submission leaves
-# the window}, or {2, prompts already queued}.
-_ADMIT = """
-local rate, ceiling, prompts = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local token, window, hold = ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8])
-local final = {}
-for i = 9, #ARGV do final[ARGV[i]] = true end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if rate > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[1]) >= rate then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {1, tonumber(oldest[2]) + window - now}
-  end
-end
-if ceiling > 0 then
-  local queued = 0
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    local f = redis.call('HMGET', ARGV[5] .. id .. ARGV[6],
-                         'status', 'total', 'succeeded', 'failed', 'cancelled')
-    if not f[1] or final[f[1]] then
-      redis.call('SREM', KEYS[2], id)
-    else
-      queued = queued + tonumber(f[2]) - (tonumber(f[3]) or 0) - (tonumber(f[4]) or 0)
-               - (tonumber(f[5]) or 0)
-    end
-  end
-  local held = redis.call('HGETALL', KEYS[3])
-  for i = 1, #held, 2 do
-    local n, expiry = string.match(held[i + 1], '^(%d+):(%d+)$')
-    if not n or tonumber(expiry) <= now then
-      redis.call('HDEL', KEYS[3], held[i])
-    else
-      queued = queued + tonumber(n)
-    end
-  end
-  if queued + prompts > ceiling then return {2, queued} end
-  redis.call('HSET', KEYS[3], token, prompts .. ':' .. (now + hold))
-  redis.call('PEXPIRE', KEYS[3], hold)
-end
-if rate > 0 then
-  redis.call('ZADD', KEYS[1], now, token)
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-return {0, 0}
-"""
+_ADMIT = lua.load("api", "admit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +67,7 @@ class Limits:
         verdict, value = await self._admit(
             keys=[keys.submissions(owner), keys.active_batches(owner), keys.reservations(owner)],
             args=[self.rate_per_min, self.max_queued, prompts, token, before, after,
-                  keys.RATE_WINDOW_MS, keys.RESERVATION_TTL_MS, *sorted(FINAL_BATCH_STATUSES)],
+                  keys.RATE_WINDOW_MS, keys.RESERVATION_TTL_MS],
         )  # fmt: skip
         if verdict == 1:
             raise TooManyRequests(

@@ -1,10 +1,10 @@
 """The promptbatch Python client: `Client`/`AsyncClient` submit prompts (or a template and its
 rows) and return a batch handle to wait on and read results from, streamed, as flat rows too."""
 
-from client.aio import AsyncBatch, AsyncClient
-from client.errors import APIConnectionError, APIError, PromptbatchError
-from client.inputs import read_batch_file, read_rows
-from client.sync import Batch, Client
+from promptbatch.aio import AsyncBatch, AsyncClient
+from promptbatch.errors import APIConnectionError, APIError, PromptbatchError
+from promptbatch.inputs import read_batch_file, read_rows
+from promptbatch.sync import Batch, Client
 from shared.chat import BatchParams, Message
 from shared.openai_format import OutputLine
 from shared.schemas import BatchCreate, BatchList, ItemResult, PromptItem, PromptTemplate

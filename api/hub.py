@@ -19,8 +19,9 @@ from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
 from shared.errors import NotFound
+from shared.progress import ProgressEvent
 from shared.schemas import FINAL_BATCH_STATUSES, Batch
-from shared.store import BatchStore, ProgressEvent
+from shared.store import BatchStore
 
 log = logging.getLogger("promptbatch.api")
 

@@ -12,8 +12,10 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.prompts import ChatPromptTemplate, SystemMessagePromptTemplate
 
+from api.items import UniqueIds
+from shared.batches import ItemRecord
 from shared.errors import InvalidRequest
-from shared.schemas import MAX_CUSTOM_ID, ItemRecord, PromptTemplate, RowValue, UniqueIds
+from shared.schemas import MAX_CUSTOM_ID, PromptTemplate, RowValue
 
 #: LangChain's message types as OpenAI's roles.
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}

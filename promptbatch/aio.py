@@ -1,8 +1,8 @@
-"""The blocking client: `Client(url).submit(prompts)` returns a `Batch` to wait on and read."""
+"""The asyncio client: `await AsyncClient(url).submit(prompts)` returns an `AsyncBatch`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from types import TracebackType
 from typing import Any, Unpack
@@ -10,18 +10,18 @@ from typing import Any, Unpack
 import httpx
 from rich.console import Console
 
-from client import _requests as req
-from client.errors import check, reaching
-from client.events import watch
-from client.progress import BatchProgress
-from client.rows import check_columns, flat_row, input_columns
+from promptbatch import _requests as req
+from promptbatch.display import BatchProgress
+from promptbatch.errors import check, reaching
+from promptbatch.events import awatch
+from promptbatch.rows import check_columns, flat_row, input_columns
 from shared import schemas
 from shared.openai_format import OutputLine, output_line
 from shared.schemas import BatchCreate, BatchList, ItemResult, RowValue
 
 
-class Client:
-    """A promptbatch API client. Close it when done (or use `with Client(...) as pb:`)."""
+class AsyncClient:
+    """`Client` for asyncio. Close it when done (or use `async with AsyncClient(...) as pb:`)."""
 
     def __init__(
         self,
@@ -29,71 +29,71 @@ class Client:
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
-        http: httpx.Client | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.http = http or httpx.Client(
+        self.http = http or httpx.AsyncClient(
             base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
         )
 
-    def __enter__(self) -> Client:
+    async def __aenter__(self) -> AsyncClient:
         return self
 
-    def __exit__(
+    async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        await self.aclose()
 
-    def close(self) -> None:
-        self.http.close()
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
-    def submit(
+    async def submit(
         self,
         prompts: Iterable[req.Prompt] | None = None,
         *,
         template: req.Template | None = None,
         inputs: Iterable[req.Row] | None = None,
         **options: Unpack[req.BatchOptions],
-    ) -> Batch:
+    ) -> AsyncBatch:
         """Submit one batch: `prompts` (strings, or `{"custom_id", "prompt" or "messages",
         "params"}`), or a `template` (a human message's text, `(role, text)` pairs or a
         `PromptTemplate`) filled from each row of `inputs`. `options` are `model`, `system`,
         `params`, `max_concurrency` and `metadata`."""
         request = req.batch_request(prompts, template=template, inputs=inputs, **options)
-        return self.create(request)
+        return await self.create(request)
 
-    def create(self, request: BatchCreate) -> Batch:
+    async def create(self, request: BatchCreate) -> AsyncBatch:
         """Submit a batch built as the API's own `BatchCreate` body."""
-        response = self._send(
+        response = await self._send(
             "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
         )
         info = schemas.Batch.model_validate_json(response.content)
-        return Batch(self, info, inputs=request.inputs)
+        return AsyncBatch(self, info, inputs=request.inputs)
 
-    def get(self, batch_id: str) -> Batch:
+    async def get(self, batch_id: str) -> AsyncBatch:
         """The batch with this id, as it is now."""
-        return Batch(self, self._read(batch_id))
+        return AsyncBatch(self, await self._read(batch_id))
 
-    def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
+    async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """Batches, newest first; pass `next_after` as `after` for the next page."""
         query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
-        return BatchList.model_validate_json(self._send("GET", "/v1/batches", params=query).content)
+        response = await self._send("GET", "/v1/batches", params=query)
+        return BatchList.model_validate_json(response.content)
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with reaching(self.http.base_url):
-            return check(self.http.request(method, path, **kwargs))
+            return check(await self.http.request(method, path, **kwargs))
 
-    def _read(self, batch_id: str) -> schemas.Batch:
-        return schemas.Batch.model_validate_json(
-            self._send("GET", req.batch_path(batch_id)).content
-        )
+    async def _read(self, batch_id: str) -> schemas.Batch:
+        response = await self._send("GET", req.batch_path(batch_id))
+        return schemas.Batch.model_validate_json(response.content)
 
 
-class Batch:
+class AsyncBatch:
     """A submitted batch. `info` is its last snapshot (status, counts, usage)."""
 
     def __init__(
         self,
-        client: Client,
+        client: AsyncClient,
         info: schemas.Batch,
         *,
         inputs: Sequence[Mapping[str, RowValue]] | None = None,
@@ -104,60 +104,58 @@ class Batch:
         self.inputs = inputs
 
     def __repr__(self) -> str:
-        return f"<Batch {self.id} {self.info.status}>"
+        return f"<AsyncBatch {self.id} {self.info.status}>"
 
     @property
     def id(self) -> str:
         return self.info.id
 
-    def refresh(self) -> schemas.Batch:
-        self.info = self.client._read(self.id)
+    async def refresh(self) -> schemas.Batch:
+        self.info = await self.client._read(self.id)
         return self.info
 
-    def wait(
+    async def wait(
         self, *, progress: bool = False, console: Console | None = None, poll_s: float = req.POLL_S
-    ) -> Batch:
-        """Block until the batch is final, with a live progress bar when `progress`."""
+    ) -> AsyncBatch:
+        """Wait until the batch is final, with a live progress bar when `progress`."""
         bar = BatchProgress(console) if progress else None
         with reaching(self.client.http.base_url), bar or nullcontext():
-            for snapshot in watch(self.client.http, self.id, poll_s):
+            async for snapshot in awatch(self.client.http, self.id, poll_s):
                 self.info = snapshot
                 if bar is not None:
                     bar.update(snapshot)
         return self
 
-    def results(self) -> Iterator[ItemResult]:
+    async def results(self) -> AsyncIterator[ItemResult]:
         """Every item in input order, streamed: one line read at a time, never all at once."""
-        http = self.client.http
+        http, path = self.client.http, req.batch_path(self.id, "/results")
         headers = {"Accept": req.NDJSON}
-        with (
-            reaching(http.base_url),
-            http.stream("GET", req.batch_path(self.id, "/results"), headers=headers) as response,
-        ):
-            if response.is_error:
-                response.read()
-                check(response)
-            for line in response.iter_lines():
-                if line:
-                    yield ItemResult.model_validate_json(line)
+        with reaching(http.base_url):
+            async with http.stream("GET", path, headers=headers) as response:
+                if response.is_error:
+                    await response.aread()
+                    check(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield ItemResult.model_validate_json(line)
 
-    def rows(self) -> Iterator[dict[str, Any]]:
+    async def rows(self) -> AsyncIterator[dict[str, Any]]:
         """One flat dict per item, in input order, streamed: its input row's columns (when this
         handle was submitted with `inputs`), else `custom_id`; then `output`, `status`, `error`
         (`"<type>: <message>"`), `output_json` and `finish_reason`. For `pd.DataFrame(...)`."""
         if self.inputs is not None:
             check_columns(input_columns(self.inputs))
-        for item in self.results():
+        async for item in self.results():
             yield flat_row(item, self.inputs)
 
-    def openai_results(self) -> Iterator[OutputLine]:
+    async def openai_results(self) -> AsyncIterator[OutputLine]:
         """Finished items as OpenAI Batch output lines (pending items are left out)."""
-        for item in self.results():
+        async for item in self.results():
             if (line := output_line(item, self.info)) is not None:
                 yield line
 
-    def cancel(self) -> schemas.Batch:
+    async def cancel(self) -> schemas.Batch:
         """Ask the batch to stop: no new items start; finished results are kept."""
-        response = self.client._send("POST", req.batch_path(self.id, "/cancel"))
+        response = await self.client._send("POST", req.batch_path(self.id, "/cancel"))
         self.info = schemas.Batch.model_validate_json(response.content)
         return self.info

@@ -1,0 +1,78 @@
+"""A batch's life as the API drives it: submitted (stored with its queued work in one
+transaction), cancelled, deleted."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+from redis.asyncio import Redis
+
+from shared import jobs, keys
+from shared.batches import BatchPlan, Idempotency
+from shared.errors import Conflict, NotFound
+from shared.schemas import FINAL_BATCH_STATUSES, Batch
+from shared.settings import Settings
+from shared.store import BatchStore
+
+
+def idempotency_for(
+    owner: str, idempotency_key: str | None, request_hash: str, settings: Settings
+) -> Idempotency | None:
+    """Where an owner's `Idempotency-Key` is remembered, with the request it came with."""
+    if idempotency_key is None:
+        return None
+    key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return Idempotency(keys.idempotency(owner, key_hash), request_hash, settings.idempotency_ttl_s)
+
+
+async def submit(
+    store: BatchStore,
+    plan: BatchPlan,
+    settings: Settings,
+    *,
+    idempotency: Idempotency | None = None,
+    owner: str = keys.PUBLIC_OWNER,
+) -> tuple[Batch, bool]:
+    """Store a batch and queue its chunks in one transaction. With an `Idempotency-Key`, a
+    repeat of an earlier request returns that request's batch; returns (batch, created)."""
+    return await store.create(
+        plan,
+        chunk_size=settings.chunk_size,
+        owner=owner,
+        stage=jobs.stage_chunks,
+        idempotency=idempotency,
+    )
+
+
+async def cancel(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> Batch:
+    """Stop a batch: no new provider call starts for it. Chunks no worker has claimed leave the
+    queue and their items are cancelled here; workers running the others notice within
+    `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest. Another
+    owner's batch is NotFound."""
+    await store.get(batch_id, owner)
+    await store.request_cancel(batch_id)
+    spec = await store.spec(batch_id)
+    if spec is not None:
+        job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
+        running = await jobs.claimed(redis, job_ids)
+        idle = [chunk for chunk, claimed in enumerate(running) if not claimed]
+        await jobs.drop_jobs(redis, [job_ids[chunk] for chunk in idle])
+        for chunk in idle:
+            await store.cancel_pending(spec, chunk)
+    return await store.get(batch_id)
+
+
+async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> None:
+    """Delete a batch, its results and its queued work. A running batch is cancelled first;
+    its workers notice the batch is gone and stop, and their writes find nothing to write to.
+    Another owner's batch is NotFound."""
+    await store.get(batch_id, owner)
+    spec = await store.spec(batch_id)
+    if spec is None:
+        raise NotFound(f"No batch {batch_id}.")
+    if spec.status not in FINAL_BATCH_STATUSES:
+        with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
+            await store.request_cancel(batch_id)
+    await store.remove(batch_id)
+    await jobs.drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)])

@@ -1,0 +1,66 @@
+"""Submission planning: a request body checked against the configured limits and made into the
+batch the store writes (items resolved, a template rendered over its rows, defaults applied)."""
+
+from __future__ import annotations
+
+from api.items import check_params, resolve_items
+from api.templates import render_rows
+from shared.batches import BatchPlan
+from shared.errors import InvalidRequest
+from shared.schemas import BatchCreate
+from shared.settings import Settings
+
+
+def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
+    """Apply the configured limits and defaults, render a template over its rows; raise
+    InvalidRequest naming the field."""
+    _check_source(request)
+    count = len(request.prompts or request.inputs or ())
+    if count > settings.max_prompts:
+        what = "prompts" if request.prompts is not None else "inputs"
+        raise InvalidRequest(
+            f"A batch holds at most {settings.max_prompts} prompts; got {count}.", param=what
+        )
+    concurrency = request.max_concurrency or settings.default_concurrency
+    if concurrency > settings.max_concurrency:
+        raise InvalidRequest(
+            f"max_concurrency is at most {settings.max_concurrency}.", param="max_concurrency"
+        )
+    check_params(request.params, settings, "params")
+    if request.system is not None and len(request.system) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"system is longer than {settings.max_prompt_chars} characters.", param="system"
+        )
+    system = request.system
+    if request.template is not None and request.inputs is not None:
+        rendered = render_rows(
+            request.template, request.inputs, settings.max_prompt_chars, hoist=system is None
+        )
+        items, system = rendered.items, system or rendered.system
+    else:
+        items = resolve_items(request.prompts or [], settings)
+    return BatchPlan(
+        items=items,
+        model=request.model or settings.default_model,
+        system=system,
+        params=request.params,
+        max_concurrency=concurrency,
+        metadata=request.metadata,
+        max_total_tokens=request.max_total_tokens,
+        provider=settings.resolved_provider,
+    )
+
+
+def _check_source(request: BatchCreate) -> None:
+    """Items come from `prompts`, or from a `template` filled from `inputs`: one of the two."""
+    if request.prompts is not None:
+        if request.template is not None or request.inputs is not None:
+            raise InvalidRequest(
+                "Give prompts, or a template with inputs, not both.", param="template"
+            )
+    elif request.template is None and request.inputs is None:
+        raise InvalidRequest("A batch needs prompts (or a template with inputs).", param="prompts")
+    elif request.template is None:
+        raise InvalidRequest("inputs are the rows of a template: give one.", param="template")
+    elif request.inputs is None:
+        raise InvalidRequest("A template needs inputs: the rows to fill it.", param="inputs")

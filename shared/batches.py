@@ -1,0 +1,341 @@
+"""The data model of batches: creating one (with its items and queued work, or not at all),
+reading it, and its status changes. Layout in `shared/keys.py`; scripts in `shared/lua/`."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from shared import keys
+from shared.chat import BatchParams
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.model import PAGE, ModelPart, decode, from_ms, usage_of
+from shared.schemas import (
+    FINAL_ITEM_STATUSES,
+    Batch,
+    BatchList,
+    BatchStatus,
+    ErrorInfo,
+    Pacing,
+    Provider,
+    RequestCounts,
+)
+
+#: An item as stored: `(custom_id, prompt or messages)`, and its own params when it has any.
+ItemBody = str | list[dict[str, Any]]
+ItemRecord = tuple[str, ItemBody] | tuple[str, ItemBody, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """A validated submission, ready to store: items resolved, defaults and limits applied."""
+
+    items: list[ItemRecord]
+    model: str
+    system: str | None
+    params: BatchParams
+    max_concurrency: int
+    metadata: dict[str, str] | None
+    provider: Provider
+    max_total_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An `Idempotency-Key` (its Redis key), the hash of the request it came with, its TTL."""
+
+    key: str
+    request_hash: str
+    ttl_s: int
+
+
+#: Adds the commands that queue a new batch's chunks to the transaction that stores it.
+StageJobs = Callable[[Pipeline, str, Iterable[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """What a worker needs to run a batch's items."""
+
+    id: str
+    status: BatchStatus
+    model: str
+    provider: Provider
+    system: str | None
+    params: BatchParams
+    max_concurrency: int
+    total: int
+    chunk_size: int
+    max_total_tokens: int | None = None
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks (jobs) the batch's items are split into."""
+        return -(-self.total // self.chunk_size)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        """The item indices [start, stop) of one chunk."""
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.total)
+
+
+def new_batch_id() -> str:
+    """A random, unguessable batch id."""
+    return f"batch_{secrets.token_hex(16)}"
+
+
+class Batches(ModelPart):
+    """Batches in Redis: the only code that knows a batch hash's fields."""
+
+    async def create(
+        self,
+        plan: BatchPlan,
+        *,
+        chunk_size: int,
+        owner: str = keys.PUBLIC_OWNER,
+        stage: StageJobs | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[Batch, bool]:
+        """Store a new batch and its items in one transaction; nothing is half-written.
+
+        `stage` adds the commands that queue the batch's chunks to the same transaction, so a
+        batch is stored if and only if its work is queued. With `idempotency`, a request seen
+        before returns its batch instead (the bool is False), and the same key with another
+        request is a Conflict. Returns the batch and whether this call created it.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    if idempotency is not None:
+                        earlier = await self._earlier(pipe, idempotency)
+                        if earlier is not None:
+                            return earlier, False
+                    batch = self._stage_batch(pipe, plan, chunk_size, owner, stage)
+                    if idempotency is not None:
+                        pipe.set(
+                            idempotency.key,
+                            f"{batch.id} {idempotency.request_hash}",
+                            ex=idempotency.ttl_s,
+                        )
+                    await pipe.execute()
+                    return batch, True
+                except WatchError:  # the same key, concurrently: read what the other stored
+                    continue
+
+    async def repeat_of(self, idempotency: Idempotency) -> Batch | None:
+        """The batch an earlier request with this key made, if it still exists (a plain read:
+        `create` checks again inside its transaction). Another request body is a Conflict."""
+        stored = await self.redis.get(idempotency.key)
+        if stored is None:
+            return None
+        raw = await self.redis.hgetall(keys.batch(_earlier_batch_id(stored, idempotency)))  # type: ignore[misc]
+        return batch_from_fields(decode(raw)) if raw else None
+
+    async def _earlier(self, pipe: Pipeline, idempotency: Idempotency) -> Batch | None:
+        """The batch an earlier request with this key made, if it still exists; watches the
+        key so that a concurrent request with it makes the transaction retry."""
+        await pipe.watch(idempotency.key)
+        stored = await pipe.get(idempotency.key)
+        try:
+            batch_id = None if stored is None else _earlier_batch_id(stored, idempotency)
+        except Conflict:
+            await pipe.reset()  # type: ignore[no-untyped-call]
+            raise
+        raw = {} if batch_id is None else await pipe.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        if not raw:  # never used, or its batch was deleted or expired: this request makes one
+            pipe.multi()  # type: ignore[no-untyped-call]
+            return None
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        return batch_from_fields(decode(raw))
+
+    def _stage_batch(
+        self,
+        pipe: Pipeline,
+        plan: BatchPlan,
+        chunk_size: int,
+        owner: str,
+        stage: StageJobs | None,
+    ) -> Batch:
+        batch_id = new_batch_id()
+        now_us = time.time_ns() // 1000
+        fields: dict[str, str | int] = {
+            "id": batch_id,
+            "owner": owner,
+            "status": "queued",
+            "model": plan.model,
+            "provider": plan.provider,
+            "params": plan.params.model_dump_json(exclude_none=True),
+            "max_concurrency": plan.max_concurrency,
+            "created_at": now_us // 1000,
+            "total": len(plan.items),
+            "chunk_size": chunk_size,
+        }
+        if plan.system is not None:
+            fields["system"] = plan.system
+        if plan.metadata is not None:
+            fields["metadata"] = json.dumps(plan.metadata, ensure_ascii=False)
+        if plan.max_total_tokens is not None:
+            fields["max_total_tokens"] = plan.max_total_tokens
+        encoded = [orjson.dumps(item) for item in plan.items]  # 50,000 items: 90 ms with json
+        pipe.hset(keys.batch(batch_id), mapping=fields)
+        for start in range(0, len(encoded), PAGE):
+            pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
+        pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
+        pipe.zadd(keys.ACTIVE, {batch_id: now_us})
+        pipe.hincrby(keys.STATS, "batches:created", 1)
+        if stage is not None:
+            stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
+        return batch_from_fields({k: str(v) for k, v in fields.items()})
+
+    async def remove(self, batch_id: str) -> None:
+        """Delete every key of a batch and drop it from its owner's list."""
+        owner = await self.redis.hget(keys.batch(batch_id), "owner")  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys.batch_keys(batch_id))
+            if owner is not None:
+                pipe.zrem(keys.batch_index(owner.decode()), batch_id)
+            pipe.zrem(keys.ACTIVE, batch_id)
+            await pipe.execute()
+
+    async def get(self, batch_id: str, owner: str | None = None) -> Batch:
+        """The batch; NotFound when it is unknown or, with `owner`, belongs to another owner."""
+        raw = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        if not raw or not owned_by(raw.get(b"owner"), owner):
+            raise NotFound(f"No batch {batch_id}.")
+        return batch_from_fields(decode(raw))
+
+    async def list_batches(
+        self, owner: str = keys.PUBLIC_OWNER, *, limit: int, after: str | None = None
+    ) -> BatchList:
+        """An owner's batches, newest first, `limit` after the batch id `after`."""
+        index = keys.batch_index(owner)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                raise InvalidRequest(f"No batch {after} to list after.", param="after")
+            start = rank + 1
+        while True:  # one more than the page, to know whether more follow
+            ids = [i.decode() for i in await self.redis.zrevrange(index, start, start + limit)]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch_id in ids:
+                    pipe.hgetall(keys.batch(batch_id))
+                rows = await pipe.execute()
+            expired = [batch_id for batch_id, row in zip(ids, rows, strict=True) if not row]
+            if not expired:
+                break
+            await self.redis.zrem(index, *expired)  # past their retention: out of the index too
+        data = [batch_from_fields(decode(row)) for row in rows[:limit]]
+        has_more = len(ids) > limit
+        return BatchList(data=data, has_more=has_more, next_after=data[-1].id if has_more else None)
+
+    # -- the worker side ---------------------------------------------------------------------
+
+    async def spec(self, batch_id: str) -> BatchSpec | None:
+        """What a worker needs to run the batch, or None if the batch is gone."""
+        raw = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        f = decode(raw)
+        return BatchSpec(
+            id=batch_id,
+            status=cast(BatchStatus, f["status"]),
+            model=f["model"],
+            provider=cast(Provider, f["provider"]),
+            system=f.get("system"),
+            params=BatchParams.model_validate_json(f["params"]),
+            max_concurrency=int(f["max_concurrency"]),
+            max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
+            total=int(f["total"]),
+            chunk_size=int(f["chunk_size"]),
+        )
+
+    async def mark_started(self, batch_id: str) -> bool:
+        """queued -> in_progress; True if this call started the batch."""
+        return bool(await self.run_script("start", batch_id))
+
+    async def fail(self, batch_id: str, error: ErrorInfo) -> bool:
+        """Mark the whole batch failed with a reason, unless it is already final."""
+        args: list[str | int] = [error.model_dump_json(), self.result_ttl_ms]
+        return bool(await self.run_script("fail", batch_id, args))
+
+    async def request_cancel(self, batch_id: str) -> bool:
+        """Ask a queued or running batch to stop. False if it was already cancelling;
+        Conflict if it is final; NotFound if there is no such batch."""
+        code = cast(int, await self.run_script("cancel", batch_id))
+        if code == -2:
+            raise NotFound(f"No batch {batch_id}.")
+        if code == -1:
+            status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
+            raise Conflict(f"Batch {batch_id} is already {status.decode()}; nothing to cancel.")
+        return code == 1
+
+    async def statuses(self, batch_ids: Sequence[str]) -> list[str | None]:
+        """Each batch's status, or None for a batch that no longer exists."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.hget(keys.batch(batch_id), "status")
+            found = await pipe.execute()
+        return [raw.decode() if raw is not None else None for raw in found]
+
+    async def stopped(self, batch_id: str) -> bool:
+        """Whether the batch takes no new calls (cancelling, final, or gone): checked before
+        each call of a batch with a token budget, so none starts once it is spent."""
+        status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
+        return status is None or cast(BatchStatus, status.decode()) != "in_progress"
+
+
+def owned_by(found: bytes | None, owner: str | None) -> bool:
+    """Whether a batch whose `owner` field is `found` may be read by `owner` (None: anyone)."""
+    return owner is None or found == owner.encode()
+
+
+def _earlier_batch_id(stored: bytes, idempotency: Idempotency) -> str:
+    """The batch id an `Idempotency-Key` was stored with; a Conflict if the request differs."""
+    batch_id, request_hash = stored.decode().split(" ")
+    if request_hash != idempotency.request_hash:
+        raise Conflict(
+            "This Idempotency-Key was used with a different request body.",
+            param="Idempotency-Key",
+        )
+    return batch_id
+
+
+def batch_from_fields(f: Mapping[str, str]) -> Batch:
+    """The batch object of a batch hash's fields."""
+    total = int(f["total"])
+    succeeded, failed, cancelled = (int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES)
+    metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
+    return Batch(
+        id=f["id"],
+        status=cast(BatchStatus, f["status"]),
+        model=f["model"],
+        provider=cast(Provider, f["provider"]),
+        created_at=cast(datetime, from_ms(f["created_at"])),
+        started_at=from_ms(f.get("started_at")),
+        finished_at=from_ms(f.get("finished_at")),
+        expires_at=from_ms(f.get("expires_at")),
+        request_counts=RequestCounts(
+            total=total,
+            succeeded=succeeded,
+            failed=failed,
+            cancelled=cancelled,
+            pending=total - succeeded - failed - cancelled,
+        ),
+        usage=usage_of(f),
+        max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
+        pacing=Pacing(
+            wait_s=int(f.get("paced_ms", 0)) / 1000, provider_429s=int(f.get("rate_limited", 0))
+        ),
+        metadata=metadata,
+        error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
+    )

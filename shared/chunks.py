@@ -1,0 +1,46 @@
+"""The data model of chunks: which of a batch's chunks still have work, and the runs of each
+that began and did not end (for the reconciler, and a worker resuming a dead one's chunk)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from shared import keys
+from shared.model import ModelPart
+from shared.schemas import FINAL_BATCH_STATUSES
+
+
+class Chunks(ModelPart):
+    """Chunks and their runs in Redis."""
+
+    async def begin_attempt(self, batch_id: str, chunk: int, run: str) -> int:
+        """Record run `run` of a chunk as started; returns the chunk's runs that started and
+        have not ended (this one included): the others' workers died."""
+        return cast(int, await self.run_script("attempt", batch_id, [chunk, run]))
+
+    async def end_attempt(self, batch_id: str, chunk: int, run: str) -> None:
+        """A run that ends (finished, stopped or released) does not count against the chunk.
+        Idempotent: safe to repeat when Redis did not answer."""
+        await self.redis.hdel(keys.attempts(batch_id), f"{chunk}:{run}")  # type: ignore[misc]
+
+    async def active_batches(self) -> list[str]:
+        """Ids of batches that are not known to be final, oldest first."""
+        return [raw.decode() for raw in await self.redis.zrange(keys.ACTIVE, 0, -1)]
+
+    async def unfinished_chunks(self, batch_id: str) -> list[int] | None:
+        """Chunks with items not yet final, or None when the batch is gone or final (and is
+        then dropped from the active set)."""
+        status, total, chunk_size = await self.redis.hmget(  # type: ignore[misc]
+            keys.batch(batch_id), ["status", "total", "chunk_size"]
+        )
+        if status is None or status.decode() in FINAL_BATCH_STATUSES:
+            await self.redis.zrem(keys.ACTIVE, batch_id)
+            return None
+        total, chunk_size = int(total), int(chunk_size)
+        final = await self.redis.hgetall(keys.chunks(batch_id))  # type: ignore[misc]
+        done = {int(chunk): int(count) for chunk, count in final.items()}
+        return [
+            chunk
+            for chunk in range(-(-total // chunk_size))
+            if done.get(chunk, 0) < min(chunk_size, total - chunk * chunk_size)
+        ]

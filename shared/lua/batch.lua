@@ -1,0 +1,18 @@
+-- What every batch script shares. The header above names its KEYS (`keys.BATCH_SCRIPT_KEYS`):
+-- the batch's own OWN_KEYS keys (meta, inputs, results, chunks, attempts, slots, events), then
+-- stats, the service-wide counters.
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local function event(...)
+  redis.call('XADD', events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', ...)
+end
+-- The batch is final: stamp it, count it, and let every one of its own keys expire after ttl ms.
+local function finish(status, ttl)
+  local now = now_ms()
+  redis.call('HSET', meta, 'status', status, 'finished_at', now, 'expires_at', now + ttl)
+  redis.call('HINCRBY', stats, 'batches:' .. status, 1)
+  event('k', 'status', 's', status)
+  for i = 1, OWN_KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+end

@@ -1,0 +1,54 @@
+-- Write results once each, with their counts and usage; one call takes many results (the
+-- worker groups those that finish while a write is on its way).
+-- KEYS: the batch's keys (see batch.lua).
+-- ARGV: ttl ms of a final batch, then STRIDE values per result: index, result JSON, item
+--   status, chunk, custom_id, then one number per SUM_FIELDS entry, added to that field of the
+--   batch and to the matching SUM_STATS counter.
+-- Returns one code per result: -1 when the batch is gone or already failed as a whole, 0 when
+-- the item already had a result (a repeated write changes nothing), 1 when written, 2 when
+-- written and it was the batch's last item (the batch is then final, exactly once).
+local codes = {}
+local status = redis.call('HGET', meta, 'status')
+if not status or status == STATUS.failed then
+  for i = 2, #ARGV, STRIDE do codes[#codes + 1] = -1 end
+  return codes
+end
+local total = tonumber(redis.call('HGET', meta, 'total'))
+local budget = tonumber(redis.call('HGET', meta, 'max_total_tokens'))
+for i = 2, #ARGV, STRIDE do
+  local index, item_status = ARGV[i], ARGV[i + 2]
+  if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
+    codes[#codes + 1] = 0
+  else
+    redis.call('HINCRBY', meta, item_status, 1)
+    for t, field in ipairs(SUM_FIELDS) do
+      local n = ARGV[i + 4 + t]
+      if n ~= '0' then
+        redis.call('HINCRBY', meta, field, n)
+        redis.call('HINCRBY', stats, SUM_STATS[t], n)
+      end
+    end
+    redis.call('HINCRBY', chunks, ARGV[i + 3], 1)
+    redis.call('HINCRBY', stats, 'items:' .. item_status, 1)
+    event('k', 'item', 'i', index, 's', item_status, 'c', ARGV[i + 4])
+    if redis.call('HINCRBY', meta, 'done', 1) < total then
+      codes[#codes + 1] = 1
+      if budget and status == STATUS.in_progress then
+        local used = redis.call('HMGET', meta, 'input_tokens', 'output_tokens')
+        if (tonumber(used[1]) or 0) + (tonumber(used[2]) or 0) >= budget then
+          -- The token budget is spent: no new call starts; the rest end cancelled.
+          status = STATUS.cancelling
+          redis.call('HSET', meta, 'status', status, 'cancel_requested_at', now_ms(),
+            'error', cjson.encode({type = BUDGET_EXCEEDED, message = 'The batch used its ' ..
+            'token budget of ' .. budget .. ' tokens (max_total_tokens), so no more items ' ..
+            'started.'}))
+          event('k', 'status', 's', status)
+        end
+      end
+    else
+      finish(status == STATUS.cancelling and STATUS.cancelled or STATUS.completed, ARGV[1])
+      codes[#codes + 1] = 2
+    end
+  end
+end
+return codes
