@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean bench
+.PHONY: install run test lint format clean bench fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The HTTP contract under schemathesis for 10 minutes, fresh seed (make test runs 30 s, seeded).
+fuzz: $(STAMP)
+	PROMPTBATCH_FUZZ_SECONDS=600 PROMPTBATCH_FUZZ_SEED= $(BIN)/pytest tests/fuzz
 
 # Service and direct abatch script side by side (several minutes): BENCHMARKS.md and its plot.
 bench: $(STAMP)

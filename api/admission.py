@@ -10,12 +10,13 @@ Workers write nothing for it: finished batches are pruned from the index as it i
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from api.lifecycle import idempotency_for, submit
@@ -25,8 +26,6 @@ from shared.errors import InvalidRequest, TooManyRequests
 from shared.schemas import Batch
 from shared.settings import Settings
 from shared.store import BatchStore
-
-log = logging.getLogger("promptbatch.limits")
 
 #: Retry-After when a key's queue is full: prompts finish at the provider's pace, not ours.
 QUEUE_FULL_RETRY_S = 5
@@ -82,19 +81,21 @@ class Limits:
             )
         return Admission(owner=owner, token=token)
 
-    async def settle(self, admission: Admission | None, batch_id: str) -> None:
-        """The batch is stored and queued: it now counts through the owner's active index."""
+    def settle(self, admission: Admission | None) -> Callable[[Pipeline, str], None] | None:
+        """What the transaction that stores the batch must also do: from then on it counts
+        through the owner's active index, and its reservation is given back. In the same
+        transaction, so that no stored batch escapes the ceiling."""
         if admission is None or not self.max_queued:
-            return
-        active = keys.active_batches(admission.owner)
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(active, batch_id)
-                pipe.pexpire(active, keys.ACTIVE_TTL_MS)
-                pipe.hdel(keys.reservations(admission.owner), admission.token)
-                await pipe.execute()
-        except RedisError as exc:  # the batch is accepted; its reservation lapses on its own
-            log.warning("could not index batch %s as active (%s)", batch_id, type(exc).__name__)
+            return None
+        owner, token = admission.owner, admission.token
+        active, reservations = keys.active_batches(owner), keys.reservations(owner)
+
+        def settle(pipe: Pipeline, batch_id: str) -> None:
+            pipe.sadd(active, batch_id)
+            pipe.pexpire(active, keys.ACTIVE_TTL_MS)
+            pipe.hdel(reservations, token)
+
+        return settle
 
     async def release(self, admission: Admission | None) -> None:
         """The submission did not happen: give back its reserved room and its rate entry."""
@@ -125,12 +126,13 @@ async def submit_within_limits(
         return earlier, False
     admission = await limits.admit(owner, len(plan.items))
     try:
-        batch, created = await submit(store, plan, settings, owner=owner, idempotency=idempotency)
+        batch, created = await submit(
+            store, plan, settings, owner=owner, idempotency=idempotency,
+            also=limits.settle(admission),
+        )  # fmt: skip
     except BaseException:
         await limits.release(admission)
         raise
-    if created:
-        await limits.settle(admission, batch.id)
-    else:  # the same request, concurrently: the other one's batch
+    if not created:  # the same request, concurrently: the other one's batch
         await limits.release(admission)
     return batch, created

@@ -1,100 +1,108 @@
-"""Request bodies beyond JSON: an OpenAI Batch input file posted as NDJSON becomes the same
-`BatchCreate` JSON body, so the route, its validation and its OpenAPI schema stay as they are."""
+"""The body of a submission, read and validated off the event loop: JSON as `BatchCreate`, or an
+OpenAI Batch input file as NDJSON, which becomes the same `BatchCreate`.
+
+A body is counted before anything in it is validated (a batch over `PROMPTBATCH_MAX_PROMPTS`
+is refused without looking at one prompt), and a large one is parsed and validated in a thread:
+no submission holds the loop that answers every other request.
+"""
 
 from __future__ import annotations
 
 import email.message
-from collections.abc import Callable, Coroutine
-from typing import Any, get_type_hints
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
-from starlette.types import Message
+import orjson
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from api.deps import SettingsDep
 from shared.errors import InvalidRequest
-from shared.openai_format import as_line_error, numbered_batch
+from shared.openai_format import numbered_batch
 from shared.schemas import BatchCreate
+from shared.settings import Settings
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl"})
 
-_NDJSON_DOC = {
-    "schema": {"type": "string"},
-    "example": (
-        '{"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": '
-        '"gpt-4o-mini", "messages": [{"role": "user", "content": "Where is Seoul?"}]}}\n'
-    ),
-}
-_NDJSON_DESCRIPTION = (
-    "JSON as `BatchCreate`, or an OpenAI Batch input file as `application/x-ndjson`: one "
-    "request line a line (`custom_id`, `method`, `url` `/v1/chat/completions`, `body` with "
-    "`model`, `messages` and chat-completion params). Every line keeps its own messages and "
-    "params; one model per batch. Errors name the line counted from 1, as in "
-    "`line[3].body.model`."
-)
+#: Bodies up to this size are read on the loop (parsing them costs well under a millisecond);
+#: larger ones in a thread.
+INLINE_BYTES = 64 * 1024
 
 
-class BatchBodyRoute(APIRoute):
-    """A route that takes a `BatchCreate` body also takes it as OpenAI Batch NDJSON."""
+@dataclass(frozen=True, slots=True)
+class SubmittedBody:
+    """A submission's validated body; `lines` is the line number (from 1) of each item when it
+    came as OpenAI Batch NDJSON, so that later errors can name the line."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if _takes_batch(endpoint):
-            extra = kwargs.get("openapi_extra") or {}
-            body = extra.setdefault("requestBody", {})
-            body.setdefault("description", _NDJSON_DESCRIPTION)
-            body.setdefault("content", {})["application/x-ndjson"] = _NDJSON_DOC
-            kwargs["openapi_extra"] = extra
-        super().__init__(path, endpoint, **kwargs)
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        if not _takes_batch(self.endpoint):
-            return handler
-
-        async def handle(request: Request) -> Response:
-            if _media_type(request) not in NDJSON_TYPES:
-                return await handler(request)
-            request, numbers = await _as_json(request)
-            try:
-                return await handler(request)
-            except InvalidRequest as exc:  # found planning the batch: name the line
-                raise as_line_error(exc, numbers) from None
-
-        return handle
+    request: BatchCreate
+    lines: list[int] | None = None
 
 
-def _takes_batch(endpoint: Callable[..., Any]) -> bool:
-    return BatchCreate in get_type_hints(endpoint).values()
+async def read_batch_body(request: Request, settings: SettingsDep) -> SubmittedBody:
+    """The submission's body, counted, parsed and validated (in a thread when it is large)."""
+    raw = await request.body()
+    ndjson = _media_type(request) in NDJSON_TYPES
+    read = _from_ndjson if ndjson else _from_json
+    if len(raw) <= INLINE_BYTES:
+        return read(raw, settings)
+    return await run_in_threadpool(read, raw, settings)
+
+
+BatchBody = Annotated[SubmittedBody, Depends(read_batch_body)]
+
+
+def _from_json(raw: bytes, settings: Settings) -> SubmittedBody:
+    if not raw.strip():
+        raise RequestValidationError([_error("missing", (), "Field required")])
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        error = _error("json_invalid", (exc.pos,), "JSON decode error")
+        raise RequestValidationError([error]) from None
+    if isinstance(data, dict):
+        for field in ("prompts", "inputs"):
+            entries = data.get(field)
+            if isinstance(entries, list) and len(entries) > settings.max_prompts:
+                raise _too_many(len(entries), settings, field)
+    try:
+        return SubmittedBody(BatchCreate.model_validate(data))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _from_ndjson(raw: bytes, settings: Settings) -> SubmittedBody:
+    lines = raw.count(b"\n") + 1
+    if lines > settings.max_prompts:  # blank lines are rare: count them only when it matters
+        lines = sum(1 for line in raw.split(b"\n") if line.strip())
+        if lines > settings.max_prompts:
+            raise _too_many(lines, settings, f"line[{settings.max_prompts + 1}]")
+    try:
+        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The body is not UTF-8 text.") from None
+    # Lines end at "\n" only: str.splitlines() also splits at U+2028, U+2029 and U+0085,
+    # which JSON allows raw inside strings (json.dumps(..., ensure_ascii=False) writes them).
+    request, numbers = numbered_batch(text.split("\n"))
+    return SubmittedBody(request, numbers)
+
+
+def _too_many(count: int, settings: Settings, param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"A batch holds at most {settings.max_prompts} prompts; got {count}.", param=param
+    )
+
+
+def _error(type_: str, loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
+    """A validation error as FastAPI reports one about the body."""
+    return {"type": type_, "loc": ("body", *loc), "msg": msg, "input": None}
 
 
 def _media_type(request: Request) -> str:
     message = email.message.Message()
     message["content-type"] = request.headers.get("content-type", "")
     return message.get_content_type()
-
-
-async def _as_json(request: Request) -> tuple[Request, list[int]]:
-    """The same request with its NDJSON body converted to a `BatchCreate` JSON body, and the
-    line number of each item."""
-    try:
-        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first line.
-        text = (await request.body()).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidRequest("The body is not UTF-8 text.") from None
-    # Lines end at "\n" only: str.splitlines() also splits at U+2028, U+2029 and U+0085,
-    # which JSON allows raw inside strings (json.dumps(..., ensure_ascii=False) writes them).
-    batch, numbers = numbered_batch(text.split("\n"))
-    payload = batch.model_dump_json(exclude_none=True)
-    headers = [
-        (k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")
-    ]
-    headers += [(b"content-type", b"application/json")]
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await request.receive()
-        sent = True
-        return {"type": "http.request", "body": payload.encode(), "more_body": False}
-
-    return Request({**request.scope, "headers": headers}, receive), numbers

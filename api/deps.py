@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from redis.asyncio import Redis
 
 from api.admission import Limits
 from api.hub import EventHub
+from api.streams import StreamSlots
+from shared.batches import is_batch_id
+from shared.errors import NotFound
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -21,6 +24,7 @@ class AppState(TypedDict):
     store: BatchStore
     events: EventHub
     limits: Limits
+    streams: StreamSlots
 
 
 # The getters are `async def` although they only read the request's state: FastAPI runs a
@@ -45,8 +49,25 @@ async def get_limits(request: Request) -> Limits:
     return cast(Limits, request.state.limits)
 
 
+async def get_streams(request: Request) -> StreamSlots:
+    return cast(StreamSlots, request.state.streams)
+
+
+async def get_batch_id(batch_id: Annotated[str, Path(examples=[EXAMPLE_ID])]) -> str:
+    """The `{batch_id}` of the path; one that is not of a batch id's form is a 404 at once,
+    before any Redis call."""
+    if not is_batch_id(batch_id):
+        shown = batch_id if len(batch_id) <= 64 else batch_id[:64] + "…"
+        raise NotFound(f"No batch {shown}.")  # as for an id that could exist: nothing to learn
+    return batch_id
+
+
+EXAMPLE_ID = "batch_" + "0" * 32
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+BatchId = Annotated[str, Depends(get_batch_id)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StoreDep = Annotated[BatchStore, Depends(get_store)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
+StreamsDep = Annotated[StreamSlots, Depends(get_streams)]

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from shared.errors import AppError
 from shared.schemas import ErrorBody, ErrorDetail
@@ -96,10 +97,26 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request_error", message, param)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, type_, str(exc.detail), headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+    return error_response(exc.status_code, type_, str(exc.detail), headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route takes at this path (Starlette names only the first route's)."""
+    routes = [r for r in request.app.router.routes if isinstance(r, BaseRoute)]
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:

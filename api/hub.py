@@ -200,9 +200,17 @@ class EventHub:
         self._readers.clear()
 
 
+#: A Redis stream id: two 64-bit numbers (at most 20 digits each).
+_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+
+
 def valid_event_id(value: str | None) -> str | None:
-    """A `Last-Event-ID` this stream can resume from, or None to start from now."""
-    return value if value is not None and re.fullmatch(r"\d+-\d+", value) else None
+    """A `Last-Event-ID` this stream can resume from, or None to start from now (anything else,
+    however long, is ignored like a missing one)."""
+    found = _STREAM_ID.fullmatch(value) if value is not None and len(value) <= 41 else None
+    if found is None or max(int(found[1]), int(found[2])) >= 2**64:
+        return None
+    return value
 
 
 def _batch_event(batch: Batch, event_id: str) -> ServerSentEvent:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import jobs, keys
 from shared.batches import BatchPlan, Idempotency
@@ -33,15 +35,19 @@ async def submit(
     *,
     idempotency: Idempotency | None = None,
     owner: str = keys.PUBLIC_OWNER,
+    also: Callable[[Pipeline, str], None] | None = None,
 ) -> tuple[Batch, bool]:
-    """Store a batch and queue its chunks in one transaction. With an `Idempotency-Key`, a
-    repeat of an earlier request returns that request's batch; returns (batch, created)."""
+    """Store a batch and queue its chunks in one transaction, with whatever `also` adds to it.
+    With an `Idempotency-Key`, a repeat of an earlier request returns that request's batch;
+    returns (batch, created)."""
+
+    def stage(pipe: Pipeline, batch_id: str, chunks: Iterable[int]) -> None:
+        jobs.stage_chunks(pipe, batch_id, chunks)
+        if also is not None:
+            also(pipe, batch_id)
+
     return await store.create(
-        plan,
-        chunk_size=settings.chunk_size,
-        owner=owner,
-        stage=jobs.stage_chunks,
-        idempotency=idempotency,
+        plan, chunk_size=settings.chunk_size, owner=owner, stage=stage, idempotency=idempotency
     )
 
 

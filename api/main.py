@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.admission import Limits
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.hub import EventHub
 from api.middleware import BodyLimit, QuietErrors
+from api.openapi import install_openapi
 from api.routes import batches, health, metrics
+from api.streams import StreamSlots
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
 
@@ -24,11 +26,15 @@ log = logging.getLogger("promptbatch.api")
 def connect(settings: Settings) -> Redis:
     """The API's client: connects lazily, never blocks at start, and fails fast (a 503) rather
     than retrying while Redis is away."""
-    pool = ConnectionPool.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.require_redis_url(),
+        # Bounded: streams and requests wait (then 503) rather than take every connection.
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s,
         health_check_interval=30,
+        client_name="promptbatch-api",  # so an operator sees in CLIENT LIST whose they are
     )
     return Redis(connection_pool=pool)
 
@@ -54,6 +60,7 @@ def _lifespan(
             redis=redis,
             store=store,
             limits=Limits(redis, resolved),
+            streams=StreamSlots(redis, resolved.max_streams_per_key),
             events=events,
         )
         try:
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Run large LLM prompt batches on your own infrastructure.",
         lifespan=_lifespan(settings),
     )
+    install_openapi(app, settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(QuietErrors)  # added last: the outermost, it sees every error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 
@@ -21,6 +22,13 @@ Prompt = str | PromptItem | Mapping[str, Any]
 Template = str | Sequence[tuple[str, str]] | PromptTemplate
 #: A template's row: its variables (and optionally its `custom_id`), as from `csv.DictReader`.
 Row = Mapping[str, Any]
+
+
+def submit_headers(idempotency_key: str | None) -> dict[str, str]:
+    """A submission's headers: its JSON body, and the `Idempotency-Key` (the one given, else a
+    fresh random one) that makes a repeat of it, a retry, return the batch the first made."""
+    key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
+    return {**JSON_BODY, "Idempotency-Key": key}
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ import httpx
 from rich.console import Console
 
 from promptbatch import _requests as req
+from promptbatch import _retry
 from promptbatch.display import BatchProgress
 from promptbatch.errors import check, reaching
 from promptbatch.events import awatch
@@ -21,7 +22,8 @@ from shared.schemas import BatchCreate, BatchList, ItemResult, RowValue
 
 
 class AsyncClient:
-    """`Client` for asyncio. Close it when done (or use `async with AsyncClient(...) as pb:`)."""
+    """`Client` for asyncio. Close it when done (or use `async with AsyncClient(...) as pb:`).
+    Submits and reads are retried as `Client`'s are (`max_retries`, `retry_backoff_s`)."""
 
     def __init__(
         self,
@@ -30,10 +32,15 @@ class AsyncClient:
         api_key: str | None = None,
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
+        max_retries: int = _retry.MAX_RETRIES,
+        retry_backoff_s: float = _retry.BACKOFF_S,
     ) -> None:
+        _retry.check_options(max_retries, retry_backoff_s)
         self.http = http or httpx.AsyncClient(
             base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
         )
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -52,19 +59,24 @@ class AsyncClient:
         *,
         template: req.Template | None = None,
         inputs: Iterable[req.Row] | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[req.BatchOptions],
     ) -> AsyncBatch:
         """Submit one batch: `prompts` (strings, or `{"custom_id", "prompt" or "messages",
         "params"}`), or a `template` (a human message's text, `(role, text)` pairs or a
         `PromptTemplate`) filled from each row of `inputs`. `options` are `model`, `system`,
-        `params`, `max_concurrency` and `metadata`."""
+        `params`, `max_concurrency` and `metadata`. `idempotency_key` (default: a fresh random
+        one) is sent with every attempt: the same key and body give the same batch."""
         request = req.batch_request(prompts, template=template, inputs=inputs, **options)
-        return await self.create(request)
+        return await self.create(request, idempotency_key=idempotency_key)
 
-    async def create(self, request: BatchCreate) -> AsyncBatch:
-        """Submit a batch built as the API's own `BatchCreate` body."""
+    async def create(
+        self, request: BatchCreate, *, idempotency_key: str | None = None
+    ) -> AsyncBatch:
+        """Submit a batch built as the API's own `BatchCreate` body (see `submit`)."""
+        headers = req.submit_headers(idempotency_key)
         response = await self._send(
-            "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
+            "POST", "/v1/batches", retry=True, content=req.body(request), headers=headers
         )
         info = schemas.Batch.model_validate_json(response.content)
         return AsyncBatch(self, info, inputs=request.inputs)
@@ -76,15 +88,25 @@ class AsyncClient:
     async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """Batches, newest first; pass `next_after` as `after` for the next page."""
         query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
-        response = await self._send("GET", "/v1/batches", params=query)
+        response = await self._send("GET", "/v1/batches", retry=True, params=query)
         return BatchList.model_validate_json(response.content)
 
-    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, *, retry: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, checked; with `retry`, sent again as `Client._send` does."""
+        if not retry:
+            return await self._attempt(method, path, **kwargs)
+        retrying = _retry.async_retrying(self.max_retries, self.retry_backoff_s)
+        response: httpx.Response = await retrying(self._attempt, method, path, **kwargs)
+        return response
+
+    async def _attempt(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with reaching(self.http.base_url):
             return check(await self.http.request(method, path, **kwargs))
 
     async def _read(self, batch_id: str) -> schemas.Batch:
-        response = await self._send("GET", req.batch_path(batch_id))
+        response = await self._send("GET", req.batch_path(batch_id), retry=True)
         return schemas.Batch.model_validate_json(response.content)
 
 

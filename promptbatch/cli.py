@@ -125,6 +125,15 @@ def submit(
     ] = False,
     output: Output = None,
     fmt: FormatOption = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Sent as the Idempotency-Key: submitting the same file again with the same key "
+            "gives the batch the first submit made \\[default: a fresh random key; either way, "
+            "retries after a dropped connection or a 503 send the same one].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Submit a file of prompts, or of rows to fill --template, as one batch; print its id (or,
     with --wait, its results: with -o out.csv, each input row with its output)."""
@@ -137,7 +146,7 @@ def submit(
         except ValueError as exc:
             _fail(f"{file}: {exc}")
     with _session(ctx) as client:
-        batch = client.create(request)
+        batch = client.create(request, idempotency_key=idempotency_key)
         count = batch.info.request_counts.total
         if not wait:
             typer.echo(batch.id)

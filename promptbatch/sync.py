@@ -11,6 +11,7 @@ import httpx
 from rich.console import Console
 
 from promptbatch import _requests as req
+from promptbatch import _retry
 from promptbatch.display import BatchProgress
 from promptbatch.errors import check, reaching
 from promptbatch.events import watch
@@ -21,7 +22,12 @@ from shared.schemas import BatchCreate, BatchList, ItemResult, RowValue
 
 
 class Client:
-    """A promptbatch API client. Close it when done (or use `with Client(...) as pb:`)."""
+    """A promptbatch API client. Close it when done (or use `with Client(...) as pb:`).
+
+    A submit, and a read, that meets a broken connection or a 503 is sent again up to
+    `max_retries` times, waiting a random time up to `retry_backoff_s`, then twice that, and so
+    on (a 503's `Retry-After` is honoured, capped); a submit carries one `Idempotency-Key` for
+    all its attempts, so a retry never makes a second batch."""
 
     def __init__(
         self,
@@ -30,10 +36,15 @@ class Client:
         api_key: str | None = None,
         timeout: float = 30.0,
         http: httpx.Client | None = None,
+        max_retries: int = _retry.MAX_RETRIES,
+        retry_backoff_s: float = _retry.BACKOFF_S,
     ) -> None:
+        _retry.check_options(max_retries, retry_backoff_s)
         self.http = http or httpx.Client(
             base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
         )
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
 
     def __enter__(self) -> Client:
         return self
@@ -52,19 +63,22 @@ class Client:
         *,
         template: req.Template | None = None,
         inputs: Iterable[req.Row] | None = None,
+        idempotency_key: str | None = None,
         **options: Unpack[req.BatchOptions],
     ) -> Batch:
         """Submit one batch: `prompts` (strings, or `{"custom_id", "prompt" or "messages",
         "params"}`), or a `template` (a human message's text, `(role, text)` pairs or a
         `PromptTemplate`) filled from each row of `inputs`. `options` are `model`, `system`,
-        `params`, `max_concurrency` and `metadata`."""
+        `params`, `max_concurrency` and `metadata`. `idempotency_key` (default: a fresh random
+        one) is sent with every attempt: the same key and body give the same batch."""
         request = req.batch_request(prompts, template=template, inputs=inputs, **options)
-        return self.create(request)
+        return self.create(request, idempotency_key=idempotency_key)
 
-    def create(self, request: BatchCreate) -> Batch:
-        """Submit a batch built as the API's own `BatchCreate` body."""
+    def create(self, request: BatchCreate, *, idempotency_key: str | None = None) -> Batch:
+        """Submit a batch built as the API's own `BatchCreate` body (see `submit`)."""
+        headers = req.submit_headers(idempotency_key)
         response = self._send(
-            "POST", "/v1/batches", content=req.body(request), headers=req.JSON_BODY
+            "POST", "/v1/batches", retry=True, content=req.body(request), headers=headers
         )
         info = schemas.Batch.model_validate_json(response.content)
         return Batch(self, info, inputs=request.inputs)
@@ -76,16 +90,26 @@ class Client:
     def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """Batches, newest first; pass `next_after` as `after` for the next page."""
         query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
-        return BatchList.model_validate_json(self._send("GET", "/v1/batches", params=query).content)
+        response = self._send("GET", "/v1/batches", retry=True, params=query)
+        return BatchList.model_validate_json(response.content)
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, retry: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, checked; with `retry` (safe to repeat: a read, or a submit with its
+        key), sent again after a broken connection or a 503 (see `Client`)."""
+        if not retry:
+            return self._attempt(method, path, **kwargs)
+        retrying = _retry.retrying(self.max_retries, self.retry_backoff_s)
+        return retrying(self._attempt, method, path, **kwargs)
+
+    def _attempt(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with reaching(self.http.base_url):
             return check(self.http.request(method, path, **kwargs))
 
     def _read(self, batch_id: str) -> schemas.Batch:
-        return schemas.Batch.model_validate_json(
-            self._send("GET", req.batch_path(batch_id)).content
-        )
+        response = self._send("GET", req.batch_path(batch_id), retry=True)
+        return schemas.Batch.model_validate_json(response.content)
 
 
 class Batch:

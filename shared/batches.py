@@ -4,6 +4,7 @@ reading it, and its status changes. Layout in `shared/keys.py`; scripts in `shar
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,9 +89,18 @@ class BatchSpec:
         return start, min(start + self.chunk_size, self.total)
 
 
+#: What every batch id looks like: `batch_` and 32 hex digits (random, unguessable).
+BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
+
+
 def new_batch_id() -> str:
     """A random, unguessable batch id."""
     return f"batch_{secrets.token_hex(16)}"
+
+
+def is_batch_id(value: str) -> bool:
+    """Whether `value` has the form of a batch id (so a lookup is worth a Redis call)."""
+    return BATCH_ID.fullmatch(value) is not None
 
 
 class Batches(ModelPart):
@@ -199,10 +209,12 @@ class Batches(ModelPart):
     async def remove(self, batch_id: str) -> None:
         """Delete every key of a batch and drop it from its owner's list."""
         owner = await self.redis.hget(keys.batch(batch_id), "owner")  # type: ignore[misc]
+        index = None if owner is None else keys.batch_index(owner.decode())
+        score = None if index is None else await self.redis.zscore(index, batch_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.batch_keys(batch_id))
             if owner is not None:
-                pipe.zrem(keys.batch_index(owner.decode()), batch_id)
+                _depart(pipe, owner.decode(), {batch_id: score} if score is not None else {})
             pipe.zrem(keys.ACTIVE, batch_id)
             await pipe.execute()
 
@@ -216,24 +228,38 @@ class Batches(ModelPart):
     async def list_batches(
         self, owner: str = keys.PUBLIC_OWNER, *, limit: int, after: str | None = None
     ) -> BatchList:
-        """An owner's batches, newest first, `limit` after the batch id `after`."""
+        """An owner's batches, newest first, `limit` of those older than the batch `after`
+        (which may have been deleted or expired since it was listed)."""
         index = keys.batch_index(owner)
-        start = 0
+        older_than = "+inf"
         if after is not None:
-            rank = await self.redis.zrevrank(index, after)
-            if rank is None:
+            score = await self.redis.zscore(index, after)
+            if score is None:
+                score = await self.redis.zscore(keys.departed(owner), after)
+            if score is None:
                 raise InvalidRequest(f"No batch {after} to list after.", param="after")
-            start = rank + 1
+            older_than = f"({score:.0f}"
         while True:  # one more than the page, to know whether more follow
-            ids = [i.decode() for i in await self.redis.zrevrange(index, start, start + limit)]
+            found = await self.redis.zrevrangebyscore(
+                index, older_than, "-inf", start=0, num=limit + 1, withscores=True
+            )
+            ids = [raw.decode() for raw, _ in found]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for batch_id in ids:
                     pipe.hgetall(keys.batch(batch_id))
                 rows = await pipe.execute()
-            expired = [batch_id for batch_id, row in zip(ids, rows, strict=True) if not row]
+            expired = {
+                batch_id: score
+                for (batch_id, (_, score)), row in zip(
+                    zip(ids, found, strict=True), rows, strict=True
+                )
+                if not row
+            }
             if not expired:
                 break
-            await self.redis.zrem(index, *expired)  # past their retention: out of the index too
+            async with self.redis.pipeline(transaction=True) as pipe:
+                _depart(pipe, owner, expired)  # past their retention: out of the index too
+                await pipe.execute()
         data = [batch_from_fields(decode(row)) for row in rows[:limit]]
         has_more = len(ids) > limit
         return BatchList(data=data, has_more=has_more, next_after=data[-1].id if has_more else None)
@@ -292,6 +318,17 @@ class Batches(ModelPart):
         each call of a batch with a token budget, so none starts once it is spent."""
         status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
         return status is None or cast(BatchStatus, status.decode()) != "in_progress"
+
+
+def _depart(pipe: Pipeline, owner: str, scores: Mapping[str, float]) -> None:
+    """Take batches out of their owner's index, remembering where they were."""
+    if not scores:
+        return
+    departed = keys.departed(owner)
+    pipe.zrem(keys.batch_index(owner), *scores)
+    pipe.zadd(departed, dict(scores))
+    pipe.zremrangebyrank(departed, 0, -keys.DEPARTED_MAX - 1)
+    pipe.pexpire(departed, keys.DEPARTED_TTL_MS)
 
 
 def owned_by(found: bytes | None, owner: str | None) -> bool:

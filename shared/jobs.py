@@ -178,6 +178,10 @@ class Claims:
         """Put this worker's name and lease on the claim of a job it has just started."""
         await self._redis.set(arq_in_progress(job_id), self.worker, px=self.lease_ms)
 
+    async def queued(self, job_id: str) -> bool:
+        """Whether the job is still on the queue: to run, or run by whoever holds its claim."""
+        return await self._redis.zscore(keys.QUEUE, job_id) is not None
+
     async def renew(self, job_ids: Sequence[str]) -> list[bool]:
         """Renew the claims (`renew_claims.lua`); False for each job this worker has lost."""
         renewed = await self._renew(

@@ -116,6 +116,18 @@ def batch_index(owner: str) -> str:
     return f"{PREFIX}:index:{owner}"
 
 
+#: Batches an owner's `departed` set remembers, newest first, and for how long after the last.
+DEPARTED_MAX = 1000
+DEPARTED_TTL_MS = 24 * 3600 * 1000
+
+
+def departed(owner: str) -> str:
+    """Sorted set: ids of an owner's batches lately deleted or expired, scored as in the index,
+    so that a listing `after` one of them goes on where it was. Keeps the newest
+    `DEPARTED_MAX`; expires `DEPARTED_TTL_MS` after the last one left."""
+    return f"{PREFIX}:departed:{owner}"
+
+
 def job_id(batch_id: str, chunk: int) -> str:
     """Job id of one chunk of a batch: deterministic, so enqueueing twice is a no-op."""
     return f"{batch_id}:{chunk}"
@@ -145,6 +157,12 @@ def active_batches(owner: str) -> str:
     """Set: ids of an owner's batches that may still have prompts not final. Finished or gone
     ones are pruned at the owner's next submission; expires `ACTIVE_TTL_MS` after the last."""
     return f"{PREFIX}:{{{owner}}}:active"
+
+
+def streams(owner: str) -> str:
+    """Sorted set: an owner's open event streams (member: token, score: epoch ms it lapses
+    unless renewed, `api/streams.py`). Expires one lease after the last renewal."""
+    return f"{PREFIX}:{{{owner}}}:streams"
 
 
 def reservations(owner: str) -> str:

@@ -77,9 +77,14 @@ class BatchCreate(_Strict):
     #: A token budget: once the batch's usage reaches it no new call starts, and the items
     #: not started end `cancelled` (`budget_exceeded`).
     max_total_tokens: int | None = Field(default=None, ge=1)
-    metadata: dict[Annotated[str, StringConstraints(max_length=64)], str] | None = Field(
-        default=None, max_length=16
-    )
+    #: Up to 16 pairs, keys of up to 64 characters and values of up to 512 (OpenAI's bounds).
+    metadata: (
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=512)],
+        ]
+        | None
+    ) = Field(default=None, max_length=16)
 
 
 class Usage(BaseModel):

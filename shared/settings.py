@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     rate_limit_per_min: int = Field(default=0, ge=0)
     #: Most prompts one key may have not yet final across its batches (0 = no limit).
     max_queued_prompts: int = Field(default=0, ge=0)
+    #: Open event streams per key, across every API process (429 with Retry-After beyond).
+    max_streams_per_key: int = Field(default=100, ge=1)
+    #: Redis connections one API process opens at most; a request waits up to
+    #: `PROMPTBATCH_REDIS_TIMEOUT_S` for one, then gets a 503.
+    redis_max_connections: int = Field(default=200, ge=4)
+    #: Let LangChain/LangSmith tracing run in workers: it sends every prompt and reply to the
+    #: tracing endpoint, so it stays off (whatever LANGSMITH_TRACING says) unless this is true.
+    allow_tracing: bool = False
 
     @field_validator("api_keys")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -241,3 +243,139 @@ def bearer(key: str) -> dict[str, str]:
 def prompt_items(batch: BatchCreate) -> list[PromptItem]:
     """A batch's prompts as objects (a plain string becomes `PromptItem(prompt=...)`)."""
     return [PromptItem(prompt=p) if isinstance(p, str) else p for p in batch.prompts or ()]
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One HTTP request a `DroppingProxy` passed on: its method, path and headers (names in
+    lower case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class DroppingProxy:
+    """A TCP proxy on a free loopback port in front of `upstream` (an `http://host:port` URL),
+    on an event loop in a thread of its own, that reads the HTTP requests passing through.
+
+    Everything is forwarded both ways, except the answer to the first request for `method`
+    `path`: that request is forwarded, and once its response starts to arrive (the server has
+    done the work) the client's connection is closed without a byte of it. Later connections
+    are forwarded whole. `requests` lists every request seen, in order; `dropped` is set once
+    the response has been dropped. Use it as a context manager; it stops on leaving.
+    """
+
+    def __init__(self, upstream: str, method: str = "POST", path: str = "/v1/batches") -> None:
+        target = httpx.URL(upstream)
+        self.upstream_host, self.upstream_port = target.host, target.port or 80
+        self.method, self.path = method, path
+        self.requests: list[ProxiedRequest] = []
+        self.dropped = threading.Event()
+        self._dropping = False
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(30)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> DroppingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def seen(self, method: str, path: str) -> list[ProxiedRequest]:
+        """The requests for `method` `path` seen so far."""
+        with self._lock:
+            return [r for r in self.requests if (r.method, r.path) == (method, path)]
+
+    def stop(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._connection, "127.0.0.1", 0)
+
+    async def _close(self) -> None:
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        upstream_writer: asyncio.StreamWriter | None = None
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                self.upstream_host, self.upstream_port
+            )
+            drop = asyncio.Event()
+            pumps = [
+                asyncio.create_task(self._requests_up(client_reader, upstream_writer, drop)),
+                asyncio.create_task(self._responses_down(upstream_reader, client_writer, drop)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping: end the connection quietly (asyncio logs a cancelled one)
+        finally:
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+            self._tasks.discard(task)
+
+    async def _requests_up(
+        self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, drop: asyncio.Event
+    ) -> None:
+        """Forward each request, noting it; mark the connection whose answer is dropped."""
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            start, *lines = head.decode("latin-1").split("\r\n")
+            method, path = start.split(" ")[:2]
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines if line)
+            }
+            assert "transfer-encoding" not in headers, "the proxy reads Content-Length bodies"
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            path = path.split("?")[0]
+            with self._lock:
+                self.requests.append(ProxiedRequest(method, path, headers))
+                if (method, path) == (self.method, self.path) and not self._dropping:
+                    self._dropping = True
+                    drop.set()  # before it is sent: its response cannot come sooner
+            upstream.write(head + body)
+            await upstream.drain()
+
+    async def _responses_down(
+        self, upstream: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
+    ) -> None:
+        """Forward responses; on the marked connection, close it when the answer starts."""
+        while data := await upstream.read(65536):
+            if drop.is_set():
+                self.dropped.set()
+                return  # the caller closes both sides, forwarding nothing of it
+            writer.write(data)
+            await writer.drain()

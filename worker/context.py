@@ -55,6 +55,8 @@ class WorkerContext(TypedDict):
     writes: Writes
     attempts: Attempts
     heartbeat: asyncio.Task[None]
+    renewer: asyncio.Task[None]
+    flusher: asyncio.Task[None]
     reconciler: asyncio.Task[None]
     watcher: asyncio.Task[None]
 
@@ -132,7 +134,7 @@ class Attempts:
     """The runs of chunks on this worker, each on record in Redis while it runs, so that runs
     whose worker died can be counted (and a chunk that keeps killing workers given up).
 
-    A run whose end could not be recorded because Redis was away is recorded later, by the
+    A run whose end could not be recorded because Redis was away is recorded later, on a
     heartbeat: an outage must not count as a death.
     """
 

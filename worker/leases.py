@@ -42,6 +42,11 @@ class Leases:
             async with self._renewing:
                 del self._held[job_id]
 
+    async def taken_over(self, job_id: str) -> bool:
+        """Whether a job whose claim this worker lost is another worker's now (still queued),
+        rather than gone with its batch or finished by that worker."""
+        return await self._claims.queued(job_id)
+
     async def renew(self) -> list[str]:
         """Renew every claim this worker holds; returns the jobs now claimed by another."""
         async with self._renewing:

@@ -13,8 +13,12 @@ import math
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar, cast
 
+import langsmith
+import langsmith.utils
 import openai
 from arq import Retry
 from arq.connections import RedisSettings
@@ -42,6 +46,17 @@ log = logging.getLogger("promptbatch.worker")
 
 #: Longest pause between a worker's retries of a Redis command while Redis is away.
 REDIS_BACKOFF_CAP_S = 2.0
+
+#: What turns LangChain/LangSmith tracing on (the first four in the order langsmith reads them).
+#: All are set to "false" to turn it off: langchain_core refuses to run a model with
+#: LANGCHAIN_TRACING or LANGCHAIN_HANDLER (its old tracer) set while the current one is off.
+TRACING_VARS = (
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING_V2",
+    "LANGSMITH_TRACING",
+    "LANGCHAIN_TRACING",
+    "LANGCHAIN_HANDLER",
+)
 
 
 async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
@@ -73,6 +88,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Build this process's clients once: the store, the HTTP pool, the chat models."""
     settings = get_settings()
     _show_logs()
+    _limit_tracing(settings)
     # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
     # one pool per process and event loop, shared by every batch this worker runs.
     metrics = WorkerMetrics()
@@ -110,7 +126,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         leases=Leases(ctx["redis"], worker_id, settings.lease_s),
     )
     wctx = cast(WorkerContext, ctx)
-    ctx["heartbeat"] = asyncio.create_task(_heartbeat(wctx), name="heartbeat")
+    beat_s = settings.worker_heartbeat_s
+    # One task per chore of the heartbeat, so that none waits for another: a flush stalled on
+    # a slow Redis must not hold up the renewals that keep this worker's leases alive.
+    ctx["heartbeat"] = _every("heartbeat", beat_s, partial(_beat, wctx), limit_s=beat_s)
+    ctx["renewer"] = _every("lease renewal", beat_s, partial(_renew, wctx), limit_s=beat_s)
+    ctx["flusher"] = _every("metrics flush", beat_s, partial(_flush, wctx))
     ctx["reconciler"] = asyncio.create_task(_reconciler(wctx), name="reconciler")
     ctx["watcher"] = asyncio.create_task(_watcher(wctx), name="watcher")
     log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
@@ -122,7 +143,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     wctx = cast(WorkerContext, ctx)
     if "writes" in ctx:
         await wctx["writes"].drain()
-    for name in ("heartbeat", "reconciler", "watcher"):
+    for name in ("heartbeat", "renewer", "flusher", "reconciler", "watcher"):
         if name in ctx:
             ctx[name].cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,20 +165,41 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await wctx["http"].aclose()
 
 
-async def _heartbeat(ctx: WorkerContext) -> None:
-    """Say this worker is alive, add its metrics to the shared ones, renew its claim on the
-    chunks it runs, and record runs that ended while Redis was away, every beat."""
-    settings = ctx["settings"]
-    while True:
-        try:
-            await workers.beat(ctx["redis"], ctx["worker_id"], settings.worker_alive_s)
-            await ctx["metrics"].flush(ctx["redis"])
-            for job_id in await ctx["leases"].renew():
-                log.warning("job %s: claim lost to another worker; stopping this run", job_id)
-            await ctx["attempts"].record_ended()
-        except Exception as exc:  # Redis away: keep beating, the worker itself keeps running
-            log.warning("heartbeat failed: %s", type(exc).__name__)
-        await asyncio.sleep(settings.worker_heartbeat_s)
+def _every(
+    what: str, period_s: float, step: Callable[[], Awaitable[None]], limit_s: float | None = None
+) -> asyncio.Task[None]:
+    """A task that runs `step` every period until cancelled. A step that fails, or takes
+    longer than `limit_s`, is logged and run again next period: the worker keeps running."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                async with asyncio.timeout(limit_s):
+                    await step()
+            except Exception as exc:  # Redis away, or too slow: try again next period
+                log.warning("%s failed: %s", what, type(exc).__name__)
+            await asyncio.sleep(period_s)
+
+    return asyncio.create_task(loop(), name=what)
+
+
+async def _beat(ctx: WorkerContext) -> None:
+    """Say this worker is alive, and record runs that ended while Redis was away (usually
+    none: then no Redis call)."""
+    await workers.beat(ctx["redis"], ctx["worker_id"], ctx["settings"].worker_alive_s)
+    await ctx["attempts"].record_ended()
+
+
+async def _renew(ctx: WorkerContext) -> None:
+    """Renew this worker's claims on the chunks it runs; a run whose claim is lost stops."""
+    for job_id in await ctx["leases"].renew():
+        log.warning("job %s: claim lost to another worker; stopping this run", job_id)
+
+
+async def _flush(ctx: WorkerContext) -> None:
+    """Add this worker's metrics to the shared ones. No time limit: a flush runs to its end
+    anyway (it is shielded), and the next one waits for it."""
+    await ctx["metrics"].flush(ctx["redis"])
 
 
 async def _reconciler(ctx: WorkerContext) -> None:
@@ -180,6 +222,33 @@ async def _watcher(ctx: WorkerContext) -> None:
         except Exception as exc:
             log.warning("watch failed: %s", type(exc).__name__)
         await asyncio.sleep(ctx["settings"].worker_watch_s)
+
+
+def _limit_tracing(settings: Settings) -> None:
+    """LangSmith tracing sends every prompt and reply to the tracing endpoint: it is off in a
+    worker, whatever LANGSMITH_TRACING says, unless PROMPTBATCH_ALLOW_TRACING is true. Run
+    before any model call (langsmith reads the environment once and keeps what it read)."""
+    asked = [name for name in TRACING_VARS if _truthy(os.environ.get(name))]
+    if settings.allow_tracing:
+        if asked:
+            names = ", ".join(asked)
+            log.warning("tracing is on (%s): prompts and replies leave this worker", names)
+        return
+    for name in TRACING_VARS:
+        os.environ[name] = "false"
+    langsmith.utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
+    langsmith.configure(enabled=False)  # over the environment, for every task of the process
+    if asked:
+        log.warning(
+            "tracing asked for by %s is off: it would send prompts to the tracing endpoint "
+            "(PROMPTBATCH_ALLOW_TRACING=true allows it)",
+            ", ".join(asked),
+        )
+
+
+def _truthy(value: str | None) -> bool:
+    """Whether an environment value asks for something (langchain_core's reading of it)."""
+    return value is not None and value.strip() not in ("", "0", "false", "False")
 
 
 def _show_logs() -> None:

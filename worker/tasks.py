@@ -45,17 +45,19 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
 
     The chunk is claimed for a short lease that the worker renews while it lives, so if this
     process is killed another worker resumes the chunk's unfinished items soon after. A run
-    that ends in any way but death (done, SIGTERM, an error) does not count as an attempt.
+    that ends in any way but death (done, SIGTERM, an error) does not count as an attempt. A
+    run whose chunk another worker took over meanwhile ends with RunLater, never finished.
     """
     wctx = cast(WorkerContext, ctx)
-    store = wctx["store"]
+    store, leases = wctx["store"], wctx["leases"]
     job_id = str(ctx.get("job_id") or keys.job_id(batch_id, chunk))
     try:
         async with (
-            wctx["leases"].hold(job_id) as lost,
+            leases.hold(job_id) as lost,
             wctx["attempts"].run(batch_id, chunk) as attempt,
         ):
-            return await _run_attempt(wctx, batch_id, chunk, attempt, lost)
+            counts = await _run_attempt(wctx, batch_id, chunk, attempt, lost)
+        taken_over = lost.is_set() and await leases.taken_over(job_id)
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
         # finished items are skipped.
@@ -69,6 +71,15 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
         reason = f"The worker could not run this batch ({type(exc).__name__})."
         await store.fail(batch_id, ErrorInfo(type="internal_error", message=reason))
         return {"written": 0}
+    if taken_over:
+        # This worker stalled past its lease and another took the chunk over. Finished, the job
+        # would be deleted by arq with that worker's claim, and that run would stop too. Run
+        # later instead: the job stays queued, due only after that worker's next renewal, which
+        # takes the claim again (arq deletes it here). Should that run end first, arq drops the
+        # bare queue entry this leaves when it comes due (its job record is gone).
+        log.warning("batch %s chunk %d: taken over by another worker; left to it", batch_id, chunk)
+        raise RunLater(leases.lease_ms / 1000)
+    return counts
 
 
 async def _run_attempt(

@@ -13,12 +13,15 @@ from sse_starlette import EventSourceResponse
 
 from api.admission import submit_within_limits
 from api.auth import OwnerDep, require_owner
-from api.bodies import BatchBodyRoute
-from api.deps import EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep
+from api.bodies import BatchBody
+from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
 from api.lifecycle import cancel, delete
+from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
 from shared.batches import BatchPlan
+from shared.errors import InvalidRequest
+from shared.openai_format import as_line_error
 from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage
 from shared.settings import Settings
 
@@ -32,19 +35,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 # Every route here needs the caller's key when keys are configured, whether it reads the
-# owner or not. A batch may also be posted as OpenAI Batch input lines (NDJSON).
+# owner or not.
 router = APIRouter(
     prefix="/v1/batches",
     tags=["batches"],
     responses=_ERRORS,
     dependencies=[Depends(require_owner)],
-    route_class=BatchBodyRoute,
 )
 
 
-@router.post("", status_code=202, response_model=Batch, responses={409: {"model": ErrorBody}})
+_REPEATED = "A repeat of an earlier submission (same `Idempotency-Key` and body): its batch."
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Batch,
+    responses={200: {"model": Batch, "description": _REPEATED}, 409: {"model": ErrorBody}},
+    openapi_extra={"requestBody": BATCH_BODY},
+)
 async def create_batch(
-    body: BatchCreate,
+    body: BatchBody,
     response: Response,
     owner: OwnerDep,
     store: StoreDep,
@@ -55,7 +66,12 @@ async def create_batch(
     """Submit prompts (strings, prompt objects or OpenAI messages, each with its own params), or
     a template with rows of `inputs`; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
-    plan, request_hash = await _plan(body, settings)
+    try:
+        plan, request_hash = await _plan(body.request, settings)
+    except InvalidRequest as exc:
+        if body.lines is None:
+            raise
+        raise as_line_error(exc, body.lines) from None
     batch, created = await submit_within_limits(
         limits,
         store,
@@ -101,7 +117,7 @@ async def list_batches(
 
 
 @router.get("/{batch_id}", response_model=Batch)
-async def get_batch(batch_id: str, store: StoreDep, owner: OwnerDep) -> Batch:
+async def get_batch(batch_id: BatchId, store: StoreDep, owner: OwnerDep) -> Batch:
     """The batch: status, counts and summed usage."""
     return await store.get(batch_id, owner)
 
@@ -112,26 +128,27 @@ async def get_batch(batch_id: str, store: StoreDep, owner: OwnerDep) -> Batch:
     response_model=Batch,
     responses={409: {"model": ErrorBody}},
 )
-async def cancel_batch(batch_id: str, store: StoreDep, redis: RedisDep, owner: OwnerDep) -> Batch:
+async def cancel_batch(
+    batch_id: BatchId, store: StoreDep, redis: RedisDep, owner: OwnerDep
+) -> Batch:
     """Stop a batch: no new item starts; items running may finish and are kept; the rest
     become `cancelled`. A finished batch cannot be cancelled (409)."""
     return await cancel(store, redis, batch_id, owner)
 
 
 @router.delete("/{batch_id}", status_code=204)
-async def delete_batch(batch_id: str, store: StoreDep, redis: RedisDep, owner: OwnerDep) -> None:
+async def delete_batch(
+    batch_id: BatchId, store: StoreDep, redis: RedisDep, owner: OwnerDep
+) -> None:
     """Delete a batch and its results (a running batch is cancelled first)."""
     await delete(store, redis, batch_id, owner)
 
 
-@router.get(
-    "/{batch_id}/events",
-    response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-)
+@router.get("/{batch_id}/events", response_class=EventSourceResponse, responses={200: SSE_STREAM})
 async def watch_batch(
-    batch_id: str,
+    batch_id: BatchId,
     hub: EventsDep,
+    streams: StreamsDep,
     owner: OwnerDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
@@ -139,8 +156,9 @@ async def watch_batch(
     change, `items` (items that became final, batched), ending with the final `batch`.
     Send `Last-Event-ID` to resume."""
     updates = await hub.stream(batch_id, valid_event_id(last_event_id), owner)
+    held = streams.held(owner, await streams.open(owner), updates)
     # A client that stops reading is dropped after a while rather than held open for good.
-    return EventSourceResponse(updates, ping=15, send_timeout=SSE_SEND_TIMEOUT_S)
+    return EventSourceResponse(held, ping=15, send_timeout=SSE_SEND_TIMEOUT_S)
 
 
 @router.get(
@@ -149,7 +167,7 @@ async def watch_batch(
     responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}}}},
 )
 async def get_results(
-    batch_id: str,
+    batch_id: BatchId,
     store: StoreDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

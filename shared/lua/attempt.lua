@@ -5,6 +5,9 @@
 if redis.call('EXISTS', meta) == 0 then return 0 end
 local prefix = ARGV[1] .. ':'
 redis.call('HSET', attempts, prefix .. ARGV[2], 1)
+-- On a final batch (a run begun as it finished, or after its attempts lapsed) HSET would make
+-- a hash that never expires.
+expire_with_batch(attempts)
 local runs = 0
 for _, run in ipairs(redis.call('HKEYS', attempts)) do
   if string.sub(run, 1, #prefix) == prefix then runs = runs + 1 end

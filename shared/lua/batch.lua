@@ -16,3 +16,12 @@ local function finish(status, ttl)
   event('k', 'status', 's', status)
   for i = 1, OWN_KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
+-- A key written once the batch has its expiry (it is final) expires with it, not never.
+local function expire_with_batch(key)
+  local ttl = redis.call('PTTL', meta)
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+end
+-- What an item ends as, by name (each is also the batch hash's field counting those items).
+local ITEM = {}
+for _, name in ipairs(ITEM_FINAL) do ITEM[name] = name end
+ITEM = strict(ITEM)

@@ -1,5 +1,7 @@
 -- Write results once each, with their counts and usage; one call takes many results (the
--- worker groups those that finish while a write is on its way).
+-- worker groups those that finish while a write is on its way). A queued batch that gets a
+-- result is in_progress from then on; a cancelling one ends cancelled only if it cancelled
+-- an item.
 -- KEYS: the batch's keys (see batch.lua).
 -- ARGV: ttl ms of a final batch, then STRIDE values per result: index, result JSON, item
 --   status, chunk, custom_id, then one number per SUM_FIELDS entry, added to that field of the
@@ -20,6 +22,13 @@ for i = 2, #ARGV, STRIDE do
   if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
     codes[#codes + 1] = 0
   else
+    if status == STATUS.queued then
+      -- A result before any run marked the batch started (a run's failures written first, or
+      -- a write racing start.lua): it has started now, as start.lua would have said.
+      status = STATUS.in_progress
+      redis.call('HSET', meta, 'status', status, 'started_at', now_ms())
+      event('k', 'status', 's', status)
+    end
     redis.call('HINCRBY', meta, item_status, 1)
     for t, field in ipairs(SUM_FIELDS) do
       local n = ARGV[i + 4 + t]
@@ -46,7 +55,11 @@ for i = 2, #ARGV, STRIDE do
         end
       end
     else
-      finish(status == STATUS.cancelling and STATUS.cancelled or STATUS.completed, ARGV[1])
+      -- Asked to cancel, a batch whose calls in flight were all that was left cancelled
+      -- nothing: every item ran, so it completed.
+      local cancelled = tonumber(redis.call('HGET', meta, ITEM.cancelled)) or 0
+      local stopped = status == STATUS.cancelling and cancelled > 0
+      finish(stopped and STATUS.cancelled or STATUS.completed, ARGV[1])
       codes[#codes + 1] = 2
     end
   end

@@ -257,10 +257,14 @@ def unreachable_redis() -> Settings:
     return make_settings(f"redis://127.0.0.1:{free_port()}/0")
 
 
+#: A well-formed id (a malformed one is a 404 before any Redis call).
+SOME_ID = "batch_" + "0" * 32
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/batches/batch_x"), ("GET", "/v1/batches"), ("POST", "/v1/batches"),
-     ("GET", "/v1/batches/batch_x/results")],
+    [("GET", f"/v1/batches/{SOME_ID}"), ("GET", "/v1/batches"), ("POST", "/v1/batches"),
+     ("GET", f"/v1/batches/{SOME_ID}/results")],
 )  # fmt: skip
 async def test_redis_down_is_503_in_the_error_shape(
     unreachable_redis: Settings, method: str, path: str
