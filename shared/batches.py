@@ -350,7 +350,7 @@ def _earlier_batch_id(stored: bytes, idempotency: Idempotency) -> str:
 def batch_from_fields(f: Mapping[str, str]) -> Batch:
     """The batch object of a batch hash's fields."""
     total = int(f["total"])
-    succeeded, failed, cancelled = (int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES)
+    final = {name: int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES}
     metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
     return Batch(
         id=f["id"],
@@ -361,13 +361,7 @@ def batch_from_fields(f: Mapping[str, str]) -> Batch:
         started_at=from_ms(f.get("started_at")),
         finished_at=from_ms(f.get("finished_at")),
         expires_at=from_ms(f.get("expires_at")),
-        request_counts=RequestCounts(
-            total=total,
-            succeeded=succeeded,
-            failed=failed,
-            cancelled=cancelled,
-            pending=total - succeeded - failed - cancelled,
-        ),
+        request_counts=RequestCounts(total=total, pending=total - sum(final.values()), **final),
         usage=usage_of(f),
         max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
         pacing=Pacing(

@@ -82,12 +82,14 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
 
 #: The KEYS of every batch script (`shared/lua/`), by the names the scripts give them: the
 #: batch's own keys in `batch_keys` order, then `STATS`. `batch_script_keys` lists them.
-BATCH_SCRIPT_KEYS = ("meta", "inputs", "results", "chunks", "attempts", "slots", "events", "stats")
+BATCH_SCRIPT_KEYS = (
+    "meta", "inputs", "results", "chunks", "attempts", "slots", "events", "stats", "outbox"
+)  # fmt: skip
 
 
 def batch_script_keys(batch_id: str) -> list[str]:
-    """KEYS of a batch script: the batch's own keys, then the service-wide counters."""
-    return [*batch_keys(batch_id), STATS]
+    """KEYS of a batch script: the batch's own keys, the service-wide counters, the outbox."""
+    return [*batch_keys(batch_id), STATS, OUTBOX]
 
 
 #: Entries a batch's events stream keeps (approximately): enough to resume a watcher that
@@ -97,6 +99,26 @@ EVENTS_MAXLEN = 10_000
 #: Hash: service-wide counters for /metrics, e.g. `items:succeeded`, `batches:completed`,
 #: `tokens:input`, and the workers' provider-call latency buckets. Never expires.
 STATS = f"{PREFIX}:stats"
+
+
+#: Stream: the outbox of webhook events. The script that makes a batch final adds one entry
+#: (`batch`, `owner`, `status`, `at`) when the owner has webhook endpoints, so no event is lost
+#: to a crash; workers read it through the consumer group `WEBHOOK_GROUP` and delete an entry
+#: once its deliveries are scheduled. Never expires.
+OUTBOX = f"{PREFIX}:webhooks:outbox"
+WEBHOOK_GROUP = "deliverers"
+
+
+def webhooks(owner: str) -> str:
+    """Hash: an owner's webhook endpoints, endpoint id -> JSON (url, events, secret, created).
+    Never expires; gone when its last endpoint is deleted."""
+    return f"{PREFIX}:{{{owner}}}:webhooks"
+
+
+def webhooks_key_parts() -> tuple[str, str]:
+    """`webhooks(owner)` as (before owner, after owner), so a Lua script can name it."""
+    before, after = webhooks("\0").split("\0")
+    return before, after
 
 
 def pacing(model: str) -> str:

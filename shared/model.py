@@ -45,12 +45,14 @@ def batch_script(name: str) -> str:
         "batch",
         name,
         keys=keys.BATCH_SCRIPT_KEYS,
-        OWN_KEYS=len(keys.BATCH_SCRIPT_KEYS) - 1,
+        OWN_KEYS=len(keys.batch_keys("")),
         EVENTS_MAXLEN=keys.EVENTS_MAXLEN,
         STRIDE=RECORD_STRIDE,
         SUM_FIELDS=list(SUMS),
         SUM_STATS=list(SUMS.values()),
         BUDGET_EXCEEDED=BUDGET_EXCEEDED,
+        WEBHOOKS_BEFORE=keys.webhooks_key_parts()[0],
+        WEBHOOKS_AFTER=keys.webhooks_key_parts()[1],
     )
 
 

@@ -12,11 +12,15 @@ from shared.chat import BatchParams, Message
 
 # The one place status names are spelt: Python reads them from here, Lua from the header
 # `shared/lua.py` generates from here.
-BatchStatus = Literal["queued", "in_progress", "completed", "failed", "cancelling", "cancelled"]
-FinalItemStatus = Literal["succeeded", "failed", "cancelled"]
+BatchStatus = Literal[
+    "queued", "in_progress", "completed", "failed", "cancelling", "cancelled", "expired"
+]
+FinalItemStatus = Literal["succeeded", "failed", "cancelled", "expired"]
 ItemStatus = Literal["pending", FinalItemStatus]
 BATCH_STATUSES: tuple[BatchStatus, ...] = get_args(BatchStatus)
-FINAL_BATCH_STATUSES: frozenset[BatchStatus] = frozenset({"completed", "failed", "cancelled"})
+FINAL_BATCH_STATUSES: frozenset[BatchStatus] = frozenset(
+    {"completed", "failed", "cancelled", "expired"}
+)
 #: Not final yet, in the order a batch passes through them.
 ACTIVE_BATCH_STATUSES: tuple[BatchStatus, ...] = tuple(
     s for s in BATCH_STATUSES if s not in FINAL_BATCH_STATUSES
@@ -118,6 +122,8 @@ class RequestCounts(BaseModel):
     succeeded: int
     failed: int
     cancelled: int
+    #: Items still pending when the batch's `completion_window` ended (error `batch_expired`).
+    expired: int = 0
     pending: int
 
 

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     #: tracing endpoint, so it stays off (whatever LANGSMITH_TRACING says) unless this is true.
     allow_tracing: bool = False
 
+    # -- lifecycle -------------------------------------------------------------------------------
+    #: How long a webhook event is retried (exponential backoff with jitter) before it is dropped.
+    webhook_retry_s: float = Field(default=3 * 24 * 3600.0, gt=0)
+    #: Timeout of one webhook delivery attempt.
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    #: Let webhook URLs resolve to loopback, private, link-local or metadata addresses.
+    webhook_allow_private: bool = False
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:

@@ -1,6 +1,6 @@
 -- What every batch script shares. The header above names its KEYS (`keys.BATCH_SCRIPT_KEYS`):
 -- the batch's own OWN_KEYS keys (meta, inputs, results, chunks, attempts, slots, events), then
--- stats, the service-wide counters.
+-- stats, the service-wide counters, and outbox, the webhook events to deliver.
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
@@ -15,6 +15,11 @@ local function finish(status, ttl)
   redis.call('HINCRBY', stats, 'batches:' .. status, 1)
   event('k', 'status', 's', status)
   for i = 1, OWN_KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+  -- The owner's webhooks hear of it through the outbox, written here with the status itself.
+  local f = redis.call('HMGET', meta, 'id', 'owner')
+  if f[2] and redis.call('EXISTS', WEBHOOKS_BEFORE .. f[2] .. WEBHOOKS_AFTER) == 1 then
+    redis.call('XADD', outbox, '*', 'batch', f[1], 'owner', f[2], 'status', status, 'at', now)
+  end
 end
 -- A key written once the batch has its expiry (it is final) expires with it, not never.
 local function expire_with_batch(key)

@@ -57,9 +57,16 @@ for i = 2, #ARGV, STRIDE do
     else
       -- Asked to cancel, a batch whose calls in flight were all that was left cancelled
       -- nothing: every item ran, so it completed.
+      -- A batch whose completion window ended with items left is expired.
       local cancelled = tonumber(redis.call('HGET', meta, ITEM.cancelled)) or 0
-      local stopped = status == STATUS.cancelling and cancelled > 0
-      finish(stopped and STATUS.cancelled or STATUS.completed, ARGV[1])
+      local expired = tonumber(redis.call('HGET', meta, ITEM.expired)) or 0
+      local ending = STATUS.completed
+      if status == STATUS.cancelling and cancelled > 0 then
+        ending = STATUS.cancelled
+      elseif expired > 0 then
+        ending = STATUS.expired
+      end
+      finish(ending, ARGV[1])
       codes[#codes + 1] = 2
     end
   end

@@ -53,7 +53,7 @@ async def test_submit_answers_202_with_the_batch_and_location(client: httpx.Asyn
     assert batch["provider"] == "offline"
     assert batch["metadata"] == {"project": "demo"}
     assert batch["request_counts"] == {
-        "total": 2, "succeeded": 0, "failed": 0, "cancelled": 0, "pending": 2,
+        "total": 2, "succeeded": 0, "failed": 0, "cancelled": 0, "expired": 0, "pending": 2,
     }  # fmt: skip
     assert batch["created_at"].endswith("Z")
     assert batch["error"] is None

@@ -166,5 +166,6 @@ def test_150_streams_from_one_key_at_most_100_open_and_a_batch_completes_meanwhi
         "succeeded": 3,
         "failed": 0,
         "cancelled": 0,
+        "expired": 0,
         "pending": 0,
     }

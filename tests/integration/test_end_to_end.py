@@ -56,7 +56,7 @@ async def test_300_prompts_at_random_latency_each_get_their_own_output_in_order(
 
     assert done["status"] == "completed"
     assert done["request_counts"] == {
-        "total": 300, "succeeded": 300, "failed": 0, "cancelled": 0, "pending": 0,
+        "total": 300, "succeeded": 300, "failed": 0, "cancelled": 0, "expired": 0, "pending": 0,
     }  # fmt: skip
     assert [item["index"] for item in items] == list(range(300))
     assert [item["custom_id"] for item in items] == [str(i) for i in range(300)]

@@ -171,7 +171,7 @@ async def test_structured_output_is_parsed_and_a_reply_that_is_not_json_fails_on
 
     assert done["status"] == "completed"
     assert done["request_counts"] | {"total": 0} == {
-        "total": 0, "succeeded": 2, "failed": 3, "cancelled": 0, "pending": 0,
+        "total": 0, "succeeded": 2, "failed": 3, "cancelled": 0, "expired": 0, "pending": 0,
     }  # fmt: skip
     assert [(i["status"], i["output_json"]) for i in items] == [
         ("succeeded", {"genre": "mock"}), ("failed", None), ("failed", None),

@@ -200,7 +200,7 @@ async def test_no_prompt_output_or_key_reaches_a_log(
 
     # The secrets really went through both processes ...
     assert done["request_counts"] == {
-        "total": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "pending": 0,
+        "total": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "expired": 0, "pending": 0,
     }  # fmt: skip
     assert marker in items[0]["output"]
     assert marker in items[1]["error"]["message"]  # the provider quoted the prompt back
