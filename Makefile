@@ -20,9 +20,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
-# The HTTP contract under schemathesis for 10 minutes, fresh seed (make test runs 30 s, seeded).
+# The HTTP contract under schemathesis for 10 minutes, fresh seed (make test runs 20 s, seeded).
 fuzz: $(STAMP)
-	PROMPTBATCH_FUZZ_SECONDS=600 PROMPTBATCH_FUZZ_SEED= $(BIN)/pytest tests/fuzz
+	PROMPTBATCH_FUZZ_SECONDS=600 PROMPTBATCH_FUZZ_SEED= $(BIN)/pytest -s tests/fuzz
 
 # Service and direct abatch script side by side (several minutes): BENCHMARKS.md and its plot.
 bench: $(STAMP)

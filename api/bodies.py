@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import email.message
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from api.deps import SettingsDep
 from shared.errors import InvalidRequest
@@ -25,6 +25,8 @@ from shared.schemas import BatchCreate
 from shared.settings import Settings
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl"})
+
+Model = TypeVar("Model", bound=BaseModel)
 
 #: Bodies up to this size are read on the loop (parsing them costs well under a millisecond);
 #: larger ones in a thread.
@@ -53,25 +55,35 @@ async def read_batch_body(request: Request, settings: SettingsDep) -> SubmittedB
 BatchBody = Annotated[SubmittedBody, Depends(read_batch_body)]
 
 
-def _from_json(raw: bytes, settings: Settings) -> SubmittedBody:
+def json_value(raw: bytes) -> Any:
+    """A JSON body decoded; an empty or malformed one is refused as FastAPI refuses a body."""
     if not raw.strip():
         raise RequestValidationError([_error("missing", (), "Field required")])
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         error = _error("json_invalid", (exc.pos,), "JSON decode error")
         raise RequestValidationError([error]) from None
+
+
+def validated(model: type[Model], data: Any) -> Model:
+    """`data` as `model`; its errors reported as FastAPI reports a body's."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _from_json(raw: bytes, settings: Settings) -> SubmittedBody:
+    data = json_value(raw)
     if isinstance(data, dict):
         for field in ("prompts", "inputs"):
             entries = data.get(field)
             if isinstance(entries, list) and len(entries) > settings.max_prompts:
                 raise _too_many(len(entries), settings, field)
-    try:
-        return SubmittedBody(BatchCreate.model_validate(data))
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+    return SubmittedBody(validated(BatchCreate, data))
 
 
 def _from_ndjson(raw: bytes, settings: Settings) -> SubmittedBody:

@@ -14,6 +14,7 @@ from shared.batches import is_batch_id
 from shared.errors import NotFound
 from shared.settings import Settings
 from shared.store import BatchStore
+from shared.webhooks import WebhookEndpoints
 
 
 class AppState(TypedDict):
@@ -25,6 +26,7 @@ class AppState(TypedDict):
     events: EventHub
     limits: Limits
     streams: StreamSlots
+    webhooks: WebhookEndpoints
 
 
 # The getters are `async def` although they only read the request's state: FastAPI runs a
@@ -53,6 +55,10 @@ async def get_streams(request: Request) -> StreamSlots:
     return cast(StreamSlots, request.state.streams)
 
 
+async def get_webhooks(request: Request) -> WebhookEndpoints:
+    return cast(WebhookEndpoints, request.state.webhooks)
+
+
 async def get_batch_id(batch_id: Annotated[str, Path(examples=[EXAMPLE_ID])]) -> str:
     """The `{batch_id}` of the path; one that is not of a batch id's form is a 404 at once,
     before any Redis call."""
@@ -71,3 +77,4 @@ StoreDep = Annotated[BatchStore, Depends(get_store)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
 StreamsDep = Annotated[StreamSlots, Depends(get_streams)]
+WebhooksDep = Annotated[WebhookEndpoints, Depends(get_webhooks)]

@@ -1,5 +1,5 @@
 """A batch's life as the API drives it: submitted (stored with its queued work in one
-transaction), cancelled, deleted."""
+transaction), cancelled, retried, deleted."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from redis.asyncio.client import Pipeline
 
 from shared import jobs, keys
 from shared.batches import BatchPlan, Idempotency
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.retries import RETRIED, RETRYABLE
 from shared.schemas import FINAL_BATCH_STATUSES, Batch
 from shared.settings import Settings
 from shared.store import BatchStore
@@ -67,6 +68,47 @@ async def cancel(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
         for chunk in idle:
             await store.cancel_pending(spec, chunk)
     return await store.get(batch_id)
+
+
+#: What `?include=` of a retry may name, comma-separated: failed items are always retried.
+RETRY_INCLUDE = tuple(status for status in RETRYABLE if status != RETRIED)
+#: `include` as a pattern, for the OpenAPI document (`retry_include` checks it).
+RETRY_INCLUDE_PATTERN = "^({0})(,({0}))*$".format("|".join(RETRY_INCLUDE))
+
+
+def retry_include(value: str | None) -> list[str]:
+    """The statuses `?include=` names; InvalidRequest for anything but `RETRY_INCLUDE`."""
+    if value is None:
+        return []
+    named = value.split(",")
+    if not all(status in RETRY_INCLUDE for status in named):
+        raise InvalidRequest(
+            f"include is a comma-separated list of {' and '.join(RETRY_INCLUDE)} (failed "
+            f"items are always retried); got {value[:64]!r}.",
+            param="include",
+        )
+    return named
+
+
+async def retry(
+    store: BatchStore,
+    redis: Redis,
+    batch_id: str,
+    include: list[str] | None = None,
+    owner: str | None = None,
+) -> Batch:
+    """Run a final batch's failed items again in place (and its cancelled or expired ones when
+    `include` names them); its succeeded items are kept and never sent again. The batch is
+    running again at once (`Retries.retry`); its chunks with pending items are queued here,
+    and should this process die first the reconciler queues them. The retried items count
+    against the owner's queued-prompt ceiling from then on, but a retry is never refused for
+    it (no 429): they were admitted once. Conflict for a batch that is not final or has
+    nothing to retry; another owner's batch is NotFound. Returns the batch as the retry left
+    it, its retried items pending."""
+    chunks = await store.retry(batch_id, include or (), owner)
+    retried = await store.get(batch_id)  # as the retry left it, before its chunks are queued
+    await jobs.requeue(redis, batch_id, chunks)
+    return retried
 
 
 async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> None:

@@ -15,10 +15,11 @@ from api.errors import install_error_handlers
 from api.hub import EventHub
 from api.middleware import BodyLimit, QuietErrors
 from api.openapi import install_openapi
-from api.routes import batches, health, metrics
+from api.routes import batches, health, metrics, webhooks
 from api.streams import StreamSlots
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
+from shared.webhooks import WebhookEndpoints
 
 log = logging.getLogger("promptbatch.api")
 
@@ -62,6 +63,7 @@ def _lifespan(
             limits=Limits(redis, resolved),
             streams=StreamSlots(redis, resolved.max_streams_per_key),
             events=events,
+            webhooks=WebhookEndpoints(redis),
         )
         try:
             yield state
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(QuietErrors)  # added last: the outermost, it sees every error
     app.include_router(batches.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     return app

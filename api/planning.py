@@ -7,8 +7,11 @@ from api.items import check_params, resolve_items
 from api.templates import render_rows
 from shared.batches import BatchPlan
 from shared.errors import InvalidRequest
-from shared.schemas import BatchCreate
+from shared.schemas import MAX_COMPLETION_WINDOW_S, BatchCreate
 from shared.settings import Settings
+
+#: Seconds in each unit a `completion_window` string may end with.
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
 
 
 def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
@@ -31,6 +34,7 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
         raise InvalidRequest(
             f"system is longer than {settings.max_prompt_chars} characters.", param="system"
         )
+    window = completion_window(request.completion_window)
     system = request.system
     if request.template is not None and request.inputs is not None:
         rendered = render_rows(
@@ -48,7 +52,33 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
         metadata=request.metadata,
         max_total_tokens=request.max_total_tokens,
         provider=settings.resolved_provider,
+        completion_window=None if window is None else window[0],
+        completion_window_s=None if window is None else window[1],
     )
+
+
+def completion_window(value: int | str | None) -> tuple[str, int] | None:
+    """A `completion_window` as `(label, seconds)`: the label `<n><unit>` without leading
+    zeros (a number of seconds, or digits alone, reads `<n>s`). InvalidRequest unless it is
+    1 second to 7 days."""
+    if value is None:
+        return None
+    text = str(value)
+    unit = text[-1] if text and text[-1] in WINDOW_UNITS else "s"
+    digits = text[:-1] if text and text[-1] in WINDOW_UNITS else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise InvalidRequest(
+            'completion_window is a number of seconds or a string such as "30m" or "24h".',
+            param="completion_window",
+        )
+    seconds = int(digits) * WINDOW_UNITS[unit]
+    if not 1 <= seconds <= MAX_COMPLETION_WINDOW_S:
+        raise InvalidRequest(
+            f"completion_window is at least 1 second and at most 7 days "
+            f"({MAX_COMPLETION_WINDOW_S} s); got {seconds} s.",
+            param="completion_window",
+        )
+    return f"{int(digits)}{unit}", seconds
 
 
 def _check_source(request: BatchCreate) -> None:

@@ -96,5 +96,13 @@ def batch_path(batch_id: str, tail: str = "") -> str:
     return f"/v1/batches/{batch_id}{tail}"
 
 
+def retry_params(include: Iterable[str]) -> dict[str, str]:
+    """The query of a retry: `include` (`cancelled`, `expired`) comma-separated, if any."""
+    if isinstance(include, str):
+        include = [include]
+    named = ",".join(dict.fromkeys(include))
+    return {"include": named} if named else {}
+
+
 def is_final(batch: Batch) -> bool:
     return batch.status in FINAL_BATCH_STATUSES

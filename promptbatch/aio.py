@@ -85,6 +85,13 @@ class AsyncClient:
         """The batch with this id, as it is now."""
         return AsyncBatch(self, await self._read(batch_id))
 
+    async def retry(self, batch_id: str, *, include: Iterable[str] = ()) -> AsyncBatch:
+        """Run a final batch's failed items again in place (see `AsyncBatch.retry`); returns its
+        handle, running again."""
+        path = req.batch_path(batch_id, "/retry")
+        response = await self._send("POST", path, params=req.retry_params(include))
+        return AsyncBatch(self, schemas.Batch.model_validate_json(response.content))
+
     async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """Batches, newest first; pass `next_after` as `after` for the next page."""
         query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
@@ -175,6 +182,15 @@ class AsyncBatch:
         async for item in self.results():
             if (line := output_line(item, self.info)) is not None:
                 yield line
+
+    async def retry(self, include: Iterable[str] = ()) -> schemas.Batch:
+        """Run this final batch's failed items again in place, and its `cancelled` or
+        `expired` ones when `include` names them; succeeded items are kept, never sent again.
+        The batch is running again: `await wait()` for its new end. An APIError 409 if it is
+        not final or has nothing to retry. Not sent again after a broken connection (it may
+        have been done): read the batch to see."""
+        self.info = (await self.client.retry(self.id, include=include)).info
+        return self.info
 
     async def cancel(self) -> schemas.Batch:
         """Ask the batch to stop: no new items start; finished results are kept."""

@@ -23,6 +23,7 @@ from promptbatch.inputs import read_batch_file, read_rows
 from promptbatch.rows import check_columns, flat_row, input_columns
 from promptbatch.sync import Batch, Client
 from shared.errors import AppError
+from shared.schemas import Batch as BatchInfo
 from shared.schemas import BatchCreate
 
 app = typer.Typer(
@@ -72,6 +73,7 @@ FormatOption = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Watch progress, then write results.")]
 
 
 @app.callback()
@@ -120,9 +122,7 @@ def submit(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Most calls in flight at once for this batch.")
     ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Watch progress, then write results.")
-    ] = False,
+    wait: WaitOption = False,
     output: Output = None,
     fmt: FormatOption = None,
     idempotency_key: Annotated[
@@ -176,8 +176,8 @@ def status(ctx: typer.Context, batch_id: str, as_json: AsJson = False) -> None:
     counts, usage = info.request_counts, info.usage
     typer.echo(f"{info.id}  {info.status}  {info.model} ({info.provider})")
     typer.echo(
-        f"  {counts.total - counts.pending}/{counts.total} done: {counts.succeeded} succeeded, "
-        f"{counts.failed} failed, {counts.cancelled} cancelled, {counts.pending} pending"
+        f"  {counts.total - counts.pending}/{counts.total} done: {_counted(info)}, "
+        f"{counts.pending} pending"
     )
     typer.echo(f"  tokens: {usage.input_tokens} in, {usage.output_tokens} out")
     if info.error is not None:
@@ -199,6 +199,36 @@ def cancel(ctx: typer.Context, batch_id: str) -> None:
     with _session(ctx) as client:
         info = client.get(batch_id).cancel()
     typer.echo(f"{info.id}  {info.status}")
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    batch_id: str,
+    include: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run these items again, comma-separated: cancelled, expired (failed ones "
+            "always are).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: WaitOption = False,
+    output: Output = None,
+    fmt: FormatOption = None,
+) -> None:
+    """Run a finished batch's failed items again in place (succeeded ones are kept, never sent
+    again); print its id and status (or, with --wait, its results)."""
+    named = [name.strip() for name in include.split(",")] if include else []
+    with _session(ctx) as client:
+        batch = client.retry(batch_id, include=named)
+        pending = batch.info.request_counts.pending
+        intro = f"Retrying {pending} item{'' if pending == 1 else 's'} of {batch.id}."
+        if not wait:
+            typer.echo(f"{batch.id}  {batch.info.status}")
+            _note(f"{intro} Follow it: {_command(ctx, 'watch', batch.id)}")
+            return
+        _follow(ctx, batch, output, fmt or _default_format(output), intro=intro)
 
 
 @app.command("list")
@@ -309,12 +339,25 @@ def _follow(
         raise typer.Exit(INTERRUPTED) from None
     info = batch.info
     counts = info.request_counts
-    _note(
-        f"{info.id} {info.status}: {counts.succeeded} succeeded, {counts.failed} failed, "
-        f"{counts.cancelled} cancelled" + (f"; results in {output}" if output else "")
-    )
+    where = f"; results in {output}" if output else ""
+    _note(f"{info.id} {info.status}: {_counted(info)}{where}")
+    if counts.failed and info.status != "failed":
+        _note(f"  run the failed ones again: {_command(ctx, 'retry', info.id)}")
     if info.status == "failed":
         _fail(f"batch {info.id} failed: {info.error.message if info.error else 'no reason given'}")
+    if info.status == "expired":
+        again = _command(ctx, "retry", info.id) + " --include expired"
+        _fail(
+            f"batch {info.id} expired: its completion window ended with {counts.expired} items "
+            f"not run (run them: {again})"
+        )
+
+
+def _counted(info: BatchInfo) -> str:
+    """`3 succeeded, 1 failed, 0 cancelled`, and the expired ones when there are any."""
+    counts = info.request_counts
+    text = f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.cancelled} cancelled"
+    return text + (f", {counts.expired} expired" if counts.expired else "")
 
 
 def _write(batch: Batch, output: Path | None, fmt: Format) -> None:

@@ -1,4 +1,5 @@
-"""A live progress bar of one batch (done/total, failed, rate, ETA), in a terminal or notebook."""
+"""A live progress bar of one batch (done/total, failed, cancelled and expired, rate, ETA), in a
+terminal or notebook."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class BatchProgress:
             TaskProgressColumn(),
             MofNCompleteColumn(),
             TextColumn("failed {task.fields[failed]}"),
+            TextColumn("{task.fields[stopped]}"),
             RateColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -65,14 +67,20 @@ class BatchProgress:
         counts = batch.request_counts
         done = counts.total - counts.pending
         paced = self._paced(batch)
+        # Items that ended without running, shown once there are any.
+        stopped = "  ".join(
+            f"{name} {n}"
+            for name, n in (("cancelled", counts.cancelled), ("expired", counts.expired))
+            if n
+        )
         if self._task is None:
             self._task = self._progress.add_task(
                 batch.status, total=counts.total, completed=done, failed=counts.failed,
-                paced=paced,
+                stopped=stopped, paced=paced,
             )  # fmt: skip
         self._progress.update(
             self._task, description=batch.status, completed=done, failed=counts.failed,
-            paced=paced,
+            stopped=stopped, paced=paced,
         )  # fmt: skip
 
     def _paced(self, batch: Batch) -> str:

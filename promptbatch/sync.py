@@ -87,6 +87,13 @@ class Client:
         """The batch with this id, as it is now."""
         return Batch(self, self._read(batch_id))
 
+    def retry(self, batch_id: str, *, include: Iterable[str] = ()) -> Batch:
+        """Run a final batch's failed items again in place (see `Batch.retry`); returns its
+        handle, running again."""
+        path = req.batch_path(batch_id, "/retry")
+        response = self._send("POST", path, params=req.retry_params(include))
+        return Batch(self, schemas.Batch.model_validate_json(response.content))
+
     def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """Batches, newest first; pass `next_after` as `after` for the next page."""
         query: dict[str, str | int] = {"limit": limit} | ({"after": after} if after else {})
@@ -179,6 +186,15 @@ class Batch:
         for item in self.results():
             if (line := output_line(item, self.info)) is not None:
                 yield line
+
+    def retry(self, include: Iterable[str] = ()) -> schemas.Batch:
+        """Run this final batch's failed items again in place, and its `cancelled` or
+        `expired` ones when `include` names them; succeeded items are kept, never sent again.
+        The batch is running again: `wait()` for its new end. An APIError 409 if it is not
+        final or has nothing to retry. Not sent again after a broken connection (it may have
+        been done): read the batch to see."""
+        self.info = self.client.retry(self.id, include=include).info
+        return self.info
 
     def cancel(self) -> schemas.Batch:
         """Ask the batch to stop: no new items start; finished results are kept."""

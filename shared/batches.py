@@ -48,6 +48,9 @@ class BatchPlan:
     metadata: dict[str, str] | None
     provider: Provider
     max_total_tokens: int | None = None
+    #: The completion window as shown (`"24h"`) and in seconds; its deadline is set at store.
+    completion_window: str | None = None
+    completion_window_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,14 @@ class BatchSpec:
     total: int
     chunk_size: int
     max_total_tokens: int | None = None
+    #: When the completion window ends (epoch ms): no provider call starts from then on.
+    deadline_ms: int | None = None
+
+    def overdue(self, now_ms: int | None = None) -> bool:
+        """Whether the completion window has ended (by this host's clock, unless given)."""
+        if self.deadline_ms is None:
+            return False
+        return (time.time_ns() // 1_000_000 if now_ms is None else now_ms) >= self.deadline_ms
 
     @property
     def chunks(self) -> int:
@@ -195,6 +206,9 @@ class Batches(ModelPart):
             fields["metadata"] = json.dumps(plan.metadata, ensure_ascii=False)
         if plan.max_total_tokens is not None:
             fields["max_total_tokens"] = plan.max_total_tokens
+        if plan.completion_window is not None and plan.completion_window_s is not None:
+            fields["completion_window"] = plan.completion_window
+            fields["deadline_ms"] = now_us // 1000 + plan.completion_window_s * 1000
         encoded = [orjson.dumps(item) for item in plan.items]  # 50,000 items: 90 ms with json
         pipe.hset(keys.batch(batch_id), mapping=fields)
         for start in range(0, len(encoded), PAGE):
@@ -281,6 +295,7 @@ class Batches(ModelPart):
             params=BatchParams.model_validate_json(f["params"]),
             max_concurrency=int(f["max_concurrency"]),
             max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
+            deadline_ms=int(f["deadline_ms"]) if "deadline_ms" in f else None,
             total=int(f["total"]),
             chunk_size=int(f["chunk_size"]),
         )
@@ -352,9 +367,10 @@ def batch_from_fields(f: Mapping[str, str]) -> Batch:
     total = int(f["total"])
     final = {name: int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES}
     metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
+    status = cast(BatchStatus, f["status"])
     return Batch(
         id=f["id"],
-        status=cast(BatchStatus, f["status"]),
+        status=status,
         model=f["model"],
         provider=cast(Provider, f["provider"]),
         created_at=cast(datetime, from_ms(f["created_at"])),
@@ -364,6 +380,9 @@ def batch_from_fields(f: Mapping[str, str]) -> Batch:
         request_counts=RequestCounts(total=total, pending=total - sum(final.values()), **final),
         usage=usage_of(f),
         max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
+        completion_window=f.get("completion_window"),
+        deadline_at=from_ms(f.get("deadline_ms")),
+        expired_at=from_ms(f.get("finished_at")) if status == "expired" else None,
         pacing=Pacing(
             wait_s=int(f.get("paced_ms", 0)) / 1000, provider_429s=int(f.get("rate_limited", 0))
         ),

@@ -121,6 +121,28 @@ def webhooks_key_parts() -> tuple[str, str]:
     return before, after
 
 
+#: Sorted set: webhook deliveries to make, delivery id -> when its next attempt is due (epoch
+#: ms, Redis's clock). While a worker sends an attempt, the score is when that worker's lease on
+#: it ends, so an attempt whose worker died is made again then. A member leaves when its
+#: delivery is done (a 2xx), given up, or found gone. Never expires.
+WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash: one event's delivery to one endpoint (delivery id `<event id>:<endpoint id>`):
+    `owner`, `endpoint`, `type`, `msg` (its `webhook-id`), `body` (the signed JSON), `attempts`,
+    `first_at` (epoch ms of its first attempt). Deleted when done or given up; expires in any
+    case `PROMPTBATCH_WEBHOOK_RETRY_S` and a day after it was scheduled (and again after its
+    first attempt)."""
+    return f"{PREFIX}:webhooks:delivery:{delivery_id}"
+
+
+def webhook_delivery_key_parts() -> tuple[str, str]:
+    """`webhook_delivery(id)` as (before id, after id), so a Lua script can name it."""
+    before, after = webhook_delivery("\0").split("\0")
+    return before, after
+
+
 def pacing(model: str) -> str:
     """Hash: one model's provider pacing, shared by every worker (`worker/pacing.py`): its
     request and token buckets, learned limits, 429 wait. Expires an hour after its last use."""

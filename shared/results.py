@@ -27,6 +27,9 @@ class PendingItem:
     params: dict[str, Any] | None = None
 
 
+#: The error type of items left when their batch's completion window ended (OpenAI's name).
+BATCH_EXPIRED = "batch_expired"
+
 RecordOutcome = Literal["gone", "duplicate", "written", "finished"]
 _OUTCOMES: dict[int, RecordOutcome] = {-1: "gone", 0: "duplicate", 1: "written", 2: "finished"}
 
@@ -165,6 +168,16 @@ class Results(ModelPart):
         if error is not None and error.type != BUDGET_EXCEEDED:
             error = None
         return await self._close_pending(spec, chunk, ItemOutcome(status="cancelled", error=error))
+
+    async def expire_pending(self, spec: BatchSpec, chunk: int) -> int:
+        """End every item of a chunk that has no result yet `expired` (`batch_expired`): the
+        batch's completion window ended before it started. Returns how many."""
+        error = ErrorInfo(
+            type=BATCH_EXPIRED,
+            message="The batch's completion window ended before this item started, so it "
+            "was not run.",
+        )
+        return await self._close_pending(spec, chunk, ItemOutcome(status="expired", error=error))
 
     async def _close_pending(self, spec: BatchSpec, chunk: int, outcome: ItemOutcome) -> int:
         pending = await self.pending_items(spec.id, *spec.chunk_bounds(chunk))

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.chat import BatchParams, Message
 
@@ -69,6 +79,32 @@ class PromptTemplate(_Strict):
     messages: list[tuple[TemplateRole, str]] = Field(min_length=1)
 
 
+#: The longest `completion_window` a batch may ask for: 7 days, in seconds.
+MAX_COMPLETION_WINDOW_S = 7 * 24 * 3600
+
+
+def _one_window_error(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """A value that is neither form gets one error saying what both are (not the int's)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "completion_window",
+            'A number of seconds (1 to {max}) or a string such as "30m" or "24h": digits and '
+            "one unit (s, m, h or d)",
+            {"max": MAX_COMPLETION_WINDOW_S},
+        ) from None
+
+
+#: A completion window: seconds, or a string of digits with one unit (`s`, `m`, `h`, `d`;
+#: none means seconds), as OpenAI's `"24h"`. A string's bound is checked at planning.
+CompletionWindow = Annotated[
+    Annotated[StrictInt, Field(ge=1, le=MAX_COMPLETION_WINDOW_S)]
+    | Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}[smhd]?$")],
+    WrapValidator(_one_window_error),
+]
+
+
 class BatchCreate(_Strict):
     prompts: list[PromptEntry] | None = Field(default=None, min_length=1)
     #: In place of `prompts`: a template filled from each row of `inputs`.
@@ -81,6 +117,10 @@ class BatchCreate(_Strict):
     #: A token budget: once the batch's usage reaches it no new call starts, and the items
     #: not started end `cancelled` (`budget_exceeded`).
     max_total_tokens: int | None = Field(default=None, ge=1)
+    #: How long the batch may take, from submission (`"30m"`, `"24h"`, or seconds; 1 s to 7
+    #: days). When it passes no new call starts, calls in flight finish and are kept, and the
+    #: items left end `expired` (`batch_expired`); the batch ends `expired`. None: no window.
+    completion_window: CompletionWindow | None = None
     #: Up to 16 pairs, keys of up to 64 characters and values of up to 512 (OpenAI's bounds).
     metadata: (
         dict[
@@ -155,6 +195,13 @@ class Batch(BaseModel):
     usage: Usage
     pacing: Pacing = Field(default_factory=Pacing)
     max_total_tokens: int | None = None
+    #: The completion window asked for, as `<n><unit>` (`"24h"`; seconds given as a number
+    #: read `"3600s"`), or null for none.
+    completion_window: str | None = None
+    #: When the completion window ends: no new call starts after it (null without a window).
+    deadline_at: datetime | None = None
+    #: When the batch ended `expired` (null unless it did).
+    expired_at: datetime | None = None
     metadata: dict[str, str] | None
     error: ErrorInfo | None
 

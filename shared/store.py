@@ -1,5 +1,6 @@
-"""The Redis data model as one handle: every part (batches, results, chunks, progress) over one
-client. A caller that needs one part may type it as that part; layout in `shared/keys.py`."""
+"""The Redis data model as one handle: every part (batches, results, chunks, progress, retries)
+over one client. A caller that needs one part may type it as that part; layout in
+`shared/keys.py`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from shared.batches import Batches
 from shared.chunks import Chunks
 from shared.progress import Progress
 from shared.results import Results
+from shared.retries import Retries
 
 
-class BatchStore(Batches, Results, Chunks, Progress):
+class BatchStore(Batches, Results, Chunks, Progress, Retries):
     """Reads and writes batches in Redis: the only code that knows their layout."""

@@ -25,6 +25,7 @@ from worker.concurrency import Limiters
 from worker.leases import Leases
 from worker.pacing import Pacer
 from worker.watch import BatchWatch
+from worker.webhooks import Sender
 
 
 @dataclass
@@ -59,6 +60,9 @@ class WorkerContext(TypedDict):
     flusher: asyncio.Task[None]
     reconciler: asyncio.Task[None]
     watcher: asyncio.Task[None]
+    webhook_sender: Sender
+    outbox_reader: asyncio.Task[None]
+    deliverer: asyncio.Task[None]
 
 
 class Writes:

@@ -33,6 +33,7 @@ from shared.jobs import RUN_CHUNK, dumps_job, loads_job
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings, SettingsError, get_settings
 from shared.store import BatchStore
+from shared.webhooks import WebhookEndpoints
 from worker import tasks
 from worker.concurrency import Limiters
 from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
@@ -41,6 +42,7 @@ from worker.llm import build_models
 from worker.pacing import Pacer, ProviderSaid, model_of
 from worker.reconcile import reconcile, take_turn
 from worker.watch import BatchWatch
+from worker.webhooks import Outbox, Sender
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -134,20 +136,31 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["flusher"] = _every("metrics flush", beat_s, partial(_flush, wctx))
     ctx["reconciler"] = asyncio.create_task(_reconciler(wctx), name="reconciler")
     ctx["watcher"] = asyncio.create_task(_watcher(wctx), name="watcher")
+    # Webhooks: one task reads the outbox into scheduled deliveries, one sends those due.
+    endpoints = WebhookEndpoints(ctx["redis"])
+    sender = ctx["webhook_sender"] = Sender(ctx["redis"], endpoints, settings)
+    outbox = Outbox(ctx["redis"], endpoints, worker_id, settings, scheduled=sender.wake)
+    ctx["outbox_reader"] = asyncio.create_task(outbox.run(), name="webhook outbox")
+    ctx["deliverer"] = asyncio.create_task(sender.run(), name="webhook sender")
     log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Finish result writes, stop the heartbeat (so readiness drops at once), give back
-    slots, close the HTTP pool."""
+    """Finish result writes, stop the heartbeat (so readiness drops at once) and the webhook
+    tasks (an attempt in flight is due again at once, for another worker), give back slots,
+    close the HTTP pools."""
     wctx = cast(WorkerContext, ctx)
     if "writes" in ctx:
         await wctx["writes"].drain()
-    for name in ("heartbeat", "renewer", "flusher", "reconciler", "watcher"):
+    chores = ("heartbeat", "renewer", "flusher", "reconciler", "watcher")
+    for name in (*chores, "outbox_reader", "deliverer"):
         if name in ctx:
             ctx[name].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ctx[name]
+    if "webhook_sender" in ctx:
+        with contextlib.suppress(Exception):
+            await wctx["webhook_sender"].close()
     if "limiters" in ctx:
         await wctx["limiters"].close()
     if "pacer" in ctx:

@@ -100,6 +100,10 @@ async def _run_attempt(
         closed = await store.cancel_pending(spec, chunk)
         log.info("batch %s chunk %d: cancelled %d items", batch_id, chunk, closed)
         return {"written": closed, "cancelled": closed}
+    if spec.overdue():  # taken after its completion window ended: nothing is called
+        closed = await store.expire_pending(spec, chunk)
+        log.info("batch %s chunk %d: window ended; %d items expired", batch_id, chunk, closed)
+        return {"written": closed, "expired": closed}
     limit = ctx["settings"].chunk_max_attempts
     if attempt > limit:
         failed = await store.fail_pending(spec, chunk, _worker_lost(attempt - 1))
@@ -110,24 +114,33 @@ async def _run_attempt(
         return {"written": failed, "failed": failed}
     with ctx["watch"].watch(spec.id) as stopped:
         async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
-            stops = _Stop(stop, stopped)
+            stops = _Stop(stop, stopped, spec.overdue)
             counts = await _run_items(ctx, spec, model, chunk, limiter, stops)
     # Calls in flight finished and were kept; the rest are cancelled: the batch was cancelled,
-    # or spent its token budget (seen before a call, sooner than the watch sees it).
+    # or spent its token budget (seen before a call, sooner than the watch sees it). Else the
+    # completion window ended: the rest are expired.
     budget_spent = counts["stopped"] and not stop.is_set() and await store.stopped(spec.id)
     if stopped.is_set() or budget_spent:
         counts["cancelled"] = await store.cancel_pending(spec, chunk)
+    elif counts["stopped"] and not stop.is_set() and spec.overdue():
+        counts["expired"] = await store.expire_pending(spec, chunk)
+        log.info(
+            "batch %s chunk %d: window ended; %d items expired", spec.id, chunk, counts["expired"]
+        )
     return counts
 
 
 class _Stop:
-    """Why a run must start no more provider calls: its claim was lost, or its batch stopped."""
+    """Why a run must start no more provider calls: its claim was lost, its batch stopped, or
+    the batch's completion window ended (`BatchSpec.overdue`, by this host's clock)."""
 
-    def __init__(self, lost: asyncio.Event, cancelled: asyncio.Event) -> None:
-        self.lost, self.cancelled = lost, cancelled
+    def __init__(
+        self, lost: asyncio.Event, cancelled: asyncio.Event, overdue: Callable[[], bool]
+    ) -> None:
+        self.lost, self.cancelled, self.overdue = lost, cancelled, overdue
 
     def __bool__(self) -> bool:
-        return self.lost.is_set() or self.cancelled.is_set()
+        return self.lost.is_set() or self.cancelled.is_set() or self.overdue()
 
 
 def _worker_lost(deaths: int) -> ErrorInfo:
@@ -217,6 +230,8 @@ def _item_runnable(
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         own = item.params or {}  # the item's params, over the batch's bound ones
         kwargs = call_kwargs(model, own) if own else own
+        if stop:  # no slot to wait for when no call may start
+            raise ChunkStopped
         async with limiter.slot():
             if stop:
                 raise ChunkStopped

@@ -1,4 +1,4 @@
-"""Batches: submit, read, list, cancel, delete, and read results (JSON pages or NDJSON)."""
+"""Batches: submit, read, list, cancel, retry, delete, and read results (JSON pages or NDJSON)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from api.auth import OwnerDep, require_owner
 from api.bodies import BatchBody
 from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
-from api.lifecycle import cancel, delete
+from api.lifecycle import RETRY_INCLUDE_PATTERN, cancel, delete, retry, retry_include
 from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
 from shared.batches import BatchPlan
@@ -134,6 +134,33 @@ async def cancel_batch(
     """Stop a batch: no new item starts; items running may finish and are kept; the rest
     become `cancelled`. A finished batch cannot be cancelled (409)."""
     return await cancel(store, redis, batch_id, owner)
+
+
+@router.post(
+    "/{batch_id}/retry",
+    status_code=202,
+    response_model=Batch,
+    responses={409: {"model": ErrorBody}},
+)
+async def retry_batch(
+    batch_id: BatchId,
+    store: StoreDep,
+    redis: RedisDep,
+    owner: OwnerDep,
+    include: Annotated[
+        str | None,
+        Query(
+            description="Also retry these items, comma-separated: `cancelled`, `expired`.",
+            json_schema_extra={"pattern": RETRY_INCLUDE_PATTERN},
+            examples=["cancelled,expired"],
+        ),
+    ] = None,
+) -> Batch:
+    """Run a final batch's failed items again in place (and its cancelled or expired ones
+    with `include`): they are pending again and the batch is running again, ending anew with
+    its counts exact; succeeded items are never sent again. 409 if the batch is not final or
+    has nothing to retry."""
+    return await retry(store, redis, batch_id, retry_include(include), owner)
 
 
 @router.delete("/{batch_id}", status_code=204)

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from shared.schemas import FINAL_BATCH_STATUSES
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.helpers import MockProvider, Proc, wait_for
@@ -30,7 +31,7 @@ async def submit(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 async def wait_final(client: httpx.AsyncClient, batch_id: str, timeout_s: float = 60) -> Any:
     async def final() -> Any:
         batch = (await client.get(f"/v1/batches/{batch_id}")).json()
-        return batch if batch["status"] in ("completed", "failed", "cancelled") else None
+        return batch if batch["status"] in FINAL_BATCH_STATUSES else None
 
     return await wait_for(final, timeout_s, what=f"batch {batch_id} to finish")
 

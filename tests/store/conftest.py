@@ -29,6 +29,14 @@ def make_plan(n: int, **overrides: Any) -> BatchPlan:
 
 
 @pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """An asyncio client on the test session's real Redis."""
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[BatchStore]:
     redis = Redis.from_url(redis_url)
     yield BatchStore(redis)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -11,13 +9,6 @@ from redis.exceptions import ResponseError
 from shared import keys, lua
 from shared.model import batch_script
 from shared.schemas import BATCH_STATUSES, FINAL_BATCH_STATUSES
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_status_names_come_from_the_python_side(redis: Redis) -> None:

@@ -4,20 +4,12 @@ counted twice or lost."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.metrics import WorkerMetrics
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 # Cut off after 0..39 turns of the event loop: every point of the round trip, from before the

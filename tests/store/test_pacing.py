@@ -4,22 +4,13 @@ worker, learned limits pace everyone, and with no limit nothing touches Redis.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from shared import keys
 from worker.pacing import BURST_MS, HEADROOM, LEARNED_MS, Pacer, ProviderSaid, duration_ms
 
 MODEL = "gpt-test"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def turns(pacer: Pacer, count: int, tokens: int = 1) -> list[float]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from api.lifecycle import submit
@@ -18,13 +16,6 @@ from tests.conftest import make_settings
 from tests.store.conftest import item, make_plan
 from worker.leases import Leases
 from worker.reconcile import reconcile, take_turn
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def _queued(redis: Redis) -> list[str]:
