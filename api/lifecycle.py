@@ -105,6 +105,13 @@ async def retry(
     it (no 429): they were admitted once. Conflict for a batch that is not final or has
     nothing to retry; another owner's batch is NotFound. Returns the batch as the retry left
     it, its retried items pending."""
+    await store.get(batch_id, owner)  # another owner's batch is NotFound, before anything else
+    spec = await store.spec(batch_id)
+    if spec is not None and spec.status in FINAL_BATCH_STATUSES:
+        job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
+        if any(await jobs.claimed(redis, job_ids)):
+            # arq ends such a run by deleting its job: it would take the retry's with it.
+            raise Conflict(f"Batch {batch_id} is still stopping its runs; retry it shortly.")
     chunks = await store.retry(batch_id, include or (), owner)
     retried = await store.get(batch_id)  # as the retry left it, before its chunks are queued
     await jobs.requeue(redis, batch_id, chunks)

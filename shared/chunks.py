@@ -3,7 +3,10 @@ that began and did not end (for the reconciler, and a worker resuming a dead one
 
 from __future__ import annotations
 
+import contextlib
 from typing import cast
+
+from redis.exceptions import WatchError
 
 from shared import keys
 from shared.model import ModelPart
@@ -27,6 +30,19 @@ class Chunks(ModelPart):
         """Ids of batches that are not known to be final, oldest first."""
         return [raw.decode() for raw in await self.redis.zrange(keys.ACTIVE, 0, -1)]
 
+    async def _drop_if_final(self, batch_id: str) -> None:
+        """Out of the active set, unless a retry made it run again since it was read."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(keys.batch(batch_id))
+            status = await pipe.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
+            if status is not None and status.decode() not in FINAL_BATCH_STATUSES:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+                return
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.zrem(keys.ACTIVE, batch_id)
+            with contextlib.suppress(WatchError):  # it changed meanwhile: read it next pass
+                await pipe.execute()
+
     async def unfinished_chunks(self, batch_id: str) -> list[int] | None:
         """Chunks with items not yet final, or None when the batch is gone or final (and is
         then dropped from the active set)."""
@@ -34,7 +50,7 @@ class Chunks(ModelPart):
             keys.batch(batch_id), ["status", "total", "chunk_size"]
         )
         if status is None or status.decode() in FINAL_BATCH_STATUSES:
-            await self.redis.zrem(keys.ACTIVE, batch_id)
+            await self._drop_if_final(batch_id)
             return None
         total, chunk_size = int(total), int(chunk_size)
         final = await self.redis.hgetall(keys.chunks(batch_id))  # type: ignore[misc]

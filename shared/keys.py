@@ -102,9 +102,9 @@ STATS = f"{PREFIX}:stats"
 
 
 #: Stream: the outbox of webhook events. The script that makes a batch final adds one entry
-#: (`batch`, `owner`, `status`, `at`) when the owner has webhook endpoints, so no event is lost
-#: to a crash; workers read it through the consumer group `WEBHOOK_GROUP` and delete an entry
-#: once its deliveries are scheduled. Never expires.
+#: (`batch`, `owner`, `status`, `at`), so no event is lost to a crash. Workers read it through
+#: the consumer group `WEBHOOK_GROUP` and delete an entry once its deliveries are scheduled
+#: (none, for an owner without endpoints). Never expires.
 OUTBOX = f"{PREFIX}:webhooks:outbox"
 WEBHOOK_GROUP = "deliverers"
 
@@ -113,12 +113,6 @@ def webhooks(owner: str) -> str:
     """Hash: an owner's webhook endpoints, endpoint id -> JSON (url, events, secret, created).
     Never expires; gone when its last endpoint is deleted."""
     return f"{PREFIX}:{{{owner}}}:webhooks"
-
-
-def webhooks_key_parts() -> tuple[str, str]:
-    """`webhooks(owner)` as (before owner, after owner), so a Lua script can name it."""
-    before, after = webhooks("\0").split("\0")
-    return before, after
 
 
 #: Sorted set: webhook deliveries to make, delivery id -> when its next attempt is due (epoch

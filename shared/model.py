@@ -51,8 +51,6 @@ def batch_script(name: str) -> str:
         SUM_FIELDS=list(SUMS),
         SUM_STATS=list(SUMS.values()),
         BUDGET_EXCEEDED=BUDGET_EXCEEDED,
-        WEBHOOKS_BEFORE=keys.webhooks_key_parts()[0],
-        WEBHOOKS_AFTER=keys.webhooks_key_parts()[1],
     )
 
 

@@ -71,6 +71,11 @@ class Retries(ModelPart):
             if code == -1:
                 now = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
                 raise _not_final(batch_id, now.decode() if now is not None else "gone")
+            if code == -4:
+                raise Conflict(
+                    f"Batch {batch_id} has spent its token budget (max_total_tokens); "
+                    "submit its items again as a new batch."
+                )
             # -3: retried by another request since the scan; scan again.
         raise Conflict(f"Batch {batch_id} is being retried by another request; try again.")
 

@@ -158,6 +158,9 @@ class Usage(BaseModel):
 
 
 class RequestCounts(BaseModel):
+    # `expired` has a default (clients of older servers), yet every answer carries it.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     total: int
     succeeded: int
     failed: int

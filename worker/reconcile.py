@@ -29,7 +29,7 @@ async def reconcile(redis: Redis, store: BatchStore, lease_s: float) -> int:
         chunks = await store.unfinished_chunks(batch_id)
         if not chunks:
             continue
-        if await expire_idle(redis, store, batch_id, chunks):
+        if await expire_idle(redis, store, batch_id, chunks, lease_s):
             continue
         live = await live_jobs(redis, [keys.job_id(batch_id, c) for c in chunks], lease_s)
         stranded = [chunk for chunk, alive in zip(chunks, live, strict=True) if not alive]
@@ -40,7 +40,9 @@ async def reconcile(redis: Redis, store: BatchStore, lease_s: float) -> int:
     return requeued
 
 
-async def expire_idle(redis: Redis, store: BatchStore, batch_id: str, chunks: list[int]) -> bool:
+async def expire_idle(
+    redis: Redis, store: BatchStore, batch_id: str, chunks: list[int], lease_s: float = 30.0
+) -> bool:
     """If the batch's completion window has ended, take its unfinished chunks that no worker
     runs off the queue and expire their items (a running chunk is left to its run, whose calls
     in flight finish and are kept). Returns whether the window had ended."""
@@ -48,6 +50,9 @@ async def expire_idle(redis: Redis, store: BatchStore, batch_id: str, chunks: li
     if spec is None or not spec.overdue():
         return False
     job_ids = [keys.job_id(batch_id, chunk) for chunk in chunks]
+    # A claim arq set for a day whose worker died before shortening it is cut to the lease
+    # first: else it would count as running, and keep the batch from expiring, for a day.
+    await live_jobs(redis, job_ids, lease_s)
     running = await claimed(redis, job_ids)
     idle = [chunk for chunk, taken in zip(chunks, running, strict=True) if not taken]
     await drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in idle])

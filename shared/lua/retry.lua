@@ -16,13 +16,19 @@
 --   the owner's active batches, how many statuses follow, the statuses, then the item indices.
 -- Returns {1, chunk, ...}: the chunks that now have pending items, to queue again; {0} when
 -- there is nothing to retry; {-1} when the batch is not final; {-2} when there is no such
--- batch; {-3} when it was retried since its items were scanned (scan again).
+-- batch; {-3} when it was retried since its items were scanned (scan again); {-4} when its
+-- token budget (max_total_tokens) is spent: every retried item would be cancelled again.
 local active, owned = KEYS[#KEYS - 1], KEYS[#KEYS]
 local f = redis.call('HMGET', meta, 'status', 'total', 'chunk_size', 'done', 'retries',
   'started_at', 'created_at', 'deadline_ms', 'id')
 if not f[1] then return {-2} end
 if not FINAL[f[1]] then return {-1} end
 if (f[5] or '0') ~= ARGV[1] then return {-3} end
+local budget = tonumber(redis.call('HGET', meta, 'max_total_tokens'))
+if budget then
+  local used = redis.call('HMGET', meta, 'input_tokens', 'output_tokens')
+  if (tonumber(used[1]) or 0) + (tonumber(used[2]) or 0) >= budget then return {-4} end
+end
 local total, size, done = tonumber(f[2]), tonumber(f[3]), tonumber(f[4]) or 0
 local wanted, statuses = {}, tonumber(ARGV[3])
 for i = 4, 3 + statuses do wanted[ARGV[i]] = true end

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import jobs, keys
 from shared.results import ItemOutcome, PendingItem
 from shared.schemas import ErrorInfo, FinalItemStatus
 from shared.settings import Settings
@@ -196,3 +196,39 @@ async def test_retried_items_count_against_the_queued_prompt_ceiling_but_are_nev
         refused = await client.post("/v1/batches", json={"prompts": ["e"]})
         assert refused.status_code == 429, refused.text
         assert "has 7 prompts queued" in refused.json()["error"]["message"]
+
+
+async def test_a_retry_while_an_earlier_run_still_holds_a_chunk_is_a_409(
+    redis_url: str, store: BatchStore
+) -> None:
+    async with api_client(make_settings(redis_url)) as client:
+        batch = await ended(client, store, ["failed", "succeeded"])
+        # That run's end (arq deletes its job) would take the retry's queued job with it.
+        await store.redis.set(jobs.arq_in_progress(keys.job_id(batch["id"], 0)), b"w", px=30_000)
+        refused = await client.post(f"/v1/batches/{batch['id']}/retry")
+        await store.redis.delete(jobs.arq_in_progress(keys.job_id(batch["id"], 0)))
+        accepted = await client.post(f"/v1/batches/{batch['id']}/retry")
+    assert _error(refused, 409)["type"] == "conflict"
+    assert accepted.status_code == 202, accepted.text
+
+
+async def test_a_batch_that_spent_its_token_budget_is_not_retried(
+    redis_url: str, store: BatchStore
+) -> None:
+    async with api_client(make_settings(redis_url)) as client:
+        batch = await ended(client, store, ["failed", "succeeded"])
+        await store.redis.hset(keys.batch(batch["id"]), mapping={
+            "max_total_tokens": 10, "input_tokens": 8, "output_tokens": 2,
+        })  # fmt: skip
+        refused = await client.post(f"/v1/batches/{batch['id']}/retry")
+    assert "token budget" in str(_error(refused, 409)["message"])
+
+
+async def test_every_answer_documents_request_counts_expired_as_always_there(
+    redis_url: str,
+) -> None:
+    async with api_client(make_settings(redis_url)) as client:
+        doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    counts = next(s for name, s in schemas.items() if name.startswith("RequestCounts"))
+    assert "expired" in counts["required"]

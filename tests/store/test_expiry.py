@@ -169,7 +169,7 @@ async def test_no_call_starts_after_the_window_and_calls_in_flight_are_kept(
     ctx: dict[str, Any], model: _GatedModel
 ) -> None:
     store: BatchStore = ctx["store"]
-    spec = await stored(store, 4, max_concurrency=1, **_window(2))
+    spec = await stored(store, 4, max_concurrency=1, **_window(5))  # room for the first call
     run = asyncio.create_task(run_chunk(ctx, spec.id, 0))
 
     async def first_call() -> bool:
