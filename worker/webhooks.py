@@ -1,14 +1,15 @@
 """Webhook delivery, worker side: durable and at least once.
 
-The script that makes a batch final queues an event on the outbox stream (`keys.OUTBOX`) when
-its owner has endpoints. Every worker reads the outbox through one consumer group: `Outbox`
-turns each entry into one delivery per endpoint of that owner's that asked for the event,
-scheduled in Redis (`keys.WEBHOOK_DUE`, `keys.webhook_delivery`), and takes the entry off the
-outbox in the same script. `Sender` takes due deliveries (leased in a script, so no two workers
-send one attempt), signs them (Standard Webhooks), and POSTs them: a 2xx ends a delivery; any
-other answer, an error, a timeout, or an address that is not public schedules the next attempt
-after an exponential backoff with full jitter, until `PROMPTBATCH_WEBHOOK_RETRY_S` has passed
-since the first attempt. Every attempt of one event to one endpoint has the same `webhook-id`.
+The script that makes a batch final queues an event on the outbox stream (`keys.OUTBOX`).
+Every worker reads the outbox through one consumer group: `Outbox` turns each entry into one
+delivery per endpoint of that owner's that asked for the event (none for an owner without
+endpoints), scheduled in Redis (`keys.WEBHOOK_DUE`, `keys.webhook_delivery`), and takes the
+entry off the outbox in the same script. `Sender` takes due deliveries (leased in a script, so
+no two workers send one attempt), signs them (Standard Webhooks), and POSTs them: a 2xx ends a
+delivery; any other answer, an error, a timeout, or an address that is not public schedules the
+next attempt after an exponential backoff with full jitter, until `PROMPTBATCH_WEBHOOK_RETRY_S`
+has passed since the first attempt. Every attempt of one event to one endpoint has the same
+`webhook-id`.
 """
 
 from __future__ import annotations

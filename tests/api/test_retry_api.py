@@ -217,9 +217,8 @@ async def test_a_batch_that_spent_its_token_budget_is_not_retried(
 ) -> None:
     async with api_client(make_settings(redis_url)) as client:
         batch = await ended(client, store, ["failed", "succeeded"])
-        await store.redis.hset(keys.batch(batch["id"]), mapping={
-            "max_total_tokens": 10, "input_tokens": 8, "output_tokens": 2,
-        })  # fmt: skip
+        spent = {"max_total_tokens": 10, "input_tokens": 8, "output_tokens": 2}
+        await store.redis.hset(keys.batch(batch["id"]), mapping=spent)  # type: ignore[misc]
         refused = await client.post(f"/v1/batches/{batch['id']}/retry")
     assert "token budget" in str(_error(refused, 409)["message"])
 
