@@ -13,12 +13,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 
+from bench import scale
 from bench.measure import (
     body,
     cpu_s,
@@ -31,7 +33,7 @@ from bench.measure import (
     stream_results,
     submit,
 )
-from bench.report import Row, Sweep, publish
+from bench.report import Row, Sweep, publish, table
 from bench.stack import Stack
 from bench.workload import chat_items, prompts
 from shared import keys
@@ -44,7 +46,7 @@ class Sizes:
     latency: tuple[int, float, int] = (2000, 100.0, 32)  # prompts, latency ms, concurrency
     cpu: tuple[int, float, int] = (4000, 20.0, 64)
     first: int = 15  # one-prompt batches
-    submit: tuple[int, int] = (10_000, 15)  # prompts, POSTs
+    scale: scale.ScaleSizes = field(default_factory=scale.ScaleSizes)
     memory: tuple[int, float, int] = (50_000, 20.0, 64)
     storage: tuple[int, int] = (50_000, 1200)  # items, bytes of JSON each
     paced: tuple[int, int] = (300, 1200)  # prompts, the mock's requests per minute
@@ -60,7 +62,7 @@ SMOKE = Sizes(
     latency=(40, 20.0, 8),
     cpu=(40, 5.0, 8),
     first=2,
-    submit=(100, 2),
+    scale=scale.SMOKE,
     memory=(300, 0.0, 16),
     storage=(100, 1200),
     paced=(40, 1200),
@@ -151,21 +153,7 @@ class Bench:
         self.rows.append(Row(
             name=f"first result: a one-prompt batch at {latency_ms:g} ms, POST to completed",
             unit="ms", service=s, direct=statistics.median(direct), ideal=latency_ms,
-            target="≤ 250 ms", met=s <= 250, runs=len(waits),
-        ))  # fmt: skip
-
-    async def submit_time(self) -> None:
-        count, posts = self.sizes.submit
-        payload = body(prompts(count), 8)
-        times: list[float] = []
-        for _ in range(posts):  # no workers: the batches only queue
-            seconds, batch_id = await submit(self.http, payload)
-            times.append(seconds * 1000)
-            await self.http.delete(f"/v1/batches/{batch_id}")
-        s = statistics.median(times)
-        self.rows.append(Row(
-            name=f"submit: POST of {count:,} prompts answered", unit="ms", service=s,
-            target="≤ 150 ms", met=s <= 150, runs=len(times),
+            target="≤ 150 ms", met=s <= 150, runs=len(waits),
         ))  # fmt: skip
 
     async def memory(self) -> None:
@@ -261,6 +249,28 @@ class Bench:
             extra=f"p50 {statistics.median(lat):.1f} ms",
         ))  # fmt: skip
 
+    def steps(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """Every scenario but the sweep, in the order they run (`--only` takes these names)."""
+        return [
+            (
+                "latency-bound",
+                partial(self.throughput, "latency-bound", self.sizes.latency, 1, 1.0),
+            ),
+            (
+                "client-CPU-bound",
+                partial(self.throughput, "client-CPU-bound", self.sizes.cpu, 2, 0.6),
+            ),
+            ("first result", self.first_result),
+            ("submit", partial(scale.submit_time, self, self.sizes.scale)),
+            ("large body", partial(scale.big_body, self, self.sizes.scale)),
+            ("offline", partial(scale.offline, self, self.sizes.scale)),
+            ("memory", self.memory),
+            ("storage", self.storage),
+            ("paced", self.paced),
+            ("API under load", self.pollers),
+            ("million", partial(scale.million, self, self.sizes.scale)),
+        ]
+
     async def sweep(self) -> list[Sweep]:
         latency_ms = self.sizes.sweep_latency_ms
         lines: list[Sweep] = []
@@ -288,28 +298,20 @@ class Results:
     direct_cpu_ms: float | None
 
 
-async def main_async(sizes: Sizes, workdir: Path) -> Results:
+async def main_async(sizes: Sizes, workdir: Path, only: set[str] | None = None) -> Results:
     print(f"starting Redis, the API and the mock provider (logs in {workdir})")
     stack = await asyncio.to_thread(Stack, workdir)
+    sweeps: list[Sweep] = []
     try:
         async with httpx.AsyncClient(base_url=stack.api.url, timeout=120) as http:
             bench = Bench(stack, sizes, http)
-            print("latency-bound…")
-            await bench.throughput("latency-bound", sizes.latency, 1, 1.05)
-            print("client-CPU-bound…")
-            await bench.throughput("client-CPU-bound", sizes.cpu, 2, 0.75)
-            for name, step in [
-                ("first result", bench.first_result),
-                ("submit", bench.submit_time),
-                ("memory", bench.memory),
-                ("storage", bench.storage),
-                ("paced", bench.paced),
-                ("API under load", bench.pollers),
-            ]:
-                print(f"{name}…")
-                await step()
-            print("throughput against concurrency…")
-            sweeps = await bench.sweep()
+            for name, step in bench.steps():
+                if only is None or name in only:
+                    print(f"{name}…")
+                    await step()
+            if only is None or "sweep" in only:
+                print("throughput against concurrency…")
+                sweeps = await bench.sweep()
     finally:
         await asyncio.to_thread(stack.close)
     cpu_ms = statistics.median(bench.direct_cpu_ms) if bench.direct_cpu_ms else None
@@ -321,13 +323,22 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="every scenario once, toy sizes")
     parser.add_argument("--out-dir", type=Path, default=ROOT, help="where BENCHMARKS.md goes")
     parser.add_argument("--repeat", type=int, help="alternating runs per scenario")
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenarios (their names as printed, "
+        "and sweep); BENCHMARKS.md is written only for a whole run",
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sizes = SMOKE if args.smoke else Sizes()
     if args.repeat:
         sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
     with tempfile.TemporaryDirectory(prefix="promptbatch-bench-") as workdir:
-        results = asyncio.run(main_async(sizes, Path(workdir)))
+        only = {name.strip() for name in args.only.split(",")} if args.only else None
+        results = asyncio.run(main_async(sizes, Path(workdir), only))
+    if only is not None:
+        print("\n" + table(results.rows))
+        return
     publish(
         results.rows, results.sweeps, sizes.sweep_latency_ms, args.out_dir,
         smoke=args.smoke, cpu_ms=results.direct_cpu_ms,

@@ -1,52 +1,41 @@
-"""The baseline: what a user would write instead of the service, a direct `abatch` script.
+"""The baseline: the script a user writes instead of running the service.
 
-It builds the very chain a worker builds (same `ChatOpenAI` settings, same HTTP client type) and
-runs `chain.abatch(prompts, max_concurrency=...)` against the same mock. Run as a process of its
-own, as a user's script is; prints one JSON line: {"seconds", "cpu_s", "failed"}. The clock
-starts after imports and client set-up, so the script is timed at its best.
+Nothing of promptbatch is in it: `ChatOpenAI` with the SDK's default HTTP client, and one
+`abatch` call with LangChain's own concurrency bound, as LangChain's documentation shows it.
+The benchmark runs it as a process of its own, as a user would, with the prompts in a file of
+one JSON string per line. The clock runs around the `abatch` call only (after the imports, the
+file read and the model's set-up), so the script is timed at its best. It prints one JSON line:
+{"seconds", "cpu_s", "failed"}.
 
-    python -m bench.direct --base-url http://127.0.0.1:8001/v1 --prompts 2000 --concurrency 32
+    python bench/direct.py --base-url http://127.0.0.1:8001/v1 --prompts prompts.jsonl \
+        --concurrency 32
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
 import json
 import time
 
-import openai
-
-from bench.workload import prompts
-from shared.chat import BatchParams
-from shared.settings import Settings
-from worker.llm import build_chain, build_models
+from langchain_openai import ChatOpenAI
 
 
-async def run(base_url: str, count: int, concurrency: int) -> dict[str, float]:
-    settings = Settings(openai_base_url=base_url, openai_api_key="sk-bench", provider="openai")
-    http = openai.DefaultAsyncHttpxClient()
-    model = build_models(settings, http)["openai"]
-    chain = build_chain(model, settings.default_model, None, BatchParams())
-    work = prompts(count)
+async def main(base_url: str, prompts: list[str], concurrency: int) -> None:
+    model = ChatOpenAI(model="gpt-4o-mini", base_url=base_url, api_key="sk-bench")
+
     began, cpu = time.perf_counter(), time.process_time()
-    results = await chain.abatch(
-        work, config={"max_concurrency": concurrency}, return_exceptions=True
-    )
+    replies = await model.abatch(prompts, config={"max_concurrency": concurrency})  # type: ignore[arg-type]
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
-    await http.aclose()
-    failed = sum(isinstance(r, BaseException) for r in results)
-    return {"seconds": seconds, "cpu_s": cpu, "failed": failed}
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="A direct abatch run against an endpoint.")
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--prompts", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, required=True)
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.base_url, args.prompts, args.concurrency))))
+    failed = sum(not reply.content for reply in replies)
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "failed": failed}))
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="A plain abatch script against an endpoint.")
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--prompts", required=True, help="a file of one JSON string per line")
+    parser.add_argument("--concurrency", type=int, required=True)
+    args = parser.parse_args()
+    with open(args.prompts) as lines:
+        prompts = [json.loads(line) for line in lines]
+    asyncio.run(main(args.base_url, prompts, args.concurrency))

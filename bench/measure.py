@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.schemas import FINAL_BATCH_STATUSES
+from tests.helpers import ROOT
 
 JSON = {"Content-Type": "application/json"}
 
@@ -155,3 +159,41 @@ async def forget_pacing(redis_url: str) -> None:
         names = [name async for name in redis.scan_iter(match=keys.pacing("*"))]
         if names:
             await redis.delete(*names)
+
+
+@dataclass
+class LoopHold:
+    """What the `/healthz` poller saw: its longest wait and its 99th percentile, in ms."""
+
+    worst_ms: float = 0.0
+    p99_ms: float = 0.0
+    polls: int = 0
+
+
+@contextlib.asynccontextmanager
+async def loop_watch(url: str) -> AsyncIterator[LoopHold]:
+    """Poll the API's `/healthz` back to back from a process of its own while the block runs;
+    the holder is filled in on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.healthz", url, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    held = LoopHold()
+    try:
+        if (await proc.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("the /healthz poller did not start")
+        yield held
+    finally:
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        out, _ = await proc.communicate()
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    held.worst_ms, held.p99_ms, held.polls = seen["worst_ms"], seen["p99_ms"], seen["polls"]
+
+
+async def redis_used(redis_url: str) -> int:
+    """Redis's `used_memory`, in bytes."""
+    async with Redis.from_url(redis_url) as redis:
+        return int((await redis.info("memory"))["used_memory"])

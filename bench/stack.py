@@ -10,10 +10,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench import workload
 from tests.helpers import ROOT, MockProvider, Proc, RedisServer, start_worker, worker_env
 from tests.servers import Api, start_api
 
 API_KEY = "sk-bench"
+DIRECT = ROOT / "bench" / "direct.py"  # run as a script, from a directory of its own
 
 
 class Stack:
@@ -23,6 +25,7 @@ class Stack:
         self.workdir = workdir
         self.redis = RedisServer(workdir)
         self._mocks: dict[tuple[float, int], MockProvider] = {}
+        self._offline: Api | None = None
         self.api: Api = start_api(
             self.redis.url,
             workdir / "api.log",
@@ -31,6 +34,21 @@ class Stack:
             OPENAI_BASE_URL="http://127.0.0.1:9/v1",
             PROMPTBATCH_MAX_CONCURRENCY="1024",
         )
+
+    async def offline_api(self) -> Api:
+        """A second API on the same Redis whose batches run on the offline model, taking
+        batches of up to a million prompts (and bodies to match)."""
+        if self._offline is None:
+            self._offline = await asyncio.to_thread(
+                start_api,
+                self.redis.url,
+                self.workdir / "api-offline.log",
+                PROMPTBATCH_PROVIDER="offline",
+                PROMPTBATCH_MAX_PROMPTS="1000000",
+                PROMPTBATCH_MAX_BODY_BYTES=str(512 * 1024 * 1024),
+                PROMPTBATCH_MAX_CONCURRENCY="1024",
+            )
+        return self._offline
 
     def mock(self, latency_ms: float, rpm: int = 0) -> MockProvider:
         """The mock at `latency_ms`, enforcing `rpm` requests a minute (0: none)."""
@@ -60,10 +78,14 @@ class Stack:
     async def direct(self, latency_ms: float, prompts: int, concurrency: int) -> dict[str, float]:
         """One run of the direct abatch script, in a process of its own."""
         url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
-        args = ["-m", "bench.direct", "--base-url", url, "--prompts", str(prompts),
+        path = self.workdir / f"prompts-{prompts}.jsonl"
+        if not path.exists():
+            lines = "".join(json.dumps(p) + "\n" for p in workload.prompts(prompts))
+            await asyncio.to_thread(path.write_text, lines)
+        args = [str(DIRECT), "--base-url", url, "--prompts", str(path),
                 "--concurrency", str(concurrency)]  # fmt: skip
         done = await asyncio.create_subprocess_exec(
-            sys.executable, *args, cwd=ROOT, env=worker_env("unused"),
+            sys.executable, *args, cwd=self.workdir, env=worker_env("unused"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await done.communicate()
@@ -74,6 +96,8 @@ class Stack:
 
     def close(self) -> None:
         self.api.proc.stop()
+        if self._offline is not None:
+            self._offline.proc.stop()
         for mock in self._mocks.values():
             mock.stop()
         self.redis.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -28,3 +29,17 @@ def chat_items(count: int, size: int) -> list[dict[str, Any]]:
             "params": {"temperature": 0, "max_tokens": 8},
         })  # fmt: skip
     return items
+
+
+def openai_batch_file(count: int) -> bytes:
+    """An OpenAI Batch input file of `count` lines (NDJSON), each a chat request of one short
+    prompt, as a user uploads to OpenAI's Batch API."""
+
+    def line(i: int, text: str) -> str:
+        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+        return json.dumps({
+            "custom_id": f"task-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": request,
+        })  # fmt: skip
+
+    return ("".join(line(i, text) + "\n" for i, text in enumerate(prompts(count)))).encode()

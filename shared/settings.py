@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     redis_timeout_s: float = Field(default=2.0, gt=0)
     worker_max_jobs: int = Field(default=8, ge=1)
-    worker_poll_delay_s: float = Field(default=0.1, gt=0)
+    worker_poll_delay_s: float = Field(default=0.02, gt=0)
     worker_heartbeat_s: float = Field(default=2.0, gt=0)
     worker_alive_s: float = Field(default=6.0, gt=0)
     job_timeout_s: int = Field(default=24 * 3600, ge=1)

@@ -45,7 +45,7 @@ class WorkerContext(TypedDict):
     redis: Redis  # set by arq itself (its client is a Redis client)
     settings: Settings
     store: BatchStore
-    http: openai.DefaultAsyncHttpxClient
+    http: openai.DefaultAioHttpClient
     models: dict[Provider, BaseChatModel]
     worker_id: str
     limiters: Limiters

@@ -32,7 +32,6 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_openai import ChatOpenAI
 
 from shared.chat import JSON_FORMATS, BatchParams, has_system, schema_error
@@ -100,7 +99,7 @@ def _offline_reply(messages: list[BaseMessage], **params: Any) -> ChatResult:
 
 
 def build_models(
-    settings: Settings, http_client: openai.DefaultAsyncHttpxClient
+    settings: Settings, http_client: openai.DefaultAioHttpClient
 ) -> dict[Provider, BaseChatModel]:
     """The chat models this process can run, built once: offline always, openai if configured."""
     models: dict[Provider, BaseChatModel] = {
@@ -119,22 +118,11 @@ def build_models(
     return models
 
 
-def build_chain(
-    model: BaseChatModel, model_name: str, system: str | None, params: BatchParams
-) -> Runnable[str, BaseMessage]:
-    """Optional system prompt + the user's prompt -> the chat model, with the batch's params."""
-
-    def messages(prompt: str) -> list[BaseMessage]:
-        return to_messages(system, prompt)
-
-    return RunnableLambda(messages) | bind_model(model, model_name, params)
-
-
-def bind_model(
-    model: BaseChatModel, model_name: str, params: BatchParams
-) -> Runnable[list[BaseMessage], BaseMessage]:
-    """The chat model with the batch's model name and params (an item's own override them)."""
-    return model.bind(model=model_name, **call_kwargs(model, params.provider_kwargs()))
+def batch_kwargs(model: BaseChatModel, model_name: str, params: BatchParams) -> dict[str, Any]:
+    """What every call of a batch passes the chat model: the model name and the batch's params
+    (an item's own go over them, `call_kwargs`). Passed to `ainvoke` as keywords rather than
+    bound (`model.bind`): a binding costs LangChain a config merge per call."""
+    return {"model": model_name, **call_kwargs(model, params.provider_kwargs())}
 
 
 def call_kwargs(model: BaseChatModel, params: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, cast
 import langsmith
 import langsmith.utils
 import openai
+import uvloop
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Function, func
@@ -91,8 +92,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     _show_logs()
     _limit_tracing(settings)
-    # The HTTP library the installed OpenAI SDK is built on (httpx, or httpx2 for openai>=3),
-    # one pool per process and event loop, shared by every batch this worker runs.
+    # One HTTP pool per process and event loop, shared by every batch this worker runs: the
+    # OpenAI SDK's client on its aiohttp transport, which costs about a third of the CPU per
+    # call of its default (httpx) transport (BENCHMARKS.md).
     metrics = WorkerMetrics()
     pacer = Pacer(ctx["redis"], settings.rpm_limit, settings.tpm_limit)
 
@@ -110,7 +112,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # learning must never break the call itself
             pacer.observe(model_of(response.request), said)
 
-    http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [count_response]})
+    http = openai.DefaultAioHttpClient(event_hooks={"response": [count_response]})
     worker_id = workers.worker_id(socket.gethostname(), os.getpid(), secrets.token_hex(3))
     store = BatchStore(ctx["redis"], result_ttl_s=settings.result_ttl_s)
     ctx.update(
@@ -312,5 +314,7 @@ def __getattr__(name: str) -> type:
     """`WorkerSettings` is built when arq asks for it, from the environment then: importing
     this module reads no settings (so tests can import its job function)."""
     if name == "WorkerSettings":
+        # arq makes the worker's event loop from the policy: uvloop's, for less CPU per call.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         return worker_settings(_settings())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,8 +10,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from redis.exceptions import RedisError
 
 from shared import keys
@@ -20,7 +19,14 @@ from shared.results import ItemOutcome, PendingItem, RecordOutcome
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
-from worker.llm import bind_model, call_kwargs, item_chars, outcome_of, rate_limited, to_messages
+from worker.llm import (
+    batch_kwargs,
+    call_kwargs,
+    item_chars,
+    outcome_of,
+    rate_limited,
+    to_messages,
+)
 from worker.pacing import estimate_tokens
 
 log = logging.getLogger("promptbatch.worker")
@@ -171,12 +177,11 @@ async def _run_items(
     )  # fmt: skip
     began = time.perf_counter()
     counts = {"written": 0, "failed": 0, "stopped": 0}
-    bound = bind_model(model, spec.model, spec.params)
 
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
         return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(model, bound, spec, limiter, stop, ctx, write)
+    items = _item_runnable(model, spec, limiter, stop, ctx, write)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -201,7 +206,6 @@ Write = Callable[[PendingItem, ItemOutcome], Awaitable[RecordOutcome]]
 
 def _item_runnable(
     model: BaseChatModel,
-    bound: Runnable[list[BaseMessage], BaseMessage],
     spec: BatchSpec,
     limiter: BatchLimiter,
     stop: _Stop,
@@ -213,8 +217,8 @@ def _item_runnable(
     it answers (so it cannot be stored as another's), and a stop after the reply (SIGTERM)
     cannot lose it. Returns how the write went and the item's status.
 
-    This one runnable is the whole chain of an item (the messages are built inside it): each
-    runnable layer costs LangChain a run of its own, about 0.25 ms of CPU per item.
+    The chat model's call is the item's one LangChain run (the messages are built here, not
+    in a runnable of their own): each runnable layer costs a run, about 0.25 ms per item.
 
     Each call takes its turn from the provider's rate limits first (`worker/pacing.py`); a 429
     is waited out and the call made again until the item's deadline, never its failure while
@@ -226,10 +230,11 @@ def _item_runnable(
     batch_format = spec.params.response_format
     batch_output = spec.params.provider_kwargs().get("max_completion_tokens")
     deadline_s = settings.item_deadline_s
+    batch_call = batch_kwargs(model, spec.model, spec.params)
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
-        own = item.params or {}  # the item's params, over the batch's bound ones
-        kwargs = call_kwargs(model, own) if own else own
+        own = item.params or {}  # the item's params, over the batch's
+        kwargs = {**batch_call, **call_kwargs(model, own)} if own else batch_call
         if stop:  # no slot to wait for when no call may start
             raise ChunkStopped
         async with limiter.slot():
@@ -250,7 +255,7 @@ def _item_runnable(
                     began = time.perf_counter()
                     try:
                         messages = to_messages(spec.system, item.prompt)
-                        reply = await bound.ainvoke(messages, config, **kwargs)
+                        reply = await model.ainvoke(messages, config, **kwargs)
                     except Exception as exc:  # the provider's error is this item's result
                         if rate_limited(exc) and time.monotonic() < give_up:
                             continue  # "later": paced again (the 429 slowed every worker)
@@ -272,4 +277,28 @@ def _item_runnable(
         )
         return await write(item, outcome), outcome.status
 
-    return RunnableLambda(call, name="promptbatch_item")
+    return _ItemCall(call)
+
+
+Call = Callable[[PendingItem, RunnableConfig], Awaitable[tuple[RecordOutcome, str]]]
+
+
+class _ItemCall(Runnable[PendingItem, tuple[RecordOutcome, str]]):
+    """An item's call as a runnable, for `Runnable.abatch`, that is no LangChain run itself:
+    the chat model's call inside it is the item's only run (its callbacks, its trace), as in
+    `ChatOpenAI.abatch`, which is `Runnable.abatch` over the model's own `ainvoke`. A
+    `RunnableLambda` here would cost each item a second run (about 0.25 ms of CPU), started
+    for all the chunk's items at once, before any of them has a slot."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def invoke(
+        self, input: PendingItem, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> tuple[RecordOutcome, str]:
+        raise NotImplementedError("items run on the worker's event loop: use ainvoke/abatch")
+
+    async def ainvoke(
+        self, input: PendingItem, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> tuple[RecordOutcome, str]:
+        return await self._call(input, ensure_config(config))

@@ -17,6 +17,7 @@ from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.store.conftest import item, stored
+from worker import tasks
 from worker.concurrency import Limiters
 from worker.context import Attempts, Writes
 from worker.leases import Leases
@@ -24,11 +25,6 @@ from worker.llm import OFFLINE_PREFIX, OfflineChatModel
 from worker.main import run_chunk
 from worker.pacing import Pacer
 from worker.watch import BatchWatch
-
-
-class _UnbindableModel(OfflineChatModel):
-    def bind(self, **kwargs: Any) -> Any:
-        raise RuntimeError("secret prompt text must not be logged")
 
 
 def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
@@ -145,11 +141,16 @@ def _recorded(attempts: Attempts) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
-    ctx: dict[str, Any], caplog: pytest.LogCaptureFixture
+    ctx: dict[str, Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store: BatchStore = ctx["store"]
     batch = await stored(store, 2)
-    await run_chunk({**ctx, "models": {"offline": _UnbindableModel()}}, batch.id, 0)
+
+    def broken(*args: Any) -> Any:  # a bug in the run's set-up, its message quoting a prompt
+        raise RuntimeError("secret prompt text must not be logged")
+
+    monkeypatch.setattr(tasks, "batch_kwargs", broken)
+    await run_chunk(ctx, batch.id, 0)
     failed = await store.get(batch.id)
     assert failed.status == "failed"
     assert failed.error is not None

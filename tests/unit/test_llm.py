@@ -12,7 +12,7 @@ from shared.chat import BatchParams
 from worker.llm import (
     OFFLINE_PREFIX,
     OfflineChatModel,
-    build_chain,
+    batch_kwargs,
     error_info,
     outcome_of,
     rate_limited,
@@ -32,27 +32,31 @@ async def test_offline_model_is_deterministic_with_usage() -> None:
     assert first.usage_metadata["output_tokens"] == 6
 
 
-async def test_chain_passes_system_prompt_and_keeps_braces_literal() -> None:
-    chain = build_chain(OfflineChatModel(), "m", "Answer {in} one line.", BatchParams())
-    reply = await chain.ainvoke("what is {x}?")
+async def test_a_call_passes_system_prompt_and_keeps_braces_literal() -> None:
+    model = OfflineChatModel()
+    messages = to_messages("Answer {in} one line.", "what is {x}?")
+    reply = await model.ainvoke(messages, **batch_kwargs(model, "m", BatchParams()))
     assert reply.content == f"{OFFLINE_PREFIX}what is {{x}}?"
     assert outcome_of(reply).usage is not None
     assert outcome_of(reply).usage.input_tokens == 7  # type: ignore[union-attr]
 
 
-async def test_chain_applies_max_tokens() -> None:
-    chain = build_chain(OfflineChatModel(), "m", None, BatchParams(max_tokens=3))
-    reply = await chain.ainvoke("one two three four")
+async def test_a_call_applies_the_batch_max_tokens() -> None:
+    model = OfflineChatModel()
+    kwargs = batch_kwargs(model, "m", BatchParams(max_tokens=3))
+    reply = await model.ainvoke(to_messages(None, "one two three four"), **kwargs)
     assert reply.content == "[offline] You asked:"
 
 
 async def test_abatch_as_completed_keeps_each_output_with_its_prompt() -> None:
-    chain = build_chain(OfflineChatModel(latency_s=0.001), "m", None, BatchParams())
+    model = OfflineChatModel(latency_s=0.001)
     prompts = [f"prompt {i}" for i in range(50)]
     seen = {
         index: result
-        async for index, result in chain.abatch_as_completed(
-            prompts, config={"max_concurrency": 7}, return_exceptions=True
+        async for index, result in model.abatch_as_completed(
+            [to_messages(None, p) for p in prompts],
+            config={"max_concurrency": 7},
+            return_exceptions=True,
         )
     }
     assert {i: outcome_of(r).output for i, r in seen.items()} == {
