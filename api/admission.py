@@ -124,7 +124,7 @@ async def submit_within_limits(
     idempotency = idempotency_for(owner, idempotency_key, request_hash, settings)
     if idempotency is not None and (earlier := await store.repeat_of(idempotency)) is not None:
         return earlier, False
-    admission = await limits.admit(owner, len(plan.items))
+    admission = await limits.admit(owner, plan.count)
     try:
         batch, created = await submit(
             store, plan, settings, owner=owner, idempotency=idempotency,

@@ -1,5 +1,6 @@
 """The body of a submission, read and validated off the event loop: JSON as `BatchCreate`, or an
-OpenAI Batch input file as NDJSON, which becomes the same `BatchCreate`.
+OpenAI Batch input file as NDJSON, which becomes the same `BatchCreate` (a large one is spooled
+and validated later, a page at a time: `api/ingest.py`).
 
 A body is counted before anything in it is validated (a batch over `PROMPTBATCH_MAX_PROMPTS`
 is refused without looking at one prompt), and a large one is parsed and validated in a thread:
@@ -9,6 +10,7 @@ no submission holds the loop that answers every other request.
 from __future__ import annotations
 
 import email.message
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from api.deps import SettingsDep
+from api.ingest import INLINE_BYTES, Upload, read_body
 from shared.errors import InvalidRequest
 from shared.openai_format import numbered_batch
 from shared.schemas import BatchCreate
@@ -28,28 +31,33 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl"})
 
 Model = TypeVar("Model", bound=BaseModel)
 
-#: Bodies up to this size are read on the loop (parsing them costs well under a millisecond);
-#: larger ones in a thread.
-INLINE_BYTES = 64 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class SubmittedBody:
     """A submission's validated body; `lines` is the line number (from 1) of each item when it
-    came as OpenAI Batch NDJSON, so that later errors can name the line."""
+    came as OpenAI Batch NDJSON, so that later errors can name the line. A large NDJSON body
+    is an `upload` instead, validated as its items are staged."""
 
-    request: BatchCreate
+    request: BatchCreate | None
     lines: list[int] | None = None
+    upload: Upload | None = None
 
 
-async def read_batch_body(request: Request, settings: SettingsDep) -> SubmittedBody:
+async def read_batch_body(request: Request, settings: SettingsDep) -> AsyncIterator[SubmittedBody]:
     """The submission's body, counted, parsed and validated (in a thread when it is large)."""
-    raw = await request.body()
     ndjson = _media_type(request) in NDJSON_TYPES
+    raw = await read_body(request) if ndjson else await request.body()
+    if isinstance(raw, Upload):
+        try:
+            yield SubmittedBody(None, upload=raw)
+        finally:
+            await raw.close()
+        return
     read = _from_ndjson if ndjson else _from_json
     if len(raw) <= INLINE_BYTES:
-        return read(raw, settings)
-    return await run_in_threadpool(read, raw, settings)
+        yield read(raw, settings)
+    else:
+        yield await run_in_threadpool(read, raw, settings)
 
 
 BatchBody = Annotated[SubmittedBody, Depends(read_batch_body)]

@@ -29,15 +29,18 @@ def resolve_items(prompts: list[PromptEntry], settings: Settings) -> list[ItemRe
             check_prompt(entry, settings.max_prompt_chars, param)
             items.append((seen.add(None, index), entry))
             continue
-        custom_id = seen.add(entry.custom_id, index)
-        body = _item_body(entry, settings.max_prompt_chars, param)
-        if entry.params is None:
-            items.append((custom_id, body))
-            continue
-        check_params(entry.params, settings, f"{param}.params")
-        own = entry.params.provider_kwargs()
-        items.append((custom_id, body, own) if own else (custom_id, body))
+        items.append(resolve_item(entry, seen.add(entry.custom_id, index), param, settings))
     return items
+
+
+def resolve_item(item: PromptItem, custom_id: str, param: str, settings: Settings) -> ItemRecord:
+    """An item object as stored: checked (`param` names it in errors), its own params kept."""
+    body = _item_body(item, settings.max_prompt_chars, param)
+    if item.params is None:
+        return (custom_id, body)
+    check_params(item.params, settings, f"{param}.params")
+    own = item.params.provider_kwargs()
+    return (custom_id, body, own) if own else (custom_id, body)
 
 
 def _item_body(item: PromptItem, max_chars: int, param: str) -> ItemBody:

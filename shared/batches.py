@@ -30,6 +30,7 @@ from shared.schemas import (
     Provider,
     RequestCounts,
 )
+from shared.staging import Staged
 
 #: An item as stored: `(custom_id, prompt or messages)`, and its own params when it has any.
 ItemBody = str | list[dict[str, Any]]
@@ -38,7 +39,8 @@ ItemRecord = tuple[str, ItemBody] | tuple[str, ItemBody, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    """A validated submission, ready to store: items resolved, defaults and limits applied."""
+    """A validated submission, ready to store: items resolved, defaults and limits applied.
+    A large one's items are written before the batch is (`staged`; `items` is empty then)."""
 
     items: list[ItemRecord]
     model: str
@@ -51,6 +53,11 @@ class BatchPlan:
     #: The completion window as shown (`"24h"`) and in seconds; its deadline is set at store.
     completion_window: str | None = None
     completion_window_s: int | None = None
+    staged: Staged | None = None
+
+    @property
+    def count(self) -> int:
+        return self.staged.count if self.staged is not None else len(self.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +193,7 @@ class Batches(ModelPart):
         owner: str,
         stage: StageJobs | None,
     ) -> Batch:
-        batch_id = new_batch_id()
+        batch_id = new_batch_id() if plan.staged is None else plan.staged.batch_id
         now_us = time.time_ns() // 1000
         fields: dict[str, str | int] = {
             "id": batch_id,
@@ -197,7 +204,7 @@ class Batches(ModelPart):
             "params": plan.params.model_dump_json(exclude_none=True),
             "max_concurrency": plan.max_concurrency,
             "created_at": now_us // 1000,
-            "total": len(plan.items),
+            "total": plan.count,
             "chunk_size": chunk_size,
         }
         if plan.system is not None:
@@ -209,15 +216,17 @@ class Batches(ModelPart):
         if plan.completion_window is not None and plan.completion_window_s is not None:
             fields["completion_window"] = plan.completion_window
             fields["deadline_ms"] = now_us // 1000 + plan.completion_window_s * 1000
-        encoded = [orjson.dumps(item) for item in plan.items]  # 50,000 items: 90 ms with json
         pipe.hset(keys.batch(batch_id), mapping=fields)
-        for start in range(0, len(encoded), PAGE):
-            pipe.rpush(keys.inputs(batch_id), *encoded[start : start + PAGE])
+        if plan.staged is not None:  # written already: kept from now on
+            pipe.persist(keys.inputs(batch_id))
+        for start in range(0, len(plan.items), PAGE):
+            page = plan.items[start : start + PAGE]
+            pipe.rpush(keys.inputs(batch_id), *[orjson.dumps(item) for item in page])
         pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
         pipe.zadd(keys.ACTIVE, {batch_id: now_us})
         pipe.hincrby(keys.STATS, "batches:created", 1)
         if stage is not None:
-            stage(pipe, batch_id, range(-(-len(plan.items) // chunk_size)))
+            stage(pipe, batch_id, range(-(-plan.count // chunk_size)))
         return batch_from_fields({k: str(v) for k, v in fields.items()})
 
     async def remove(self, batch_id: str) -> None:

@@ -35,7 +35,9 @@ def batch(batch_id: str) -> str:
 
 def inputs(batch_id: str) -> str:
     """List: one JSON `[custom_id, prompt or messages]` per item (with its own params as a
-    third element when it has any), in input order. Written once at submit."""
+    third element when it has any), in input order. Written once at submit: a large
+    submission's page by page before its batch exists, expiring unless the batch is created
+    (`shared/staging.py`)."""
     return f"{PREFIX}:{{{batch_id}}}:inputs"
 
 

@@ -48,9 +48,9 @@ class RequestLine(BaseModel, extra="forbid"):
     body: ChatRequestBody
 
 
-def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
-    """`(line number, decoded JSON)` for each non-blank line; numbers count from 1."""
-    for number, line in enumerate(lines, start=1):
+def json_lines(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, Any]]:
+    """`(line number, decoded JSON)` for each non-blank line; numbers count from `start`."""
+    for number, line in enumerate(lines, start=start):
         if not line.strip():
             continue
         try:
@@ -75,35 +75,54 @@ def batch_from_request_lines(lines: Iterable[str]) -> BatchCreate:
 
 def numbered_batch(lines: Iterable[str]) -> tuple[BatchCreate, list[int]]:
     """`batch_from_request_lines`, and the line number (from 1) of each item."""
+    read = RequestLines()
     prompts: list[PromptEntry] = []
     numbers: list[int] = []
-    seen: set[str] = set()
-    model: tuple[int, str] | None = None
     for number, value in json_lines(lines):
+        prompts.append(read.item(number, value))
+        numbers.append(number)
+    if not prompts:
+        raise InvalidRequest(NO_LINES, param="line[1]")
+    return BatchCreate(prompts=prompts, model=read.model), numbers
+
+
+NO_LINES = "The body has no request lines."
+
+
+class RequestLines:
+    """The request lines of one file, read one at a time (a file can be read in pages): each
+    becomes an item; the file's one model and each custom_id's uniqueness are checked across
+    all of them."""
+
+    def __init__(self) -> None:
+        self._model: tuple[int, str] | None = None
+        self._seen: set[str] = set()
+
+    @property
+    def model(self) -> str | None:
+        """The model the lines name (the same on every line that names one), if any."""
+        return None if self._model is None else self._model[1]
+
+    def item(self, number: int, value: Any) -> PromptItem:
+        """Line `number` (decoded JSON) as an item; InvalidRequest names what is wrong."""
         line = _request_line(number, value)
         body = line.body
         if body.model is not None:
-            if model is None:
-                model = (number, body.model)
-            elif body.model != model[1]:
+            if self._model is None:
+                self._model = (number, body.model)
+            elif body.model != self._model[1]:
                 raise InvalidRequest(
-                    f"Line {number}: model {body.model!r} differs from line {model[0]}'s "
-                    f"{model[1]!r}; a batch runs one model.",
+                    f"Line {number}: model {body.model!r} differs from line "
+                    f"{self._model[0]}'s {self._model[1]!r}; a batch runs one model.",
                     param=f"line[{number}].body.model",
                 )
-        if line.custom_id in seen:
+        if line.custom_id in self._seen:
             raise InvalidRequest(
                 f"Line {number}: custom_id {line.custom_id!r} appears twice in the batch.",
                 param=f"line[{number}].custom_id",
             )
-        seen.add(line.custom_id)
-        prompts.append(
-            PromptItem(custom_id=line.custom_id, messages=body.messages, params=body.params())
-        )
-        numbers.append(number)
-    if not prompts:
-        raise InvalidRequest("The body has no request lines.", param="line[1]")
-    return BatchCreate(prompts=prompts, model=model[1] if model else None), numbers
+        self._seen.add(line.custom_id)
+        return PromptItem(custom_id=line.custom_id, messages=body.messages, params=body.params())
 
 
 _ITEM_PARAM = re.compile(r"^prompts\[(\d+)\](?:\.params(?=\.)|(?=\.messages)|(?=\.custom_id))?")

@@ -13,9 +13,10 @@ from sse_starlette import EventSourceResponse
 
 from api.admission import submit_within_limits
 from api.auth import OwnerDep, require_owner
-from api.bodies import BatchBody
+from api.bodies import BatchBody, SubmittedBody
 from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
+from api.ingest import stage_plan, stage_upload, staged
 from api.lifecycle import RETRY_INCLUDE_PATTERN, cancel, delete, retry, retry_include
 from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
@@ -66,21 +67,21 @@ async def create_batch(
     """Submit prompts (strings, prompt objects or OpenAI messages, each with its own params), or
     a template with rows of `inputs`; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
-    try:
-        plan, request_hash = await _plan(body.request, settings)
-    except InvalidRequest as exc:
-        if body.lines is None:
-            raise
-        raise as_line_error(exc, body.lines) from None
-    batch, created = await submit_within_limits(
-        limits,
-        store,
-        plan,
-        settings,
-        owner,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
+    if body.upload is not None:
+        plan, request_hash = await stage_upload(body.upload, store, settings), body.upload.digest
+    else:
+        plan, request_hash = await _plan(body, settings, hashed=idempotency_key is not None)
+    plan = await stage_plan(plan, store)
+    async with staged(plan, store):
+        batch, created = await submit_within_limits(
+            limits,
+            store,
+            plan,
+            settings,
+            owner,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     if not created:
         response.status_code = 200
@@ -92,17 +93,26 @@ async def create_batch(
 _PLAN_INLINE_ITEMS = 1000
 
 
-async def _plan(body: BatchCreate, settings: Settings) -> tuple[BatchPlan, str]:
-    if body.template is None and len(body.prompts or ()) <= _PLAN_INLINE_ITEMS:
-        return _planned(body, settings)
-    return await run_in_threadpool(_planned, body, settings)
+async def _plan(body: SubmittedBody, settings: Settings, *, hashed: bool) -> tuple[BatchPlan, str]:
+    assert body.request is not None
+    try:
+        if body.request.template is None and len(body.request.prompts or ()) <= _PLAN_INLINE_ITEMS:
+            return _planned(body.request, settings, hashed)
+        return await run_in_threadpool(_planned, body.request, settings, hashed)
+    except InvalidRequest as exc:
+        if body.lines is None:
+            raise
+        raise as_line_error(exc, body.lines) from None
 
 
-def _planned(body: BatchCreate, settings: Settings) -> tuple[BatchPlan, str]:
-    """The plan, and the request's hash for `Idempotency-Key` (the same body, whatever the
-    order of the keys inside its objects, hashes the same)."""
+def _planned(body: BatchCreate, settings: Settings, hashed: bool) -> tuple[BatchPlan, str]:
+    """The plan, and (when `hashed`, for an `Idempotency-Key`) the request's hash: the same
+    body, whatever the order of the keys inside its objects, hashes the same."""
+    plan = plan_batch(body, settings)
+    if not hashed:
+        return plan, ""
     canonical = orjson.dumps(orjson.loads(body.model_dump_json()), option=orjson.OPT_SORT_KEYS)
-    return plan_batch(body, settings), hashlib.sha256(canonical).hexdigest()
+    return plan, hashlib.sha256(canonical).hexdigest()
 
 
 @router.get("", response_model=BatchList)

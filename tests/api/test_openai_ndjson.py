@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from api.ingest import INLINE_BYTES
 from shared.store import BatchStore
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -26,16 +28,34 @@ def request(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
     }
 
 
+Post = Callable[[str | bytes], Awaitable[httpx.Response]]
+
+
+@pytest.fixture(params=["inline", "spooled"])
+def post(request: pytest.FixtureRequest, client: httpx.AsyncClient) -> Post:
+    """POST an NDJSON body as it is, or padded past `INLINE_BYTES` with a last line of spaces
+    (the same file: a blank line) so that it is spooled and staged a page at a time."""
+    pad = b" " * (INLINE_BYTES + 1) if request.param == "spooled" else b""
+
+    async def send(body: str | bytes) -> httpx.Response:
+        raw = body.encode() if isinstance(body, str) else body
+        return await client.post("/v1/batches", content=raw + pad, headers=NDJSON)
+
+    return send
+
+
 def ndjson(*lines: Any) -> str:
     return "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
 
 
-async def test_an_openai_batch_file_is_one_batch(client: httpx.AsyncClient, redis_url: str) -> None:
+async def test_an_openai_batch_file_is_one_batch(
+    post: Post, client: httpx.AsyncClient, redis_url: str
+) -> None:
     body = ndjson(
         request("q1", "Where is Seoul?", temperature=0.2, max_tokens=64, stop="\n\n"),
         request("q2", "What is 2+2?", temperature=0.2, max_tokens=64, stop="\n\n"),
     )
-    response = await client.post("/v1/batches", content=body, headers=NDJSON)
+    response = await post(body)
 
     assert response.status_code == 202, response.text
     batch = response.json()
@@ -87,9 +107,9 @@ async def test_an_openai_batch_file_is_one_batch(client: httpx.AsyncClient, redi
     ],
 )
 async def test_a_bad_line_is_422_naming_it_and_stores_nothing(
-    client: httpx.AsyncClient, redis_url: str, lines: tuple[Any, ...], param: str
+    post: Post, redis_url: str, lines: tuple[Any, ...], param: str
 ) -> None:
-    response = await client.post("/v1/batches", content=ndjson(*lines), headers=NDJSON)
+    response = await post(ndjson(*lines))
 
     assert response.status_code == 422, response.text
     error = response.json()["error"]
@@ -100,12 +120,12 @@ async def test_a_bad_line_is_422_naming_it_and_stores_nothing(
 
 
 async def test_a_conversation_with_earlier_turns_keeps_every_turn(
-    client: httpx.AsyncClient, redis_url: str
+    post: Post, redis_url: str
 ) -> None:
     line = request("a", "x")
     line["body"]["messages"] += [{"role": "assistant", "content": "hm"},
                                  {"role": "user", "content": "and?"}]  # fmt: skip
-    response = await client.post("/v1/batches", content=ndjson(line), headers=NDJSON)
+    response = await post(ndjson(line))
     assert response.status_code == 202, response.text
     async with Redis.from_url(redis_url) as redis:
         (item,) = await BatchStore(redis).pending_items(response.json()["id"], 0, 1)
@@ -133,10 +153,10 @@ async def test_openapi_documents_both_bodies(client: httpx.AsyncClient) -> None:
     ids=["max-tokens", "part-payload", "tool-call-id"],
 )  # fmt: skip
 async def test_what_planning_refuses_names_the_line_too(
-    client: httpx.AsyncClient, redis_url: str, second: dict[str, Any], param: str
+    post: Post, redis_url: str, second: dict[str, Any], param: str
 ) -> None:
     body = ndjson(request("a", "x"), "", second)  # a blank line: lines count from 1, blanks too
-    response = await client.post("/v1/batches", content=body, headers=NDJSON)
+    response = await post(body)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert (error["param"], error["message"].startswith("Line 3: ")) == (param, True)
@@ -145,12 +165,12 @@ async def test_what_planning_refuses_names_the_line_too(
 
 
 async def test_a_file_written_with_raw_unicode_line_separators_and_a_bom_runs(
-    client: httpx.AsyncClient, redis_url: str
+    post: Post, redis_url: str
 ) -> None:
     prompt = "one\u2028two\u2029three\x85four"
     lines = [json.dumps(request(c, prompt), ensure_ascii=False) for c in ("a", "b")]
     body = "\ufeff" + "\r\n".join(lines) + "\r\n"
-    response = await client.post("/v1/batches", content=body.encode(), headers=NDJSON)
+    response = await post(body.encode())
     assert response.status_code == 202, response.text
     async with Redis.from_url(redis_url) as redis:
         items = await BatchStore(redis).pending_items(response.json()["id"], 0, 2)

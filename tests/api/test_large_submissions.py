@@ -1,0 +1,122 @@
+"""Large submissions are staged a page at a time (`api/ingest.py`): the batch is the same as
+one written whole, and a refusal at any point leaves nothing in Redis."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.model import PAGE
+from shared.store import BatchStore
+from tests.conftest import api_client, make_settings
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def line(i: int, **body: object) -> str:
+    request = {"messages": [{"role": "user", "content": f"question {i}"}], **body}
+    return json.dumps({"custom_id": f"task-{i}", "method": "POST",
+                       "url": "/v1/chat/completions", "body": request})  # fmt: skip
+
+
+def upload(count: int, bad: int | None = None) -> bytes:
+    """An OpenAI Batch file of `count` lines (well past one page and the inline size); line
+    `bad` (from 1) asks for an impossible `n`."""
+    return "".join(
+        (line(i, n=2) if i + 1 == bad else line(i)) + "\n" for i in range(count)
+    ).encode()
+
+
+async def everything(redis_url: str) -> list[bytes]:
+    async with Redis.from_url(redis_url) as redis:
+        return sorted([name async for name in redis.scan_iter("*")])
+
+
+async def test_a_large_upload_is_the_batch_it_describes_in_input_order(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    count = 2 * PAGE + 500
+    response = await client.post("/v1/batches", content=upload(count), headers=NDJSON)
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+    assert response.json()["request_counts"]["total"] == count
+    async with Redis.from_url(redis_url) as redis:
+        items = await BatchStore(redis).pending_items(batch_id, 0, count)
+        ttl = await redis.ttl(keys.inputs(batch_id))
+    assert [item.custom_id for item in items] == [f"task-{i}" for i in range(count)]
+    assert items[PAGE].prompt == [{"role": "user", "content": f"question {PAGE}"}]
+    assert ttl == -1  # staged items expire unless their batch is created; this one was
+
+
+@pytest.mark.parametrize("bad", [1, PAGE, 2 * PAGE + 1], ids=["first", "end-of-page-1", "page-3"])
+async def test_a_bad_line_on_any_page_is_422_naming_it_and_leaves_nothing(
+    client: httpx.AsyncClient, redis_url: str, bad: int
+) -> None:
+    body = upload(2 * PAGE + 500, bad=bad)
+    response = await client.post("/v1/batches", content=body, headers=NDJSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == f"line[{bad}].body.n"
+    assert await everything(redis_url) == []
+
+
+async def test_an_upload_over_max_prompts_is_refused_before_a_line_is_read(
+    redis_url: str,
+) -> None:
+    # Every line is bad: had one been validated, the error would name it instead.
+    body = "".join(line(i, n=2) + "\n" for i in range(3000)).encode()
+    async with api_client(make_settings(redis_url, max_prompts=2999)) as client:
+        response = await client.post("/v1/batches", content=body, headers=NDJSON)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["param"], "got 3000" in error["message"]) == ("line[3000]", True)
+    assert await everything(redis_url) == []
+
+
+async def test_a_repeated_upload_gets_its_batch_and_leaves_no_staged_items(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    body, retry = upload(PAGE + 10), {**NDJSON, "Idempotency-Key": "upload-1"}
+    first = await client.post("/v1/batches", content=body, headers=retry)
+    again = await client.post("/v1/batches", content=body, headers=retry)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    inputs = [name for name in await everything(redis_url) if name.endswith(b":inputs")]
+    assert inputs == [keys.inputs(first.json()["id"]).encode()]
+    other = await client.post("/v1/batches", content=upload(PAGE + 11), headers=retry)
+    assert other.status_code == 409  # the same key with another file
+    assert len([n for n in await everything(redis_url) if n.endswith(b":inputs")]) == 1
+
+
+async def test_a_large_json_submission_refused_by_the_ceiling_leaves_nothing(
+    redis_url: str,
+) -> None:
+    prompts = [f"prompt {i}" for i in range(PAGE + 500)]
+    settings = make_settings(redis_url, max_queued_prompts=2 * PAGE)
+    async with api_client(settings) as client:
+        taken = await client.post("/v1/batches", json={"prompts": prompts})
+        assert taken.status_code == 202, taken.text
+        before = await everything(redis_url)
+        refused = await client.post("/v1/batches", json={"prompts": prompts})
+    assert refused.status_code == 429, refused.text  # its items were staged, then dropped
+    assert await everything(redis_url) == before
+    async with Redis.from_url(redis_url) as redis:
+        items = await BatchStore(redis).pending_items(taken.json()["id"], 0, len(prompts))
+    assert [item.prompt for item in items] == prompts
+
+
+async def test_dropping_staged_items_never_touches_a_created_batch(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    response = await client.post("/v1/batches", json={"prompts": ["a", "b"]})
+    batch_id = response.json()["id"]
+    async with Redis.from_url(redis_url) as redis:
+        store = BatchStore(redis)
+        await store.drop_staged(batch_id)
+        assert await redis.llen(keys.inputs(batch_id)) == 2
+        await store.stage_items("batch_" + "0" * 32, [b'["x","y"]'])
+        await store.drop_staged("batch_" + "0" * 32)
+        assert await redis.exists(keys.inputs("batch_" + "0" * 32)) == 0
