@@ -31,15 +31,24 @@ def chat_items(count: int, size: int) -> list[dict[str, Any]]:
     return items
 
 
-def openai_batch_file(count: int) -> bytes:
-    """An OpenAI Batch input file of `count` lines (NDJSON), each a chat request of one short
-    prompt, as a user uploads to OpenAI's Batch API."""
+def openai_batch_file(count: int, items: list[dict[str, Any]] | None = None) -> bytes:
+    """An OpenAI Batch input file of `count` lines (NDJSON), as a user uploads to OpenAI's
+    Batch API: each a chat request of one short prompt, or of one of `items` (`chat_items`)."""
 
-    def line(i: int, text: str) -> str:
-        request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+    def line(i: int) -> str:
+        if items is None:
+            request: dict[str, Any] = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"Prompt {i}"}],
+            }
+            custom_id = f"task-{i}"
+        else:
+            item = items[i]
+            request = {"model": "gpt-4o-mini", "messages": item["messages"], **item["params"]}
+            custom_id = item["custom_id"]
         return json.dumps({
-            "custom_id": f"task-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
             "body": request,
         })  # fmt: skip
 
-    return ("".join(line(i, text) + "\n" for i, text in enumerate(prompts(count)))).encode()
+    return "".join(line(i) + "\n" for i in range(count)).encode()

@@ -3,12 +3,15 @@ one written whole, and a refusal at any point leaves nothing in Redis."""
 
 from __future__ import annotations
 
+import gc
 import json
+from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from api.routes import batches as batches_route
 from shared import keys
 from shared.model import PAGE
 from shared.store import BatchStore
@@ -120,3 +123,36 @@ async def test_dropping_staged_items_never_touches_a_created_batch(
         await store.stage_items("batch_" + "0" * 32, [b'["x","y"]'])
         await store.drop_staged("batch_" + "0" * 32)
         assert await redis.exists(keys.inputs("batch_" + "0" * 32)) == 0
+
+
+@pytest.mark.parametrize("bad", [5, PAGE, 2 * PAGE + 500])
+async def test_a_bad_item_of_a_long_json_list_is_named_as_in_a_short_one(
+    client: httpx.AsyncClient, redis_url: str, bad: int
+) -> None:
+    prompts: list[object] = [f"prompt {i}" for i in range(3 * PAGE)]
+    prompts[bad] = {"prompt": "x", "colour": "red"}
+    response = await client.post("/v1/batches", json={"prompts": prompts})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == f"prompts[{bad}].colour"
+    short = await client.post("/v1/batches", json={"prompts": ["a", {"prompt": "x", "colour": 1}]})
+    assert short.json()["error"]["param"] == "prompts[1].colour"  # the same naming
+    assert await everything(redis_url) == []
+
+
+async def test_the_garbage_collector_is_paused_only_while_a_large_body_is_handled(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real = batches_route.plan_batch
+
+    def plan(*args: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*args)
+
+    monkeypatch.setattr(batches_route, "plan_batch", plan)
+    small = await client.post("/v1/batches", json={"prompts": ["a"]})
+    large = await client.post("/v1/batches", json={"prompts": ["a" * 30] * (3 * PAGE)})
+    refused = await client.post("/v1/batches", json={"prompts": ["a" * 30] * (3 * PAGE) + [""]})
+    assert (small.status_code, large.status_code, refused.status_code) == (202, 202, 422)
+    assert seen == [True, False, False]
+    assert gc.isenabled()  # back on after the answer, whether the body was taken or refused
