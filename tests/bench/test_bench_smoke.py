@@ -15,7 +15,8 @@ from tests.helpers import ROOT, worker_env
 pytestmark = pytest.mark.integration
 
 FIGURES = ("latency-bound", "client-CPU-bound", "first result", "submit", "peak worker RSS",
-           "API RSS rise", "API under load")  # fmt: skip
+           "API RSS rise", "API under load", "offline model", "API event loop held",
+           "JSON body", "NDJSON body", "peak API RSS", "Redis memory per item")  # fmt: skip
 
 
 @pytest.mark.timeout(300)
