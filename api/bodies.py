@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from api.deps import SettingsDep
-from api.ingest import INLINE_BYTES, Upload, read_body
+from api.ingest import INLINE_BYTES, Upload, read_body, release
 from shared.errors import InvalidRequest
 from shared.openai_format import numbered_batch
 from shared.schemas import BatchCreate, PromptEntry, RowValue
@@ -73,7 +73,7 @@ def _release(body: SubmittedBody) -> None:
     if body.request is not None:
         for entries in (body.request.prompts, body.request.inputs):
             if entries is not None:
-                entries.clear()
+                release(entries)
 
 
 _gc_pauses = 0

@@ -17,7 +17,7 @@ import hashlib
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from typing import IO
+from typing import IO, Any
 
 import orjson
 from fastapi.concurrency import run_in_threadpool
@@ -141,7 +141,7 @@ async def stage_plan(plan: BatchPlan, store: BatchStore) -> BatchPlan:
         await asyncio.shield(store.drop_staged(batch_id))
         raise
     staged = replace(plan, items=[], staged=Staged(batch_id, len(plan.items)))
-    await asyncio.to_thread(plan.items.clear)  # freed off the loop (a while for 50,000)
+    await asyncio.to_thread(release, plan.items)  # freed off the loop (a while for 50,000)
     return staged
 
 
@@ -154,6 +154,13 @@ async def staged(plan: BatchPlan, store: BatchStore) -> AsyncIterator[None]:
     finally:
         if plan.staged is not None:
             await asyncio.shield(store.drop_staged(plan.staged.batch_id))
+
+
+def release(entries: list[Any]) -> None:
+    """Empty a long list a slice at a time (in a thread): freeing what it holds in one call
+    would hold the GIL, and so the event loop, until all of it is freed."""
+    while entries:
+        del entries[-PAGE:]
 
 
 def _encoded(items: list[ItemRecord]) -> list[bytes]:
