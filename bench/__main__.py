@@ -106,6 +106,10 @@ class Bench:
         sides = Sides()
         payload = body(prompts(count), concurrency)
         async with self.stack.workers(workers, latency_ms) as procs:
+            # A service's workers are long-lived: warmed by one small batch first (their HTTP
+            # pools connected, the provider's first answer heard). The script starts cold
+            # every run, as a user's script does.
+            await run_batch(self.http, body(prompts(2 * concurrency), concurrency), 0.02)
             pids = [p.pid for p in procs]
             for i in range(repeat or self.sizes.repeat):
                 for side in ("direct", "service") if i % 2 == 0 else ("service", "direct"):

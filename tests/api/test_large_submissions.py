@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from api.routes import batches as batches_route
+from api import planning
 from shared import keys
 from shared.model import PAGE
 from shared.store import BatchStore
@@ -143,13 +143,13 @@ async def test_the_garbage_collector_is_paused_only_while_a_large_body_is_handle
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[bool] = []
-    real = batches_route.plan_batch
+    real = planning.plan_batch
 
     def plan(*args: Any) -> Any:
         seen.append(gc.isenabled())
         return real(*args)
 
-    monkeypatch.setattr(batches_route, "plan_batch", plan)
+    monkeypatch.setattr("api.routes.batches.plan_batch", plan)
     small = await client.post("/v1/batches", json={"prompts": ["a"]})
     large = await client.post("/v1/batches", json={"prompts": ["a" * 30] * (3 * PAGE)})
     refused = await client.post("/v1/batches", json={"prompts": ["a" * 30] * (3 * PAGE) + [""]})
