@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import orjson
 from fastapi.concurrency import run_in_threadpool
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from api.items import resolve_item
@@ -29,6 +30,7 @@ from shared.chat import BatchParams
 from shared.errors import InvalidRequest
 from shared.model import PAGE
 from shared.openai_format import NO_LINES, RequestLines, as_line_error, json_lines
+from shared.schemas import Batch
 from shared.settings import Settings
 from shared.staging import Staged
 from shared.store import BatchStore
@@ -111,7 +113,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
         while page := await run_in_threadpool(pages.next_page):
             await store.stage_items(batch_id, page)
     except BaseException:
-        await asyncio.shield(store.drop_staged(batch_id))
+        await _drop(store, batch_id)
         raise
     if pages.count == 0:
         raise InvalidRequest(NO_LINES, param="line[1]")
@@ -137,23 +139,35 @@ async def stage_plan(plan: BatchPlan, store: BatchStore) -> BatchPlan:
         for start in range(0, len(plan.items), PAGE):
             page = await run_in_threadpool(_encoded, plan.items[start : start + PAGE])
             await store.stage_items(batch_id, page)
+        staged = replace(plan, items=[], staged=Staged(batch_id, len(plan.items)))
+        await asyncio.to_thread(release, plan.items)  # freed off the loop (a while for 50,000)
     except BaseException:
-        await asyncio.shield(store.drop_staged(batch_id))
+        await _drop(store, batch_id)
         raise
-    staged = replace(plan, items=[], staged=Staged(batch_id, len(plan.items)))
-    await asyncio.to_thread(release, plan.items)  # freed off the loop (a while for 50,000)
     return staged
 
 
-@contextlib.asynccontextmanager
-async def staged(plan: BatchPlan, store: BatchStore) -> AsyncIterator[None]:
-    """Around the creation of a batch from `plan`: its staged items are dropped unless the
-    batch was created (refused, a repeat of an earlier submission, or cut off)."""
+async def create_staged(
+    plan: BatchPlan, store: BatchStore, create: Callable[[], Awaitable[tuple[Batch, bool]]]
+) -> tuple[Batch, bool]:
+    """`create()` the batch of `plan`; its staged items are dropped unless a batch was made
+    from them (refused, a repeat of an earlier submission, or cut off)."""
     try:
-        yield
-    finally:
+        batch, created = await create()
+    except BaseException:
         if plan.staged is not None:
-            await asyncio.shield(store.drop_staged(plan.staged.batch_id))
+            await _drop(store, plan.staged.batch_id)
+        raise
+    if not created and plan.staged is not None:
+        await _drop(store, plan.staged.batch_id)
+    return batch, created
+
+
+async def _drop(store: BatchStore, batch_id: str) -> None:
+    """Drop staged items, come what may: with Redis away they expire on their own, and the
+    answer stays the one the submission earned."""
+    with contextlib.suppress(RedisError):
+        await asyncio.shield(store.drop_staged(batch_id))
 
 
 def release(entries: list[Any]) -> None:

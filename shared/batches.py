@@ -30,7 +30,7 @@ from shared.schemas import (
     Provider,
     RequestCounts,
 )
-from shared.staging import Staged
+from shared.staging import Staged, watch_staged
 
 #: An item as stored: `(custom_id, prompt or messages)`, and its own params when it has any.
 ItemBody = str | list[dict[str, Any]]
@@ -92,9 +92,8 @@ class BatchSpec:
 
     def overdue(self, now_ms: int | None = None) -> bool:
         """Whether the completion window has ended (by this host's clock, unless given)."""
-        if self.deadline_ms is None:
-            return False
-        return (time.time_ns() // 1_000_000 if now_ms is None else now_ms) >= self.deadline_ms
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        return self.deadline_ms is not None and now_ms >= self.deadline_ms
 
     @property
     def chunks(self) -> int:
@@ -143,17 +142,18 @@ class Batches(ModelPart):
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
+                    if plan.staged is not None:
+                        await watch_staged(pipe, plan.staged)
                     if idempotency is not None:
                         earlier = await self._earlier(pipe, idempotency)
                         if earlier is not None:
                             return earlier, False
+                    elif plan.staged is not None:
+                        pipe.multi()  # type: ignore[no-untyped-call]
                     batch = self._stage_batch(pipe, plan, chunk_size, owner, stage)
                     if idempotency is not None:
-                        pipe.set(
-                            idempotency.key,
-                            f"{batch.id} {idempotency.request_hash}",
-                            ex=idempotency.ttl_s,
-                        )
+                        value = f"{batch.id} {idempotency.request_hash}"
+                        pipe.set(idempotency.key, value, ex=idempotency.ttl_s)
                     await pipe.execute()
                     return batch, True
                 except WatchError:  # the same key, concurrently: read what the other stored

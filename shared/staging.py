@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from shared import keys
+from shared.errors import ServiceUnavailable
 from shared.model import ModelPart
 
 #: How long staged items outlive their last page unless their batch is created.
@@ -24,6 +26,16 @@ class Staged:
 
     batch_id: str
     count: int
+
+
+async def watch_staged(pipe: Pipeline, staged: Staged) -> None:
+    """Watch the staged items of a batch about to be created, and check that they are all
+    still there (they could have expired, or been evicted under memory pressure): a batch is
+    never created without its items. The transaction retries if they change meanwhile."""
+    await pipe.watch(keys.inputs(staged.batch_id))
+    if await pipe.llen(keys.inputs(staged.batch_id)) != staged.count:  # type: ignore[misc]
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        raise ServiceUnavailable("The submission's items were lost before it was stored.")
 
 
 class Staging(ModelPart):

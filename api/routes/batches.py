@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
@@ -16,7 +17,7 @@ from api.auth import OwnerDep, require_owner
 from api.bodies import BatchBody, SubmittedBody
 from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
-from api.ingest import stage_plan, stage_upload, staged
+from api.ingest import create_staged, stage_plan, stage_upload
 from api.lifecycle import RETRY_INCLUDE_PATTERN, cancel, delete, retry, retry_include
 from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
@@ -72,16 +73,14 @@ async def create_batch(
     else:
         plan, request_hash = await _plan(body, settings, hashed=idempotency_key is not None)
     plan = await stage_plan(plan, store)
-    async with staged(plan, store):
-        batch, created = await submit_within_limits(
-            limits,
-            store,
-            plan,
-            settings,
-            owner,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+    batch, created = await create_staged(
+        plan,
+        store,
+        partial(
+            submit_within_limits, limits, store, plan, settings, owner,
+            idempotency_key=idempotency_key, request_hash=request_hash,
+        ),
+    )  # fmt: skip
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     if not created:
         response.status_code = 200

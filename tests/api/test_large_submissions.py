@@ -13,7 +13,11 @@ from redis.asyncio import Redis
 
 from api import planning
 from shared import keys
+from shared.batches import BatchPlan
+from shared.chat import BatchParams
+from shared.errors import ServiceUnavailable
 from shared.model import PAGE
+from shared.staging import Staged
 from shared.store import BatchStore
 from tests.conftest import api_client, make_settings
 
@@ -156,3 +160,22 @@ async def test_the_garbage_collector_is_paused_only_while_a_large_body_is_handle
     assert (small.status_code, large.status_code, refused.status_code) == (202, 202, 422)
     assert seen == [True, False, False]
     assert gc.isenabled()  # back on after the answer, whether the body was taken or refused
+
+
+async def test_a_batch_is_never_created_without_all_its_staged_items(redis_url: str) -> None:
+    batch_id = "batch_" + "1" * 32
+    plan = BatchPlan(
+        items=[], model="m", system=None, params=BatchParams(), max_concurrency=1,
+        metadata=None, provider="offline", staged=Staged(batch_id, 2),
+    )  # fmt: skip
+    async with Redis.from_url(redis_url) as redis:
+        store = BatchStore(redis)
+        await store.stage_items(batch_id, [b'["a","x"]'])  # one of two: the other was lost
+        with pytest.raises(ServiceUnavailable):
+            await store.create(plan, chunk_size=10)
+        assert await redis.exists(keys.batch(batch_id)) == 0
+        await store.stage_items(batch_id, [b'["b","y"]'])
+        batch, created = await store.create(plan, chunk_size=10)
+        assert (batch.id, created, batch.request_counts.total) == (batch_id, True, 2)
+        assert await redis.ttl(keys.inputs(batch_id)) == -1
+        assert [i.custom_id for i in await store.pending_items(batch_id, 0, 2)] == ["a", "b"]
