@@ -34,10 +34,12 @@ class Run:
     batch: dict[str, Any]
 
 
-async def submit(http: httpx.AsyncClient, payload: bytes) -> tuple[float, str]:
-    """POST a batch; (seconds until the 202, batch id)."""
+async def submit(
+    http: httpx.AsyncClient, payload: bytes, headers: dict[str, str] = JSON
+) -> tuple[float, str]:
+    """POST a batch (JSON unless `headers` say otherwise); (seconds until the 202, batch id)."""
     began = time.perf_counter()
-    response = await http.post("/v1/batches", content=payload, headers=JSON)
+    response = await http.post("/v1/batches", content=payload, headers=headers)
     seconds = time.perf_counter() - began
     if response.status_code != 202:
         raise RuntimeError(f"POST answered {response.status_code}: {response.text[:300]}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from bench.measure import (
+    JSON,
     LoopHold,
     body,
     loop_watch,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from bench.__main__ import Bench
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
-JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,9 @@ async def big_body(bench: Bench, sizes: ScaleSizes) -> None:
         times: list[float] = []
         async with loop_watch(bench.stack.api.url) as held:
             for _ in range(posts):
-                began = time.perf_counter()
-                response = await bench.http.post("/v1/batches", content=payload, headers=headers)
-                times.append(time.perf_counter() - began)
-                if response.status_code != 202:
-                    raise RuntimeError(f"POST answered {response.status_code}: {response.text}")
-                await bench.http.delete(f"/v1/batches/{response.json()['id']}")
+                seconds, batch_id = await submit(bench.http, payload, headers)
+                times.append(seconds)
+                await bench.http.delete(f"/v1/batches/{batch_id}")
         what = f"a {len(payload) / 1e6:.0f} MB {form} body ({count:,} chat items)"
         bench.rows.append(Row(
             name=f"submit: POST of {what} answered", unit="s",
@@ -139,11 +136,7 @@ async def million(bench: Bench, sizes: ScaleSizes) -> None:
         bench.stack.workers(2, 0.0) as procs,
     ):
         began = time.perf_counter()
-        response = await http.post("/v1/batches", content=payload, headers=NDJSON)
-        posted = time.perf_counter() - began
-        if response.status_code != 202:
-            raise RuntimeError(f"POST answered {response.status_code}: {response.text[:300]}")
-        batch_id = response.json()["id"]
+        posted, batch_id = await submit(http, payload, NDJSON)
         queued = await redis_used(redis_url) - base  # the workers have begun meanwhile
         run = await _wait(http, batch_id)
         ran = time.perf_counter() - began - posted

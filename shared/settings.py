@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,31 @@ def env_name(field: str) -> str:
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
         return alias.choices[0]
     return f"PROMPTBATCH_{field.upper()}"
+
+
+#: What turns LangChain/LangSmith tracing on (the first four in the order langsmith reads them).
+#: All are set to "false" to turn it off: langchain_core refuses to run a model with
+#: LANGCHAIN_TRACING or LANGCHAIN_HANDLER (its old tracer) set while the current one is off.
+TRACING_VARS = (
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING_V2",
+    "LANGSMITH_TRACING",
+    "LANGCHAIN_TRACING",
+    "LANGCHAIN_HANDLER",
+)
+
+
+def tracing_asked() -> list[str]:
+    """The tracing variables the environment turns on (as langchain_core reads a value)."""
+    return [
+        name
+        for name in TRACING_VARS
+        if (value := os.environ.get(name)) is not None
+        and value.strip() not in ("", "0", "false", "False")
+    ]
+
+
+def turn_tracing_off() -> None:
+    """Set every tracing variable to "false", for the libraries that read them later."""
+    for name in TRACING_VARS:
+        os.environ[name] = "false"

@@ -33,7 +33,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import keys, workers
 from shared.jobs import RUN_CHUNK, dumps_job, loads_job
 from shared.metrics import WorkerMetrics
-from shared.settings import Settings, SettingsError, get_settings
+from shared.settings import (
+    Settings,
+    SettingsError,
+    get_settings,
+    tracing_asked,
+    turn_tracing_off,
+)
 from shared.store import BatchStore
 from shared.webhooks import WebhookEndpoints
 from worker import tasks
@@ -50,17 +56,6 @@ log = logging.getLogger("promptbatch.worker")
 
 #: Longest pause between a worker's retries of a Redis command while Redis is away.
 REDIS_BACKOFF_CAP_S = 2.0
-
-#: What turns LangChain/LangSmith tracing on (the first four in the order langsmith reads them).
-#: All are set to "false" to turn it off: langchain_core refuses to run a model with
-#: LANGCHAIN_TRACING or LANGCHAIN_HANDLER (its old tracer) set while the current one is off.
-TRACING_VARS = (
-    "LANGSMITH_TRACING_V2",
-    "LANGCHAIN_TRACING_V2",
-    "LANGSMITH_TRACING",
-    "LANGCHAIN_TRACING",
-    "LANGCHAIN_HANDLER",
-)
 
 
 async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
@@ -248,14 +243,13 @@ def _limit_tracing(settings: Settings) -> None:
     """LangSmith tracing sends every prompt and reply to the tracing endpoint: it is off in a
     worker, whatever LANGSMITH_TRACING says, unless PROMPTBATCH_ALLOW_TRACING is true. Run
     before any model call (langsmith reads the environment once and keeps what it read)."""
-    asked = [name for name in TRACING_VARS if _truthy(os.environ.get(name))]
+    asked = tracing_asked()
     if settings.allow_tracing:
         if asked:
             names = ", ".join(asked)
             log.warning("tracing is on (%s): prompts and replies leave this worker", names)
         return
-    for name in TRACING_VARS:
-        os.environ[name] = "false"
+    turn_tracing_off()
     langsmith.utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
     langsmith.configure(enabled=False)  # over the environment, for every task of the process
     if asked:
@@ -264,11 +258,6 @@ def _limit_tracing(settings: Settings) -> None:
             "(PROMPTBATCH_ALLOW_TRACING=true allows it)",
             ", ".join(asked),
         )
-
-
-def _truthy(value: str | None) -> bool:
-    """Whether an environment value asks for something (langchain_core's reading of it)."""
-    return value is not None and value.strip() not in ("", "0", "false", "False")
 
 
 def _show_logs() -> None:

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from shared.settings import TRACING_VARS
 from tests.conftest import api_client, make_settings
 from tests.helpers import Proc
 from tests.integration.flows import submit, wait_final
-from worker.main import TRACING_VARS
 
 pytestmark = pytest.mark.integration
 

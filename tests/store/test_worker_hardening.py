@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from shared import jobs, keys
 from shared.metrics import WorkerMetrics
-from shared.settings import Settings
+from shared.settings import TRACING_VARS, Settings
 from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import wait_for
@@ -176,7 +176,7 @@ async def test_leases_are_renewed_while_a_metrics_flush_is_stalled(
     )
     monkeypatch.setattr(main, "get_settings", lambda: settings)
     monkeypatch.setattr(main, "WorkerMetrics", _StalledMetrics)
-    for name in main.TRACING_VARS:  # startup turns tracing off: for this test only
+    for name in TRACING_VARS:  # startup turns tracing off: for this test only
         monkeypatch.setenv(name, "")
     handlers = list(logging.getLogger("promptbatch").handlers)
     ctx: dict[str, Any] = {"redis": redis}
