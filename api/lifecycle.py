@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
-from shared import jobs, keys
+from shared import keys, scheduler
 from shared.batches import BatchPlan, Idempotency
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.retries import RETRIED, RETRYABLE
 from shared.schemas import FINAL_BATCH_STATUSES, Batch
 from shared.settings import Settings
 from shared.store import BatchStore
+
+log = logging.getLogger("promptbatch.api")
 
 
 def idempotency_for(
@@ -38,35 +43,44 @@ async def submit(
     owner: str = keys.PUBLIC_OWNER,
     also: Callable[[Pipeline, str], None] | None = None,
 ) -> tuple[Batch, bool]:
-    """Store a batch and queue its chunks in one transaction, with whatever `also` adds to it.
-    With an `Idempotency-Key`, a repeat of an earlier request returns that request's batch;
-    returns (batch, created)."""
+    """Store a batch in one transaction, with whatever `also` adds to it, then give it its first
+    turn (`shared/scheduler.py`): its first chunk is on the queue at once unless its owner
+    already has a turn of each of its batches waiting. Should that step fail, the reconciler
+    takes it. With an `Idempotency-Key`, a repeat of an earlier request returns that
+    request's batch; returns (batch, created)."""
+    batch_window = scheduler.window(plan.max_concurrency, settings.run_concurrency)
 
-    def stage(pipe: Pipeline, batch_id: str, chunks: Iterable[int]) -> None:
-        jobs.stage_chunks(pipe, batch_id, chunks)
+    def stage(pipe: Pipeline, batch_id: str) -> None:
+        scheduler.stage(pipe, batch_id, batch_window)
         if also is not None:
             also(pipe, batch_id)
 
-    return await store.create(
+    batch, created = await store.create(
         plan, chunk_size=settings.chunk_size, owner=owner, stage=stage, idempotency=idempotency
     )
+    if created:
+        try:
+            await scheduler.Scheduler(store.redis).join(batch.id)
+        except RedisError as exc:  # stored, so accepted: the reconciler gives it its turn
+            log.warning("batch %s: first turn not given (%s)", batch.id, type(exc).__name__)
+    return batch, created
 
 
-async def cancel(store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None) -> Batch:
-    """Stop a batch: no new provider call starts for it. Chunks no worker has claimed leave the
-    queue and their items are cancelled here; workers running the others notice within
-    `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest. Another
-    owner's batch is NotFound."""
+async def cancel(
+    store: BatchStore, redis: Redis, batch_id: str, owner: str | None = None, lease_s: float = 30.0
+) -> Batch:
+    """Stop a batch: no new provider call starts for it. Chunks no worker runs (queued, or not
+    yet dispatched) are ended here, their items cancelled; workers running the others notice
+    within `PROMPTBATCH_WORKER_WATCH_S`, let calls in flight finish, and cancel the rest.
+    Another owner's batch is NotFound."""
     await store.get(batch_id, owner)
     await store.request_cancel(batch_id)
     spec = await store.spec(batch_id)
     if spec is not None:
-        job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
-        running = await jobs.claimed(redis, job_ids)
-        idle = [chunk for chunk, claimed in enumerate(running) if not claimed]
-        await jobs.drop_jobs(redis, [job_ids[chunk] for chunk in idle])
-        for chunk in idle:
-            await store.cancel_pending(spec, chunk)
+        close = partial(store.cancel_pending, spec)
+        chunks = range(spec.chunks)
+        await scheduler.close_idle(redis, batch_id, chunks, close, lease_s)
+        await scheduler.Scheduler(redis).join(batch_id)  # its dropped head: the others' turns
     return await store.get(batch_id)
 
 
@@ -109,12 +123,12 @@ async def retry(
     spec = await store.spec(batch_id)
     if spec is not None and spec.status in FINAL_BATCH_STATUSES:
         job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
-        if any(await jobs.claimed(redis, job_ids)):
+        if any(await scheduler.claimed(redis, job_ids)):
             # arq ends such a run by deleting its job: it would take the retry's with it.
             raise Conflict(f"Batch {batch_id} is still stopping its runs; retry it shortly.")
     chunks = await store.retry(batch_id, include or (), owner)
     retried = await store.get(batch_id)  # as the retry left it, before its chunks are queued
-    await jobs.requeue(redis, batch_id, chunks)
+    await scheduler.Scheduler(redis).requeue(batch_id, chunks)
     return retried
 
 
@@ -130,4 +144,7 @@ async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
         with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
             await store.request_cancel(batch_id)
     await store.remove(batch_id)
-    await jobs.drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)])
+    job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
+    await scheduler.drop_jobs(redis, job_ids)
+    # A head of its own may have been dropped: its owner's other batches take the turn.
+    await scheduler.Scheduler(redis).refill(spec.owner)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import scale
+from bench import scale, sharing
 from bench.measure import (
     body,
     cpu_s,
@@ -47,6 +47,7 @@ class Sizes:
     cpu: tuple[int, float, int] = (4000, 20.0, 64)
     first: int = 15  # one-prompt batches
     scale: scale.ScaleSizes = field(default_factory=scale.ScaleSizes)
+    sharing: sharing.SharingSizes = field(default_factory=sharing.SharingSizes)
     memory: tuple[int, float, int] = (50_000, 20.0, 64)
     storage: tuple[int, int] = (50_000, 1200)  # items, bytes of JSON each
     paced: tuple[int, int] = (300, 1200)  # prompts, the mock's requests per minute
@@ -63,6 +64,7 @@ SMOKE = Sizes(
     cpu=(40, 5.0, 8),
     first=2,
     scale=scale.SMOKE,
+    sharing=sharing.SMOKE,
     memory=(300, 0.0, 16),
     storage=(100, 1200),
     paced=(40, 1200),
@@ -273,6 +275,8 @@ class Bench:
             ("paced", self.paced),
             ("API under load", self.pollers),
             ("million", partial(scale.million, self, self.sizes.scale)),
+            ("small behind big", partial(sharing.small_behind_big, self, self.sizes.sharing)),
+            ("fleet utilisation", partial(sharing.fleet_utilisation, self, self.sizes.sharing)),
         ]
 
     async def sweep(self) -> list[Sweep]:

@@ -26,6 +26,7 @@ class Stack:
         self.redis = RedisServer(workdir)
         self._mocks: dict[tuple[float, int], MockProvider] = {}
         self._offline: Api | None = None
+        self._keyed: Api | None = None
         self.api: Api = start_api(
             self.redis.url,
             workdir / "api.log",
@@ -49,6 +50,19 @@ class Stack:
                 PROMPTBATCH_MAX_CONCURRENCY="1024",
             )
         return self._offline
+
+    async def keyed_api(self, *api_keys: str) -> Api:
+        """A third API on the same Redis whose callers are these keys (each its own owner)."""
+        if self._keyed is None:
+            self._keyed = await asyncio.to_thread(
+                start_api,
+                self.redis.url,
+                self.workdir / "api-keyed.log",
+                OPENAI_API_KEY=API_KEY,
+                OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+                PROMPTBATCH_API_KEYS=",".join(api_keys),
+            )
+        return self._keyed
 
     def mock(self, latency_ms: float, rpm: int = 0) -> MockProvider:
         """The mock at `latency_ms`, enforcing `rpm` requests a minute (0: none)."""
@@ -96,8 +110,9 @@ class Stack:
 
     def close(self) -> None:
         self.api.proc.stop()
-        if self._offline is not None:
-            self._offline.proc.stop()
+        for api in (self._offline, self._keyed):
+            if api is not None:
+                api.proc.stop()
         for mock in self._mocks.values():
             mock.stop()
         self.redis.stop()

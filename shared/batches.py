@@ -1,5 +1,5 @@
-"""The data model of batches: creating one (with its items and queued work, or not at all),
-reading it, and its status changes. Layout in `shared/keys.py`; scripts in `shared/lua/`."""
+"""The data model of batches: creating one (with its items, or not at all), reading it, and its
+status changes. Layout in `shared/keys.py`; scripts in `shared/lua/`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -39,8 +39,7 @@ ItemRecord = tuple[str, ItemBody] | tuple[str, ItemBody, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class BatchPlan:
-    """A validated submission, ready to store: items resolved, defaults and limits applied.
-    A large one's items are written before the batch is (`staged`; `items` is empty then)."""
+    """A validated submission, ready to store (a large one's items already are: `staged`)."""
 
     items: list[ItemRecord]
     model: str
@@ -69,8 +68,8 @@ class Idempotency:
     ttl_s: int
 
 
-#: Adds the commands that queue a new batch's chunks to the transaction that stores it.
-StageJobs = Callable[[Pipeline, str, Iterable[int]], None]
+#: Adds the scheduler's state of a new batch to the transaction that stores it.
+StageJobs = Callable[[Pipeline, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +88,8 @@ class BatchSpec:
     max_total_tokens: int | None = None
     #: When the completion window ends (epoch ms): no provider call starts from then on.
     deadline_ms: int | None = None
+    window: int = 1  #: how many of its chunks may feed it at once (`shared/scheduler.py`)
+    owner: str = keys.PUBLIC_OWNER
 
     def overdue(self, now_ms: int | None = None) -> bool:
         """Whether the completion window has ended (by this host's clock, unless given)."""
@@ -134,10 +135,9 @@ class Batches(ModelPart):
     ) -> tuple[Batch, bool]:
         """Store a new batch and its items in one transaction; nothing is half-written.
 
-        `stage` adds the commands that queue the batch's chunks to the same transaction, so a
-        batch is stored if and only if its work is queued. With `idempotency`, a request seen
-        before returns its batch instead (the bool is False), and the same key with another
-        request is a Conflict. Returns the batch and whether this call created it.
+        `stage` adds the scheduler's state of the batch to the same transaction. With
+        `idempotency`, a request seen before returns its batch instead (the bool is False), and
+        the same key with another request is a Conflict. Returns (batch, created).
         """
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -169,8 +169,7 @@ class Batches(ModelPart):
         return batch_from_fields(decode(raw)) if raw else None
 
     async def _earlier(self, pipe: Pipeline, idempotency: Idempotency) -> Batch | None:
-        """The batch an earlier request with this key made, if it still exists; watches the
-        key so that a concurrent request with it makes the transaction retry."""
+        """`repeat_of` in the transaction: the key watched, so a concurrent use retries it."""
         await pipe.watch(idempotency.key)
         stored = await pipe.get(idempotency.key)
         try:
@@ -226,7 +225,7 @@ class Batches(ModelPart):
         pipe.zadd(keys.ACTIVE, {batch_id: now_us})
         pipe.hincrby(keys.STATS, "batches:created", 1)
         if stage is not None:
-            stage(pipe, batch_id, range(-(-plan.count // chunk_size)))
+            stage(pipe, batch_id)
         return batch_from_fields({k: str(v) for k, v in fields.items()})
 
     async def remove(self, batch_id: str) -> None:
@@ -251,8 +250,8 @@ class Batches(ModelPart):
     async def list_batches(
         self, owner: str = keys.PUBLIC_OWNER, *, limit: int, after: str | None = None
     ) -> BatchList:
-        """An owner's batches, newest first, `limit` of those older than the batch `after`
-        (which may have been deleted or expired since it was listed)."""
+        """An owner's batches, newest first, `limit` of those older than `after` (a batch
+        that may have been deleted or expired since)."""
         index = keys.batch_index(owner)
         older_than = "+inf"
         if after is not None:
@@ -307,6 +306,8 @@ class Batches(ModelPart):
             deadline_ms=int(f["deadline_ms"]) if "deadline_ms" in f else None,
             total=int(f["total"]),
             chunk_size=int(f["chunk_size"]),
+            window=int(f.get("window", 1)),
+            owner=f.get("owner", keys.PUBLIC_OWNER),
         )
 
     async def mark_started(self, batch_id: str) -> bool:
@@ -319,8 +320,7 @@ class Batches(ModelPart):
         return bool(await self.run_script("fail", batch_id, args))
 
     async def request_cancel(self, batch_id: str) -> bool:
-        """Ask a queued or running batch to stop. False if it was already cancelling;
-        Conflict if it is final; NotFound if there is no such batch."""
+        """Ask a batch to stop: False if asked already; Conflict if final; NotFound if gone."""
         code = cast(int, await self.run_script("cancel", batch_id))
         if code == -2:
             raise NotFound(f"No batch {batch_id}.")
@@ -341,7 +341,7 @@ class Batches(ModelPart):
         """Whether the batch takes no new calls (cancelling, final, or gone): checked before
         each call of a batch with a token budget, so none starts once it is spent."""
         status = await self.redis.hget(keys.batch(batch_id), "status")  # type: ignore[misc]
-        return status is None or cast(BatchStatus, status.decode()) != "in_progress"
+        return bool(status != b"in_progress")
 
 
 def _depart(pipe: Pipeline, owner: str, scores: Mapping[str, float]) -> None:

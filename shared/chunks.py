@@ -43,6 +43,20 @@ class Chunks(ModelPart):
             with contextlib.suppress(WatchError):  # it changed meanwhile: read it next pass
                 await pipe.execute()
 
+    async def dispatched(self, batch_id: str) -> list[int]:
+        """The batch's chunks the scheduler has dispatched (`shared/scheduler.py`): those
+        before its cursor but the ones waiting to run again. A batch stored before the
+        scheduler kept a cursor had every chunk queued at once."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.batch(batch_id), ["sched_next", "total", "chunk_size"])
+            pipe.zrange(keys.redo(batch_id), 0, -1)
+            (cursor, total, chunk_size), redo = await pipe.execute()
+        if total is None:
+            return []
+        end = int(cursor) if cursor is not None else -(-int(total) // int(chunk_size))
+        again = {int(chunk) for chunk in redo}
+        return [chunk for chunk in range(end) if chunk not in again]
+
     async def unfinished_chunks(self, batch_id: str) -> list[int] | None:
         """Chunks with items not yet final, or None when the batch is gone or final (and is
         then dropped from the active set)."""

@@ -13,6 +13,10 @@ PREFIX = "pb"
 #: claim while it runs, its try count) are arq's own names, derived in `shared/jobs.py`.
 QUEUE = f"{PREFIX}:queue"
 
+#: Hash: worker id -> `<busy> <max>`, its arq job slots running a chunk and its `max_jobs`,
+#: stated on each heartbeat; fields of workers no longer alive are ignored and pruned.
+WORKER_SLOTS = f"{PREFIX}:worker-slots"
+
 #: Sorted set: worker id -> last heartbeat (epoch ms). Members older than the liveness window
 #: are pruned by whoever reads it; the set itself never expires.
 WORKERS = f"{PREFIX}:workers"
@@ -63,6 +67,20 @@ def slots(batch_id: str) -> str:
     return f"{PREFIX}:{{{batch_id}}}:slots"
 
 
+def feeding(batch_id: str) -> str:
+    """Set: the batch's chunks whose runs still have items to start (queued, or running and not
+    yet drained): the batch's share of the fleet, bounded by its window
+    (`shared/scheduler.py`). Kept with the batch's other keys."""
+    return f"{PREFIX}:{{{batch_id}}}:feeding"
+
+
+def redo(batch_id: str) -> str:
+    """Sorted set: chunks dispatched once that must run again (retried in place, or found on no
+    queue by the reconciler), scored by chunk number; dispatched before the batch's cursor
+    moves on. Kept with the batch's other keys."""
+    return f"{PREFIX}:{{{batch_id}}}:redo"
+
+
 def events(batch_id: str) -> str:
     """Stream: the batch's progress (status changes, item completions), capped at about
     `EVENTS_MAXLEN` entries; its entry ids are the `id:`s of the SSE events stream."""
@@ -79,13 +97,16 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
         attempts(batch_id),
         slots(batch_id),
         events(batch_id),
+        feeding(batch_id),
+        redo(batch_id),
     )
 
 
 #: The KEYS of every batch script (`shared/lua/`), by the names the scripts give them: the
 #: batch's own keys in `batch_keys` order, then `STATS`. `batch_script_keys` lists them.
 BATCH_SCRIPT_KEYS = (
-    "meta", "inputs", "results", "chunks", "attempts", "slots", "events", "stats", "outbox"
+    "meta", "inputs", "results", "chunks", "attempts", "slots", "events", "feeding", "redo",
+    "stats", "outbox",
 )  # fmt: skip
 
 
@@ -171,6 +192,36 @@ def departed(owner: str) -> str:
 def job_id(batch_id: str, chunk: int) -> str:
     """Job id of one chunk of a batch: deterministic, so enqueueing twice is a no-op."""
     return f"{batch_id}:{chunk}"
+
+
+# -- the scheduler (shared/scheduler.py) ---------------------------------------------------------
+# An owner's two keys share the hash tag `{<owner>}`; both empty out (and so vanish) by themselves.
+
+
+#: String: the queue score the scheduler gave the job it dispatched last (epoch ms, to the
+#: hundredth); the next one gets a later one, so jobs dispatched in one millisecond keep their
+#: order on the queue. Never expires.
+SCHED_CLOCK = f"{PREFIX}:sched:clock"
+
+
+def rotation(owner: str) -> str:
+    """Sorted set: the owner's batches that may take another job slot, in turn order (score:
+    an increasing turn number). A batch leaves it when it is dispatched or found unable to
+    use more, and joins again at the back when one of its runs starts, drains or ends."""
+    return f"{PREFIX}:{{{owner}}}:rotation"
+
+
+def heads(owner: str) -> str:
+    """Set: the owner's chunk jobs on the queue that no worker has taken yet (at most
+    `scheduler.HEADS_PER_OWNER`); members taken or gone are pruned whenever it is read."""
+    return f"{PREFIX}:{{{owner}}}:heads"
+
+
+def template(key: str, name: str) -> str:
+    """A key of this module with `%s` in place of `name`, for Lua's `string.format`."""
+    if "%" in key:
+        raise ValueError(f"a key with % in it: {key!r}")
+    return key.replace(name, "%s")
 
 
 # -- per-key limits (api/admission.py) -----------------------------------------------------------

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -23,7 +25,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from shared import jobs, keys, workers
+from shared import keys, scheduler, workers
 from shared.schemas import (
     ACTIVE_BATCH_STATUSES,
     BATCH_STATUSES,
@@ -35,6 +37,8 @@ from shared.schemas import (
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
 
 FINAL_STATUSES = tuple(s for s in BATCH_STATUSES if s in FINAL_BATCH_STATUSES)
+#: The statuses of batches the scheduler gives job slots to.
+RUNNABLE_STATUSES = ("queued", "in_progress")
 
 
 class WorkerMetrics:
@@ -86,20 +90,38 @@ async def render(redis: Redis, alive_s: float) -> bytes:
         for batch_id in active:
             pipe.hget(keys.batch(batch_id), "status")
         statuses = Counter(s.decode() for s in await pipe.execute() if s is not None)
-    queued = await jobs.queued(redis)
-    alive = await workers.alive(redis, alive_s)
+    queued = int(await redis.zcard(keys.QUEUE))
+    busy, slots = await workers.job_slots(redis, alive_s)
+    fleet = _Fleet(
+        queued=queued,
+        waiting=await scheduler.due_jobs(redis, time.time_ns() // 1_000_000),
+        busy=busy,
+        slots=slots,
+        alive=await workers.alive(redis, alive_s),
+    )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats, statuses, queued, alive))
+    registry.register(_Snapshot(stats, statuses, fleet))
     return generate_latest(registry)
+
+
+@dataclass(frozen=True)
+class _Fleet:
+    """The queue and the workers, as read a moment ago."""
+
+    queued: int  # chunk jobs on the queue: waiting, running, or due later
+    waiting: int  # of those, due and waiting for a job slot
+    busy: int  # job slots running a chunk, over the workers alive
+    slots: int  # job slots of the workers alive
+    alive: int  # workers alive
 
 
 class _Snapshot(Collector):
     """Metric families from values read from Redis a moment ago."""
 
     def __init__(
-        self, stats: Mapping[str, str], statuses: Mapping[str, int], queued: int, alive: int
+        self, stats: Mapping[str, str], statuses: Mapping[str, int], fleet: _Fleet
     ) -> None:
-        self.stats, self.statuses, self.queued, self.alive = stats, statuses, queued, alive
+        self.stats, self.statuses, self.fleet = stats, statuses, fleet
 
     def _n(self, name: str) -> float:
         return float(self.stats.get(name, 0))
@@ -151,11 +173,33 @@ class _Snapshot(Collector):
         )
         yield self._responses()
         yield self._latency()
+        yield from self._fleet()
+
+    def _fleet(self) -> Iterator[Metric]:
+        fleet = self.fleet
         yield GaugeMetricFamily(
-            "promptbatch_queue_jobs", "Chunk jobs queued or running.", value=self.queued
+            "promptbatch_queue_jobs", "Chunk jobs queued or running.", value=fleet.queued
         )
         yield GaugeMetricFamily(
-            "promptbatch_workers_alive", "Workers with a recent heartbeat.", value=self.alive
+            "promptbatch_runnable_batches",
+            "Batches that can run (queued or in progress): the scheduler shares the job slots "
+            "among them.",
+            value=sum(self.statuses.get(status, 0) for status in RUNNABLE_STATUSES),
+        )
+        yield _by_state(
+            "promptbatch_chunk_jobs",
+            "Chunk jobs on the queue waiting for a job slot, and running in one.",
+            queued=fleet.waiting,
+            running=fleet.busy,
+        )
+        yield _by_state(
+            "promptbatch_job_slots",
+            "Job slots of the workers alive (max_jobs each), and those running a chunk.",
+            busy=fleet.busy,
+            alive=fleet.slots,
+        )
+        yield GaugeMetricFamily(
+            "promptbatch_workers_alive", "Workers with a recent heartbeat.", value=fleet.alive
         )
 
     def _responses(self) -> Metric:
@@ -180,3 +224,11 @@ class _Snapshot(Collector):
             buckets=buckets,
             sum_value=self._n("latency:sum"),
         )
+
+
+def _by_state(name: str, documentation: str, **states: int) -> Metric:
+    """A gauge with one value per `state` label."""
+    family = GaugeMetricFamily(name, documentation, labels=["state"])
+    for state, value in states.items():
+        family.add_metric([state], value)
+    return family

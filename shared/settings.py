@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=24 * 3600, ge=1)
     #: Items per chunk: a chunk is one arq job, the unit spread over workers and resumed.
     chunk_size: int = Field(default=100, ge=1)
+    #: A batch's calls one chunk run carries before the batch may spread over another job slot:
+    #: a batch runs at most ceil(max_concurrency / this) chunks that still have calls to start.
+    run_concurrency: int = Field(default=16, ge=1)
     #: How long a chunk stays claimed by a worker that stopped renewing it (killed, frozen):
     #: another worker resumes the chunk's unfinished items after this.
     lease_s: float = Field(default=30.0, ge=1)

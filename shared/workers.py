@@ -1,4 +1,5 @@
-"""Worker liveness: each worker stamps a heartbeat; readiness counts the recent ones."""
+"""Worker liveness: each worker stamps a heartbeat (with its job slots in use); readiness and
+`/metrics` count the recent ones."""
 
 from __future__ import annotations
 
@@ -18,17 +19,39 @@ def _since_ms(alive_s: float) -> int:
     return _now_ms() - int(alive_s * 1000)
 
 
-async def beat(redis: Redis, worker_id: str, alive_s: float) -> None:
-    """Say this worker is alive now, and forget workers silent for longer than `alive_s`."""
+async def beat(redis: Redis, worker_id: str, alive_s: float, busy: int = 0, slots: int = 0) -> None:
+    """Say this worker is alive now, with `busy` of its `slots` job slots running a chunk, and
+    forget workers silent for longer than `alive_s`."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zadd(keys.WORKERS, {worker_id: _now_ms()})
         pipe.zremrangebyscore(keys.WORKERS, "-inf", f"({_since_ms(alive_s)}")
+        pipe.hset(keys.WORKER_SLOTS, worker_id, f"{busy} {slots}")
         await pipe.execute()
 
 
 async def forget(redis: Redis, worker_id: str) -> None:
     """A worker shutting down cleanly stops counting at once."""
-    await redis.zrem(keys.WORKERS, worker_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(keys.WORKERS, worker_id)
+        pipe.hdel(keys.WORKER_SLOTS, worker_id)
+        await pipe.execute()
+
+
+async def job_slots(redis: Redis, alive_s: float) -> tuple[int, int]:
+    """(busy, alive): job slots running a chunk, and job slots, over the workers alive (as
+    their last heartbeats said). Slots of workers no longer alive are forgotten."""
+    beats = await redis.zrangebyscore(keys.WORKERS, _since_ms(alive_s), "+inf")
+    alive = {member.decode() for member in beats}
+    raw = await redis.hgetall(keys.WORKER_SLOTS)  # type: ignore[misc]
+    stated = {worker.decode(): value.decode() for worker, value in raw.items()}
+    gone = [worker for worker in stated if worker not in alive]
+    if gone:
+        await redis.hdel(keys.WORKER_SLOTS, *gone)  # type: ignore[misc]
+    busy = total = 0
+    for worker in alive:
+        used, slots = stated.get(worker, "0 0").split()
+        busy, total = busy + int(used), total + int(slots)
+    return busy, total
 
 
 async def alive(redis: Redis, alive_s: float) -> int:

@@ -22,8 +22,8 @@ from shared.schemas import Provider
 from shared.settings import Settings
 from shared.store import BatchStore
 from worker.concurrency import Limiters
-from worker.leases import Leases
 from worker.pacing import Pacer
+from worker.scheduler import Leases
 from worker.watch import BatchWatch
 from worker.webhooks import Sender
 

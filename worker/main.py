@@ -45,10 +45,9 @@ from shared.webhooks import WebhookEndpoints
 from worker import tasks
 from worker.concurrency import Limiters
 from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
-from worker.leases import Leases
 from worker.llm import build_models
 from worker.pacing import Pacer, ProviderSaid, model_of
-from worker.reconcile import reconcile, take_turn
+from worker.scheduler import Leases, reconcile, take_turn
 from worker.watch import BatchWatch
 from worker.webhooks import Outbox, Sender
 
@@ -60,7 +59,7 @@ REDIS_BACKOFF_CAP_S = 2.0
 
 async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str, int]:
     """The job arq runs for one chunk (`tasks.run_chunk`); a chunk to run again later is
-    handed back to arq's queue with its delay."""
+    handed back to arq's queue: due when the scheduler made it, or after its delay."""
     try:
         return await tasks.run_chunk(ctx, batch_id, chunk)
     except tasks.RunLater as later:
@@ -154,6 +153,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     wctx = cast(WorkerContext, ctx)
     if "writes" in ctx:
         await wctx["writes"].drain()
+    if "leases" in ctx:
+        await wctx["leases"].drain()
     chores = ("heartbeat", "renewer", "flusher", "reconciler", "watcher")
     for name in (*chores, "outbox_reader", "deliverer"):
         if name in ctx:
@@ -199,9 +200,16 @@ def _every(
 
 
 async def _beat(ctx: WorkerContext) -> None:
-    """Say this worker is alive, and record runs that ended while Redis was away (usually
-    none: then no Redis call)."""
-    await workers.beat(ctx["redis"], ctx["worker_id"], ctx["settings"].worker_alive_s)
+    """Say this worker is alive (and how many of its job slots run a chunk), and record runs
+    that ended while Redis was away (usually none: then no Redis call)."""
+    settings = ctx["settings"]
+    await workers.beat(
+        ctx["redis"],
+        ctx["worker_id"],
+        settings.worker_alive_s,
+        busy=ctx["leases"].busy,
+        slots=settings.worker_max_jobs,
+    )
     await ctx["attempts"].record_ended()
 
 
@@ -223,7 +231,9 @@ async def _reconciler(ctx: WorkerContext) -> None:
     while True:
         try:
             if await take_turn(ctx["redis"], ctx["worker_id"], settings.reconcile_s):
-                await reconcile(ctx["redis"], ctx["store"], settings.lease_s)
+                await reconcile(
+                    ctx["redis"], ctx["store"], settings.lease_s, ctx["leases"].scheduler
+                )
         except Exception as exc:
             log.warning("reconcile failed: %s", type(exc).__name__)
         await asyncio.sleep(settings.reconcile_s)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.batches import BatchSpec
 from shared.results import ItemOutcome, PendingItem, RecordOutcome
+from shared.scheduler import close_idle
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
@@ -28,6 +30,7 @@ from worker.llm import (
     to_messages,
 )
 from worker.pacing import estimate_tokens
+from worker.scheduler import Leases, Run
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -35,10 +38,11 @@ REDIS_RETRY_DELAY_S = 5
 
 
 class RunLater(Exception):
-    """Run this chunk again after `defer_s` (its finished items are skipped then)."""
+    """Run this chunk again later (its finished items are skipped then): after `defer_s`, or,
+    when None, when the scheduler has made its job due (`Run.due_ms`)."""
 
-    def __init__(self, defer_s: float) -> None:
-        super().__init__(f"run again in {defer_s} s")
+    def __init__(self, defer_s: float | None) -> None:
+        super().__init__(f"run again in {defer_s} s" if defer_s is not None else "run again")
         self.defer_s = defer_s
 
 
@@ -57,20 +61,24 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     wctx = cast(WorkerContext, ctx)
     store, leases = wctx["store"], wctx["leases"]
     job_id = str(ctx.get("job_id") or keys.job_id(batch_id, chunk))
+    held: Run | None = None
     try:
-        async with (
-            leases.hold(job_id) as lost,
-            wctx["attempts"].run(batch_id, chunk) as attempt,
-        ):
-            counts = await _run_attempt(wctx, batch_id, chunk, attempt, lost)
-        taken_over = lost.is_set() and await leases.taken_over(job_id)
+        async with leases.hold(batch_id, chunk) as held:
+            try:
+                async with wctx["attempts"].run(batch_id, chunk) as attempt:
+                    counts = await _run_attempt(wctx, batch_id, chunk, attempt, held)
+            except RedisError:
+                held.due_ms = REDIS_RETRY_DELAY_S * 1000
+                raise
+        taken_over = held.lost.is_set() and await leases.taken_over(job_id)
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
-        # finished items are skipped.
+        # finished items are skipped. Once the run began, the scheduler set when (or its
+        # lease's end does); before, arq does.
         log.warning(
             "batch %s chunk %d: Redis error (%s), retrying", batch_id, chunk, type(exc).__name__
         )
-        raise RunLater(REDIS_RETRY_DELAY_S) from exc
+        raise RunLater(None if held is not None else REDIS_RETRY_DELAY_S) from exc
     except Exception as exc:
         # The type only: an exception's text may quote a prompt, and prompts never reach logs.
         log.error("batch %s chunk %d: could not run (%s)", batch_id, chunk, type(exc).__name__)
@@ -80,18 +88,18 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     if taken_over:
         # This worker stalled past its lease and another took the chunk over. Finished, the job
         # would be deleted by arq with that worker's claim, and that run would stop too. Run
-        # later instead: the job stays queued, due only after that worker's next renewal, which
-        # takes the claim again (arq deletes it here). Should that run end first, arq drops the
-        # bare queue entry this leaves when it comes due (its job record is gone).
+        # later instead: the job stays queued, scored at that worker's lease (not due), and
+        # that worker's next renewal takes back the claim arq deletes here.
         log.warning("batch %s chunk %d: taken over by another worker; left to it", batch_id, chunk)
-        raise RunLater(leases.lease_ms / 1000)
+        raise RunLater(None)
     return counts
 
 
 async def _run_attempt(
-    ctx: WorkerContext, batch_id: str, chunk: int, attempt: int, stop: asyncio.Event
+    ctx: WorkerContext, batch_id: str, chunk: int, attempt: int, run: Run
 ) -> dict[str, int]:
     store = ctx["store"]
+    stop = run.lost
     spec = await store.spec(batch_id)
     if spec is None or spec.status in FINAL_BATCH_STATUSES:
         log.info("batch %s chunk %d: nothing to do (batch gone or final)", batch_id, chunk)
@@ -104,6 +112,7 @@ async def _run_attempt(
         return {"written": 0}
     if spec.status == "cancelling":
         closed = await store.cancel_pending(spec, chunk)
+        await _close_rest(ctx, spec)
         log.info("batch %s chunk %d: cancelled %d items", batch_id, chunk, closed)
         return {"written": closed, "cancelled": closed}
     if spec.overdue():  # taken after its completion window ended: nothing is called
@@ -121,19 +130,52 @@ async def _run_attempt(
     with ctx["watch"].watch(spec.id) as stopped:
         async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
             stops = _Stop(stop, stopped, spec.overdue)
-            counts = await _run_items(ctx, spec, model, chunk, limiter, stops)
+            feed = _Feed(run, ctx["leases"], spec)
+            counts = await _run_items(ctx, spec, model, chunk, limiter, stops, feed)
     # Calls in flight finished and were kept; the rest are cancelled: the batch was cancelled,
     # or spent its token budget (seen before a call, sooner than the watch sees it). Else the
     # completion window ended: the rest are expired.
     budget_spent = counts["stopped"] and not stop.is_set() and await store.stopped(spec.id)
     if stopped.is_set() or budget_spent:
         counts["cancelled"] = await store.cancel_pending(spec, chunk)
+        if budget_spent:  # no one else ends the chunks no worker runs
+            await _close_rest(ctx, spec)
     elif counts["stopped"] and not stop.is_set() and spec.overdue():
         counts["expired"] = await store.expire_pending(spec, chunk)
         log.info(
             "batch %s chunk %d: window ended; %d items expired", spec.id, chunk, counts["expired"]
         )
     return counts
+
+
+async def _close_rest(ctx: WorkerContext, spec: BatchSpec) -> None:
+    """Cancel the items of the batch's chunks that no worker runs (queued, or never dispatched):
+    its token budget is spent, or it was found cancelling. (Should this worker die first, the
+    reconciler does it.)"""
+    store = ctx["store"]
+    chunks = await store.unfinished_chunks(spec.id) or []
+    close = partial(store.cancel_pending, spec)
+    await close_idle(ctx["redis"], spec.id, chunks, close, ctx["settings"].lease_s)
+
+
+class _Feed:
+    """The run's items whose calls have not started yet. Once no more than a quarter of the
+    run's share of its batch's concurrency is left to start, the run has drained: its batch may
+    take another job slot, whose items are then ready as this run's last calls end (a smaller
+    batch: only once every call has started, so no slot waits on it)."""
+
+    def __init__(self, run: Run, leases: Leases, spec: BatchSpec) -> None:
+        self._run, self._leases = run, leases
+        self.left = 0
+        self.threshold = -(-spec.max_concurrency // spec.window) // 4
+
+    def start(self, pending: int) -> None:
+        self.left = pending
+
+    def started(self) -> None:
+        self.left -= 1
+        if self.left <= self.threshold:
+            self._leases.drained(self._run)
 
 
 class _Stop:
@@ -166,11 +208,13 @@ async def _run_items(
     chunk: int,
     limiter: BatchLimiter,
     stop: _Stop,
+    feed: _Feed,
 ) -> dict[str, int]:
     store = ctx["store"]
     start, end = spec.chunk_bounds(chunk)
     await store.mark_started(spec.id)
     pending = await store.pending_items(spec.id, start, end)
+    feed.start(len(pending))
     log.info(
         "batch %s chunk %d: %d of %d items pending, concurrency %d",
         spec.id, chunk, len(pending), end - start, spec.max_concurrency,
@@ -181,7 +225,7 @@ async def _run_items(
     async def write(item: PendingItem, outcome: ItemOutcome) -> RecordOutcome:
         return await ctx["writes"].record(spec, item, outcome)
 
-    items = _item_runnable(model, spec, limiter, stop, ctx, write)
+    items = _item_runnable(model, spec, limiter, stop, ctx, write, feed)
     # The batch's max_concurrency is enforced around each provider call by the limiter, across
     # all workers; LangChain's own bound is not used, so an item whose write waits for Redis
     # does not keep the next item from calling the provider.
@@ -211,6 +255,7 @@ def _item_runnable(
     stop: _Stop,
     ctx: WorkerContext,
     write: Write,
+    feed: _Feed,
 ) -> Runnable[PendingItem, tuple[RecordOutcome, str]]:
     """One item through the chat model while holding one of the batch's slots, its result
     written by the same coroutine the moment the reply arrives: a reply never leaves the item
@@ -240,6 +285,7 @@ def _item_runnable(
         async with limiter.slot():
             if stop:
                 raise ChunkStopped
+            feed.started()
             max_output = own.get("max_completion_tokens", batch_output)
             tokens = estimate_tokens(item_chars(item.prompt, spec.system), max_output)
             run = CallRun()

@@ -138,11 +138,11 @@ async def get_batch(batch_id: BatchId, store: StoreDep, owner: OwnerDep) -> Batc
     responses={409: {"model": ErrorBody}},
 )
 async def cancel_batch(
-    batch_id: BatchId, store: StoreDep, redis: RedisDep, owner: OwnerDep
+    batch_id: BatchId, store: StoreDep, redis: RedisDep, owner: OwnerDep, settings: SettingsDep
 ) -> Batch:
     """Stop a batch: no new item starts; items running may finish and are kept; the rest
     become `cancelled`. A finished batch cannot be cancelled (409)."""
-    return await cancel(store, redis, batch_id, owner)
+    return await cancel(store, redis, batch_id, owner, settings.lease_s)
 
 
 @router.post(

@@ -1,6 +1,6 @@
 -- What every batch script shares. The header above names its KEYS (`keys.BATCH_SCRIPT_KEYS`):
--- the batch's own OWN_KEYS keys (meta, inputs, results, chunks, attempts, slots, events), then
--- stats, the service-wide counters, and outbox, the webhook events to deliver.
+-- the batch's own OWN_KEYS keys (meta, inputs, results, chunks, attempts, slots, events, feeding,
+-- redo), then stats, the service-wide counters, and outbox, the webhook events to deliver.
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)

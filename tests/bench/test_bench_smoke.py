@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 FIGURES = ("latency-bound", "client-CPU-bound", "first result", "submit", "peak worker RSS",
            "API RSS rise", "API under load", "offline model", "API event loop held",
-           "JSON body", "NDJSON body", "peak API RSS", "Redis memory per item")  # fmt: skip
+           "JSON body", "NDJSON body", "peak API RSS", "Redis memory per item",
+           "small behind big", "fleet utilisation")  # fmt: skip
 
 
 @pytest.mark.timeout(300)

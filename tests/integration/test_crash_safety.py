@@ -25,6 +25,13 @@ from tests.store.conftest import make_plan
 
 pytestmark = pytest.mark.integration
 
+#: A worker whose chunks another takes over within seconds of its death or freeze.
+FAST_LEASE = {
+    "PROMPTBATCH_LEASE_S": "2",
+    "PROMPTBATCH_WORKER_HEARTBEAT_S": "0.5",
+    "PROMPTBATCH_WORKER_ALIVE_S": "1.5",
+}
+
 
 async def _done(client: httpx.AsyncClient, batch_id: str) -> int:
     counts = (await client.get(f"/v1/batches/{batch_id}")).json()["request_counts"]
@@ -76,15 +83,21 @@ async def test_sigterm_hands_the_chunks_back_at_once_and_redoes_nothing_finished
     concurrency = 8
     first = openai_worker(workers, mock)
     prompts = [f"item {i} [[latency=40]]" for i in range(400)]
-    settings = openai_settings(redis_url, mock).model_copy(update={"chunk_size": 200})
-    async with api_client(settings) as client:  # two chunks, both running at the SIGTERM
+    # Two chunks, both running at the SIGTERM (a window of two: concurrency 8 at 4 a run).
+    settings = openai_settings(redis_url, mock).model_copy(
+        update={"chunk_size": 200, "run_concurrency": 4}
+    )
+    async with api_client(settings) as client:
         batch = await submit(client, prompts=prompts, max_concurrency=concurrency)
         await wait_for(lambda: _at_least(client, batch["id"], 100), what="a quarter of the batch")
         assert first.stop(signal.SIGTERM) == 0
         job_ids = [keys.job_id(batch["id"], chunk) for chunk in range(2)]
         with redis.Redis.from_url(redis_url) as r:
             assert r.exists(*(jobs.arq_in_progress(j) for j in job_ids)) == 0  # released
-            assert all(r.zscore(keys.QUEUE, j) is not None for j in job_ids)  # still queued
+            scores = [r.zscore(keys.QUEUE, j) for j in job_ids]
+            seconds, micros = r.time()
+            now_ms = seconds * 1000 + micros // 1000
+            assert all(s is not None and s <= now_ms for s in scores)  # queued, due at once
         openai_worker(workers, mock)
         done = await wait_final(client, batch["id"])
         items = await all_results(client, batch["id"])
@@ -150,8 +163,10 @@ async def test_redis_stopped_mid_batch_gives_503s_then_the_batch_completes(
         OPENAI_API_KEY="sk-test",
     )
     prompts = [f"item {i} [[latency=50]]" for i in range(400)]
+    # One chunk: the worker runs on with the chunk it holds while Redis is away.
+    settings = openai_settings(server.url, mock).model_copy(update={"chunk_size": 400})
     try:
-        async with api_client(openai_settings(server.url, mock)) as client:
+        async with api_client(settings) as client:
             batch = await submit(client, prompts=prompts, max_concurrency=4)
             await wait_for(lambda: _at_least(client, batch["id"], 60), what="a fifth of the batch")
             server.stop()
@@ -177,12 +192,7 @@ async def test_redis_stopped_mid_batch_gives_503s_then_the_batch_completes(
 async def test_a_chunk_that_keeps_killing_workers_fails_its_items_and_the_rest_completes(
     redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
 ) -> None:
-    fast_lease = {
-        "PROMPTBATCH_LEASE_S": "2",
-        "PROMPTBATCH_WORKER_HEARTBEAT_S": "0.5",
-        "PROMPTBATCH_WORKER_ALIVE_S": "1.5",
-        "PROMPTBATCH_CHUNK_MAX_ATTEMPTS": "2",
-    }
+    fast_lease = {**FAST_LEASE, "PROMPTBATCH_CHUNK_MAX_ATTEMPTS": "2"}
     prompts = [f"item {i}" for i in range(10)]
     prompts[2] = "the poison pill [[gate=never]]"  # its call never ends; we kill the worker
     settings = openai_settings(redis_url, mock).model_copy(update={"chunk_size": 5})
@@ -222,6 +232,37 @@ async def test_a_batch_whose_queued_work_was_lost_is_queued_again_and_runs(
         done = await wait_final(api, batch.id)
     assert done["status"] == "completed"
     assert done["request_counts"]["succeeded"] == 5
+
+
+async def test_a_frozen_worker_s_chunk_is_taken_over_and_nothing_is_lost_or_doubled(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    fast_lease = FAST_LEASE
+    concurrency = 4
+    frozen = openai_worker(workers, mock, **fast_lease)
+    prompts = [f"item {i} [[latency=50]]" for i in range(240)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts, max_concurrency=concurrency)
+        await wait_for(lambda: _at_least(client, batch["id"], 20), what="the batch to run")
+        frozen.popen.send_signal(signal.SIGSTOP)  # frozen past its lease, not dead
+        try:
+            done_at_stop = await _done(client, batch["id"])
+            openai_worker(workers, mock, **fast_lease)
+            await wait_for(
+                lambda: _at_least(client, batch["id"], done_at_stop + 20),
+                what="another worker to take the frozen worker's chunk over",
+            )
+        finally:
+            frozen.popen.send_signal(signal.SIGCONT)  # it wakes up and finds its claim gone
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"]["succeeded"] == len(prompts)  # each counted once
+    _assert_each_output_is_its_own(items, prompts)
+    assert frozen.popen.poll() is None  # it went on serving
+    assert "taken over by another worker" in frozen.log()
+    resent = int(str(mock.stats()["calls"])) - len(prompts)
+    assert 0 <= resent <= 4 * concurrency  # calls in flight at the freeze, and at the wake
 
 
 def _calls_are(mock: MockProvider, n: int) -> bool:

@@ -12,23 +12,19 @@ from pydantic import PrivateAttr
 from redis.asyncio import Redis
 
 from api.lifecycle import submit
-from shared import jobs, keys
+from shared import keys
 from shared.batches import BatchSpec
-from shared.metrics import WorkerMetrics
 from shared.results import BATCH_EXPIRED, ItemOutcome
+from shared.scheduler import Scheduler
 from shared.schemas import ItemResult
 from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import wait_for
 from tests.store.conftest import item, make_plan, stored
-from worker.concurrency import Limiters
-from worker.context import Attempts, Writes
-from worker.leases import Leases
+from tests.store.workers import worker_ctx
 from worker.llm import OFFLINE_PREFIX, OfflineChatModel
 from worker.main import run_chunk
-from worker.pacing import Pacer
-from worker.reconcile import reconcile
-from worker.watch import BatchWatch
+from worker.scheduler import reconcile
 
 
 def _window(seconds: int) -> dict[str, Any]:
@@ -57,20 +53,7 @@ def model() -> _GatedModel:
 @pytest.fixture
 def ctx(redis: Redis, model: _GatedModel) -> dict[str, Any]:
     """What `worker.main.startup` puts in arq's ctx, for a worker with the gated model."""
-    store = BatchStore(redis)
-    return {
-        "redis": redis,
-        "settings": make_settings("redis://unused"),
-        "store": store,
-        "watch": BatchWatch(store),
-        "metrics": WorkerMetrics(),
-        "writes": Writes(store),
-        "attempts": Attempts(store),
-        "models": {"offline": model},
-        "limiters": Limiters(redis, "test-worker", ttl_s=5),
-        "pacer": Pacer(redis, rpm=0, tpm=0),
-        "leases": Leases(redis, "test-worker", lease_s=30),
-    }
+    return worker_ctx(redis, make_settings("redis://unused"), "test-worker", model)
 
 
 async def _overdue(spec: BatchSpec) -> None:
@@ -201,12 +184,11 @@ async def test_the_reconciler_expires_idle_chunks_of_an_overdue_batch_only(
     spec = await store.spec(batch.id)
     assert spec is not None
     await store.record(spec, item(0), ItemOutcome(status="succeeded", output="kept"))
-    running = keys.job_id(batch.id, 1)
-    await redis.set(jobs.arq_in_progress(running), b"another-worker", px=30_000)
+    await Scheduler(redis).begin(batch.id, 1, "another-worker", 30_000)  # chunk 1 runs
     await _overdue(spec)
     assert await reconcile(redis, store, lease_s=30) == 0
     queue = {raw.decode() for raw in await redis.zrange(keys.QUEUE, 0, -1)}
-    assert queue == {running, keys.job_id(later.id, 0)}  # idle chunks 0 and 2 left the queue
+    assert queue == {keys.job_id(later.id, 0)}  # idle chunk 0 left the queue; 2 never on it
     items = await _items(store, batch.id)
     assert [i.status for i in items] == [
         "succeeded", "expired", "pending", "pending", "expired", "expired",

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import jobs, keys
+from shared import keys
 from shared.batches import BatchSpec
 from shared.errors import Conflict, NotFound
 from shared.results import ItemOutcome
+from shared.scheduler import Scheduler
 from shared.schemas import ErrorInfo, FinalItemStatus, Usage
 from shared.store import BatchStore
 from tests.store.conftest import item, make_plan, stored
-from worker.reconcile import reconcile
+from worker.scheduler import reconcile
 
 ERROR = ErrorInfo(type="invalid_request", message="refused")
 
@@ -205,9 +206,11 @@ async def test_the_reconciler_queues_the_retried_chunks_if_nobody_did(
     assert await store.unfinished_chunks(spec.id) == chunks == [0, 1]
     assert await reconcile(redis, store, lease_s=30) == 2
     queued = await redis.zrange(keys.QUEUE, 0, -1)
-    assert sorted(queued) == [keys.job_id(spec.id, c).encode() for c in (0, 1)]
-    await jobs.requeue(redis, spec.id, chunks)  # the late queueing changes nothing
-    assert await redis.zcard(keys.QUEUE) == 2
+    assert queued == [keys.job_id(spec.id, 0).encode()]  # chunk 1 in the batch's next turn
+    assert await redis.zrange(keys.redo(spec.id), 0, -1) == [b"1"]
+    await Scheduler(redis).requeue(spec.id, chunks)  # the late queueing changes nothing
+    assert await redis.zcard(keys.QUEUE) == 1
+    assert await reconcile(redis, store, lease_s=30) == 0
 
 
 async def test_a_retry_after_the_batch_was_retried_meanwhile_retries_what_failed_since(

@@ -11,39 +11,22 @@ from arq import Retry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.metrics import WorkerMetrics
 from shared.results import ItemOutcome
 from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import RedisServer, free_port, wait_for
 from tests.store.conftest import item, stored
+from tests.store.workers import worker_ctx
 from worker import tasks
-from worker.concurrency import Limiters
-from worker.context import Attempts, Writes
-from worker.leases import Leases
+from worker.context import Attempts
 from worker.llm import OFFLINE_PREFIX, OfflineChatModel
 from worker.main import run_chunk
-from worker.pacing import Pacer
-from worker.watch import BatchWatch
 
 
 def _ctx(redis: Redis, **overrides: Any) -> dict[str, Any]:
     """What `worker.main.startup` puts in arq's ctx, for a worker with the offline model."""
-    store = BatchStore(redis)
-    return {
-        "redis": redis,
-        "settings": make_settings("redis://unused", chunk_max_attempts=2),
-        "store": store,
-        "watch": BatchWatch(store),
-        "metrics": WorkerMetrics(),
-        "writes": Writes(store),
-        "attempts": Attempts(store),
-        "models": {"offline": OfflineChatModel()},
-        "limiters": Limiters(redis, "test-worker", ttl_s=5),
-        "pacer": Pacer(redis, rpm=0, tpm=0),
-        "leases": Leases(redis, "test-worker", lease_s=30),
-        **overrides,
-    }
+    settings = make_settings("redis://unused", chunk_max_attempts=2)
+    return worker_ctx(redis, settings, "test-worker", OfflineChatModel()) | overrides
 
 
 @pytest.fixture

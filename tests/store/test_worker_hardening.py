@@ -13,27 +13,24 @@ from typing import Any
 import langsmith
 import pytest
 from arq.connections import ArqRedis
-from arq.worker import Worker, create_worker
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from pydantic import PrivateAttr
 from redis.asyncio import Redis
 
-from shared import jobs, keys
+from api.lifecycle import submit
+from shared import jobs, keys, scheduler
 from shared.metrics import WorkerMetrics
-from shared.settings import TRACING_VARS, Settings
+from shared.settings import TRACING_VARS
 from shared.store import BatchStore
 from tests.conftest import make_settings
 from tests.helpers import wait_for
 from tests.store.conftest import make_plan
+from tests.store.workers import arq_worker, worker_ctx
 from worker import main
-from worker.concurrency import Limiters
-from worker.context import Attempts, Writes
-from worker.leases import Leases
 from worker.llm import OfflineChatModel
-from worker.pacing import Pacer
-from worker.watch import BatchWatch
+from worker.scheduler import Leases
 
 #: Bounds a wait for something the test itself brings about (a failure, never a pace).
 WAIT_S = 30
@@ -57,36 +54,6 @@ class _GatedModel(OfflineChatModel):
         return await super()._agenerate(messages, stop, run_manager, **kwargs)
 
 
-def _ctx(redis: Redis, settings: Settings, owner: str, model: OfflineChatModel) -> dict[str, Any]:
-    """What `worker.main.startup` puts in arq's ctx, for worker `owner` and the given model."""
-    store = BatchStore(redis)
-    return {
-        "redis": redis,
-        "settings": settings,
-        "store": store,
-        "watch": BatchWatch(store),
-        "metrics": WorkerMetrics(),
-        "writes": Writes(store),
-        "attempts": Attempts(store),
-        "models": {"offline": model},
-        "limiters": Limiters(redis, owner, ttl_s=5),
-        "pacer": Pacer(redis, rpm=0, tpm=0),
-        "leases": Leases(redis, owner, settings.lease_s),
-    }
-
-
-def _arq_worker(settings: Settings, redis: ArqRedis, ctx: dict[str, Any]) -> Worker:
-    """arq's worker as `WorkerSettings` configures it, on a ctx of the test's (no startup)."""
-    return create_worker(
-        main.worker_settings(settings),
-        redis_pool=redis,
-        ctx=ctx,
-        handle_signals=False,
-        on_startup=None,
-        on_shutdown=None,
-    )
-
-
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
     client = ArqRedis.from_url(redis_url)
@@ -99,19 +66,19 @@ async def test_a_run_whose_chunk_was_taken_over_leaves_the_job_to_the_new_owner(
 ) -> None:
     settings = make_settings(redis_url)
     model = _GatedModel()
-    stalled = _ctx(redis, settings, "stalled-worker", model)
+    stalled = worker_ctx(redis, settings, "stalled-worker", model)
     store: BatchStore = stalled["store"]
     plan = make_plan(4, max_concurrency=1)
-    batch, _ = await store.create(plan, chunk_size=4, stage=jobs.stage_chunks)
+    batch, _ = await submit(store, plan, make_settings(redis_url, chunk_size=4))
     job_id = keys.job_id(batch.id, 0)
-    worker = _arq_worker(settings, redis, stalled)
+    worker = arq_worker(settings, redis, stalled)
     await worker.start_jobs([job_id.encode()])  # as arq's poll does: claim it, run it
     run = worker.tasks[job_id]
     await asyncio.wait_for(model._entered.wait(), WAIT_S)  # a provider call in flight
 
     # Meanwhile this worker stalled past its lease; another started the job and claimed it.
     new_owner = Leases(redis, "new-owner", settings.lease_s)
-    async with new_owner.hold(job_id):
+    async with new_owner.hold(batch.id, 0):
         assert await stalled["leases"].renew() == [job_id]  # the stalled worker's next renewal
         model._gate.set()
         await asyncio.wait_for(run, WAIT_S)  # the run stops, and arq deals with the job
@@ -122,7 +89,7 @@ async def test_a_run_whose_chunk_was_taken_over_leaves_the_job_to_the_new_owner(
         assert await redis.exists(jobs.arq_job(job_id))  # its record kept for that run's end
         assert await new_owner.renew() == []  # the new owner keeps (takes back) its claim
         assert await redis.get(jobs.arq_in_progress(job_id)) == b"new-owner"
-        third = _arq_worker(settings, redis, _ctx(redis, settings, "third-worker", model))
+        third = arq_worker(settings, redis, worker_ctx(redis, settings, "third-worker", model))
         await third.start_jobs([job_id.encode()])
         assert job_id not in third.tasks  # nobody else starts it meanwhile
 
@@ -135,18 +102,18 @@ async def test_a_run_whose_batch_was_deleted_meanwhile_leaves_nothing_queued(
 ) -> None:
     settings = make_settings(redis_url)
     model = _GatedModel()
-    ctx = _ctx(redis, settings, "worker", model)
+    ctx = worker_ctx(redis, settings, "worker", model)
     store: BatchStore = ctx["store"]
-    batch, _ = await store.create(
-        make_plan(2, max_concurrency=1), chunk_size=2, stage=jobs.stage_chunks
+    batch, _ = await submit(
+        store, make_plan(2, max_concurrency=1), make_settings(redis_url, chunk_size=2)
     )
     job_id = keys.job_id(batch.id, 0)
-    worker = _arq_worker(settings, redis, ctx)
+    worker = arq_worker(settings, redis, ctx)
     await worker.start_jobs([job_id.encode()])
     run = worker.tasks[job_id]
     await asyncio.wait_for(model._entered.wait(), WAIT_S)
     await store.remove(batch.id)  # deleted, with its jobs (as the API's delete does)
-    await jobs.drop_jobs(redis, [job_id])
+    await scheduler.drop_jobs(redis, [job_id])
     assert await ctx["leases"].renew() == [job_id]
     model._gate.set()
     await asyncio.wait_for(run, WAIT_S)
@@ -184,8 +151,8 @@ async def test_leases_are_renewed_while_a_metrics_flush_is_stalled(
     try:
         metrics: _StalledMetrics = ctx["metrics"]
         await asyncio.wait_for(metrics.stalled.wait(), WAIT_S)
-        claim = jobs.arq_in_progress("a-job")
-        async with ctx["leases"].hold("a-job"):
+        claim = jobs.arq_in_progress(keys.job_id("batch_x", 0))
+        async with ctx["leases"].hold("batch_x", 0):
             await redis.persist(claim)  # renewed from here on, or it never expires
 
             async def renewed() -> bool:

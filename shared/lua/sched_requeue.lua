@@ -1,0 +1,16 @@
+-- Chunks dispatched before must run again (retried in place, or found on no queue): they go
+-- into the batch's redo set, dispatched before its cursor moves on. A chunk the cursor has not
+-- reached yet needs nothing: it will be dispatched anyway.
+-- ARGV: the batch, then chunk numbers. Returns how many chunks were dispatched.
+local batch = ARGV[1]
+local owner = owner_of(batch)
+if not owner then return 0 end
+local f = redis.call('HMGET', key(BATCH_T, batch), 'sched_next', 'total', 'chunk_size')
+local cursor = tonumber(f[1] or math.ceil(tonumber(f[2]) / tonumber(f[3])))
+local redo = key(REDO_T, batch)
+for i = 2, #ARGV do
+  local chunk = tonumber(ARGV[i])
+  if chunk < cursor then redis.call('ZADD', redo, 'NX', chunk, chunk) end
+end
+join(batch, owner)
+return refill(owner)

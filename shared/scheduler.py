@@ -1,0 +1,220 @@
+"""The scheduler: which chunk jobs wait on arq's queue, who runs them, and when one runs again.
+
+arq stays the job queue: its workers poll the due jobs of `keys.QUEUE` and run them, one arq
+job per chunk. What the scheduler decides is what is on that queue, and in what order:
+
+- **Fair share.** Each owner (API key) has a rotation of its batches that can use another job
+  slot, and keeps at most `HEADS_PER_OWNER` jobs waiting on the queue (its *heads*), one per
+  batch at a time. A head that a worker takes is replaced by the next batch's turn, at the back
+  of the queue: so the queue's waiting part is round-robin across owners, then across an
+  owner's batches, and a new batch's first chunk waits behind one turn of each owner, never
+  behind another batch's backlog.
+- **No slot held idle.** A batch has a *window*: `ceil(max_concurrency /
+  PROMPTBATCH_RUN_CONCURRENCY)` chunks may feed it at once. A chunk *feeds* from its dispatch
+  until its run has started every item's call (it *drains*; the last calls run on in its job
+  slot); only then can the batch take another slot. A batch at its concurrency, or paced,
+  holds no more slots than that.
+- **Past arq's read window.** A running job's queue score is its lease's end, renewed with the
+  lease: only waiting jobs (and those whose worker died) are due, so arq's bounded read
+  (`queue_read_limit`) always sees work to start while any waits, however many jobs run.
+
+States and the events that move them (each event one script, run atomically). A chunk:
+
+| from               | event (script)                                             | to           |
+|--------------------|------------------------------------------------------------|--------------|
+| undispatched       | its batch's turn, with room in its window (`refill`)       | head         |
+| head, due again    | a worker takes its job (`sched_begin`)                     | feeding      |
+| feeding            | every item's call has started (`sched_release`)            | draining     |
+| feeding, draining  | the run ends: done, cancelled, failed (`sched_release`)    | done         |
+| feeding, draining  | SIGTERM, or Redis away (`sched_release` with `due_ms`)     | due again    |
+| feeding, draining  | the worker dies or freezes: its lease lapses               | due again    |
+| dispatched, no job | the reconciler finds it on no queue (`sched_requeue`)      | undispatched |
+| done, items failed | retry in place (`sched_requeue`)                           | undispatched |
+| undispatched, head | cancel, delete, window ended (API, reconciler)             | done         |
+
+A batch, as the scheduler sees it:
+
+| from            | event                                                        | to              |
+|-----------------|--------------------------------------------------------------|-----------------|
+| new             | submit: stored with cursor 0 (`stage`), then `sched_join`    | in rotation     |
+| in rotation     | its turn, eligible: queued or in progress, work left, its    | out, a chunk    |
+|                 | head taken, fewer chunks feeding than its window             | dispatched      |
+| in rotation     | its turn, not eligible                                       | out of rotation |
+| out of rotation | a run of it begins, drains or ends; a requeue; the reconciler| in rotation     |
+
+The batch's own status (`queued`, `in_progress`, `cancelling`, final) is the batch scripts' in
+`shared/lua/`; the scheduler only reads it. The worker's side (leases, renewal, takeover, the
+reconciler) is `worker/scheduler.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import jobs, keys, lua
+
+#: Jobs an owner keeps waiting on the queue at once: enough that a burst of free slots fills
+#: in one poll, few enough that a new owner waits behind only a turn of each other owner.
+HEADS_PER_OWNER = 4
+
+_SCRIPTS = ("sched_join", "sched_refill", "sched_requeue", "sched_begin", "sched_release")
+
+
+@cache
+def script(name: str) -> str:
+    """`shared/lua/<name>.lua` after the scheduler's prelude (`sched.lua`)."""
+    return lua.load(
+        "shared",
+        "sched",
+        name,
+        QUEUE=keys.QUEUE,
+        CLOCK=keys.SCHED_CLOCK,
+        CLAIM_PREFIX=jobs.arq_in_progress(""),
+        JOB_PREFIX=jobs.arq_job(""),
+        RUN_CHUNK=jobs.RUN_CHUNK,
+        JOB_EXPIRES_MS=jobs.JOB_EXPIRES_MS,
+        HEADS_PER_OWNER=HEADS_PER_OWNER,
+        BATCH_T=keys.template(keys.batch("\0"), "\0"),
+        FEEDING_T=keys.template(keys.feeding("\0"), "\0"),
+        REDO_T=keys.template(keys.redo("\0"), "\0"),
+        ROTATION_T=keys.template(keys.rotation("\0"), "\0"),
+        HEADS_T=keys.template(keys.heads("\0"), "\0"),
+    )
+
+
+for _name in _SCRIPTS:  # read at import, never on the event loop
+    script(_name)
+
+_RENEW_CLAIMS = lua.load("shared", "renew_claims")
+
+
+def window(max_concurrency: int, run_concurrency: int) -> int:
+    """How many chunks may feed a batch at once: one per `run_concurrency` of its calls."""
+    return max(1, math.ceil(max_concurrency / run_concurrency))
+
+
+def stage(pipe: Pipeline, batch_id: str, batch_window: int) -> None:
+    """In the transaction that stores a new batch: its cursor and window. It joins its owner's
+    rotation right after (`Scheduler.join`), or at the reconciler's next pass."""
+    pipe.hset(keys.batch(batch_id), mapping={"sched_next": 0, "window": batch_window})
+
+
+class Scheduler:
+    """The scheduler's events, each one script (`shared/lua/sched_*.lua`)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._scripts = {name: redis.register_script(script(name)) for name in _SCRIPTS}
+        self._renew = redis.register_script(_RENEW_CLAIMS)
+
+    async def _run(self, name: str, *args: str | int) -> int:
+        return int(await self._scripts[name](keys=[keys.QUEUE], args=list(args)))
+
+    async def join(self, batch_id: str) -> int:
+        """The batch can use job slots: it joins its owner's rotation, whose heads are refilled.
+        Returns how many chunks were dispatched."""
+        return await self._run("sched_join", batch_id)
+
+    async def refill(self, owner: str) -> int:
+        """Give the owner's batches their turns (after some of its jobs were dropped)."""
+        return await self._run("sched_refill", owner)
+
+    async def requeue(self, batch_id: str, chunks: Sequence[int]) -> int:
+        """Chunks that ran before must run again (retry in place, lost jobs): dispatched again
+        in their batch's turns. Returns how many chunks were dispatched now."""
+        return await self._run("sched_requeue", batch_id, *chunks)
+
+    async def begin(self, batch_id: str, chunk: int, worker: str, lease_ms: int) -> None:
+        """A worker has started a chunk's job: its claim and lease, the job out of the due
+        window, the owner's heads refilled."""
+        job_id = keys.job_id(batch_id, chunk)
+        await self._run("sched_begin", job_id, batch_id, chunk, worker, lease_ms)
+
+    async def release(
+        self, batch_id: str, chunk: int, worker: str, due_ms: int | None = None
+    ) -> bool:
+        """A run drained or ended (`due_ms` None), or hands its job back, due in `due_ms`.
+        False if the run no longer holds the job's claim (nothing changed then)."""
+        job_id = keys.job_id(batch_id, chunk)
+        due = -1 if due_ms is None else due_ms
+        return bool(await self._run("sched_release", job_id, batch_id, chunk, worker, due))
+
+    async def renew(self, worker: str, lease_ms: int, job_ids: Sequence[str]) -> list[bool]:
+        """Renew a worker's claims and their jobs' queue scores (`renew_claims.lua`); False
+        for each job this worker has lost."""
+        renewed = await self._renew(
+            keys=[keys.QUEUE, *(jobs.arq_in_progress(job_id) for job_id in job_ids)],
+            args=[worker, lease_ms, *job_ids],
+        )
+        return [bool(ok) for ok in renewed]
+
+
+async def live_jobs(redis: Redis, job_ids: Sequence[str], lease_s: float) -> list[bool]:
+    """Whether each job is queued or running. A running claim longer than the lease (arq's own,
+    set before the worker could shorten it, and the worker then died) is cut to the lease."""
+    lease_ms = int(lease_s * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.zscore(keys.QUEUE, job_id)
+            pipe.pttl(jobs.arq_in_progress(job_id))
+        replies = await pipe.execute()
+    found, ttls = replies[0::2], replies[1::2]
+    overlong = [job_id for job_id, ttl in zip(job_ids, ttls, strict=True) if ttl > lease_ms]
+    if overlong:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in overlong:
+                pipe.pexpire(jobs.arq_in_progress(job_id), lease_ms)
+            await pipe.execute()
+    return [score is not None or ttl != -2 for score, ttl in zip(found, ttls, strict=True)]
+
+
+async def claimed(redis: Redis, job_ids: Sequence[str]) -> list[bool]:
+    """Whether a worker has started each job (and holds its claim)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(jobs.arq_in_progress(job_id))
+        return [bool(found) for found in await pipe.execute()]
+
+
+async def drop_jobs(redis: Redis, job_ids: Sequence[str]) -> None:
+    """Take jobs off the queue with arq's records of them."""
+    if not job_ids:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.QUEUE, *job_ids)
+        for job_id in job_ids:
+            pipe.delete(jobs.arq_job(job_id), jobs.arq_retry(job_id), jobs.arq_in_progress(job_id))
+        await pipe.execute()
+
+
+async def close_idle(
+    redis: Redis,
+    batch_id: str,
+    chunks: Sequence[int],
+    close: Callable[[int], Awaitable[int]],
+    lease_s: float,
+) -> list[int]:
+    """End the chunks of a batch that will run no more (cancelled, or its window ended) which
+    no worker runs: their jobs (if dispatched) leave the queue and `close` ends each one's
+    pending items. A running chunk is left to its run, whose calls in flight finish and are
+    kept. Returns the chunks closed."""
+    job_ids = [keys.job_id(batch_id, chunk) for chunk in chunks]
+    # A claim arq set for a day whose worker died before shortening it is cut to the lease
+    # first: else it would count as running, and keep the batch from ending, for a day.
+    await live_jobs(redis, job_ids, lease_s)
+    running = await claimed(redis, job_ids)
+    idle = [chunk for chunk, taken in zip(chunks, running, strict=True) if not taken]
+    await drop_jobs(redis, [keys.job_id(batch_id, chunk) for chunk in idle])
+    for chunk in idle:
+        await close(chunk)
+    return idle
+
+
+async def due_jobs(redis: Redis, now_ms: int) -> int:
+    """Jobs waiting for a slot: due on the queue (running ones are scored at their lease's end)."""
+    return int(await redis.zcount(keys.QUEUE, "-inf", now_ms))
