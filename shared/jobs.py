@@ -45,6 +45,11 @@ def arq_retry(job_id: str) -> str:
     return f"{retry_key_prefix}{job_id}"
 
 
+#: The value arq gives the claim it sets when it starts a job (a run then puts its worker's
+#: name there).
+ARQ_CLAIM = "1"
+
+
 def arq_in_progress(job_id: str) -> str:
     """arq's claim on a running job. arq sets it for job_timeout + 10 s; the running worker
     shortens it to its lease and renews it, so it lapses soon after the worker dies."""

@@ -4,16 +4,18 @@ arq stays the job queue: its workers poll the due jobs of `keys.QUEUE` and run t
 job per chunk. What the scheduler decides is what is on that queue, and in what order:
 
 - **Fair share.** Each owner (API key) has a rotation of its batches that can use another job
-  slot, and keeps at most `HEADS_PER_OWNER` jobs waiting on the queue (its *heads*), one per
-  batch at a time. A head that a worker takes is replaced by the next batch's turn, at the back
-  of the queue: so the queue's waiting part is round-robin across owners, then across an
-  owner's batches, and a new batch's first chunk waits behind one turn of each owner, never
-  behind another batch's backlog.
+  slot, and keeps `HEADS_PER_OWNER` jobs waiting on the queue (its *heads*) while it has work
+  to give them, dealt round-robin over its batches. A head that a worker takes is replaced by
+  the owner's next turn, at the back of the queue: so the queue's waiting part is round-robin
+  across owners (each has as many heads, whatever its number of batches), then across an
+  owner's batches, and a new batch's first chunk waits behind one round of the other owners'
+  heads, never behind another batch's backlog.
 - **No slot held idle.** A batch has a *window*: `ceil(max_concurrency /
-  PROMPTBATCH_RUN_CONCURRENCY)` chunks may feed it at once. A chunk *feeds* from its dispatch
-  until its run has started every item's call (it *drains*; the last calls run on in its job
-  slot); only then can the batch take another slot. A batch at its concurrency, or paced,
-  holds no more slots than that.
+  PROMPTBATCH_RUN_CONCURRENCY)` chunks may feed it at once, each run carrying at most its
+  share of the batch's concurrency. A chunk *feeds* from its dispatch until its run has sent
+  nearly every item's call (it *drains*; the last calls run on in its job slot); only then can
+  the batch take another slot. A batch at its concurrency, or paced, holds no more slots than
+  its window and the runs draining.
 - **Past arq's read window.** A running job's queue score is its lease's end, renewed with the
   lease: only waiting jobs (and those whose worker died) are due, so arq's bounded read
   (`queue_read_limit`) always sees work to start while any waits, however many jobs run.
@@ -37,8 +39,8 @@ A batch, as the scheduler sees it:
 | from            | event                                                        | to              |
 |-----------------|--------------------------------------------------------------|-----------------|
 | new             | submit: stored with cursor 0 (`stage`), then `sched_join`    | in rotation     |
-| in rotation     | its turn, eligible: queued or in progress, work left, its    | out, a chunk    |
-|                 | head taken, fewer chunks feeding than its window             | dispatched      |
+| in rotation     | its turn, eligible: queued or in progress, work left, fewer  | a chunk         |
+|                 | chunks feeding (heads included) than its window              | dispatched; back|
 | in rotation     | its turn, not eligible                                       | out of rotation |
 | out of rotation | a run of it begins, drains or ends; a requeue; the reconciler| in rotation     |
 
@@ -75,6 +77,7 @@ def script(name: str) -> str:
         QUEUE=keys.QUEUE,
         CLOCK=keys.SCHED_CLOCK,
         CLAIM_PREFIX=jobs.arq_in_progress(""),
+        ARQ_CLAIM=jobs.ARQ_CLAIM,
         JOB_PREFIX=jobs.arq_job(""),
         RUN_CHUNK=jobs.RUN_CHUNK,
         JOB_EXPIRES_MS=jobs.JOB_EXPIRES_MS,
@@ -129,11 +132,12 @@ class Scheduler:
         in their batch's turns. Returns how many chunks were dispatched now."""
         return await self._run("sched_requeue", batch_id, *chunks)
 
-    async def begin(self, batch_id: str, chunk: int, worker: str, lease_ms: int) -> None:
+    async def begin(self, batch_id: str, chunk: int, worker: str, lease_ms: int) -> bool:
         """A worker has started a chunk's job: its claim and lease, the job out of the due
-        window, the owner's heads refilled."""
+        window, the owner's heads refilled. False if another worker holds the job (this run
+        must not run)."""
         job_id = keys.job_id(batch_id, chunk)
-        await self._run("sched_begin", job_id, batch_id, chunk, worker, lease_ms)
+        return await self._run("sched_begin", job_id, batch_id, chunk, worker, lease_ms) >= 0
 
     async def release(
         self, batch_id: str, chunk: int, worker: str, due_ms: int | None = None

@@ -64,10 +64,12 @@ class Leases:
         """Claim a chunk's job this worker has just started and keep it claimed until the
         block ends; then release it as `Run.due_ms` says (cancelled: due again at once)."""
         job_id = keys.job_id(batch_id, chunk)
-        await self.scheduler.begin(batch_id, chunk, self.owner, self.lease_ms)
+        ours = await self.scheduler.begin(batch_id, chunk, self.owner, self.lease_ms)
         # Renewed only from here: a renewal that reached Redis before this claim did would find
         # arq's claim under another name and stop the run as lost.
         run = self._held[job_id] = Run(batch_id, chunk)
+        if not ours:  # another worker took the job over before this run began: it must not run
+            run.lost.set()
         try:
             yield run
         except asyncio.CancelledError:  # SIGTERM: another worker takes it at once

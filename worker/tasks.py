@@ -65,8 +65,10 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     try:
         async with leases.hold(batch_id, chunk) as held:
             try:
-                async with wctx["attempts"].run(batch_id, chunk) as attempt:
-                    counts = await _run_attempt(wctx, batch_id, chunk, attempt, held)
+                counts = {"written": 0}
+                if not held.lost.is_set():
+                    async with wctx["attempts"].run(batch_id, chunk) as attempt:
+                        counts = await _run_attempt(wctx, batch_id, chunk, attempt, held)
             except RedisError:
                 held.due_ms = REDIS_RETRY_DELAY_S * 1000
                 raise
@@ -159,20 +161,28 @@ async def _close_rest(ctx: WorkerContext, spec: BatchSpec) -> None:
 
 
 class _Feed:
-    """The run's items whose calls have not started yet. Once no more than a quarter of the
-    run's share of its batch's concurrency is left to start, the run has drained: its batch may
-    take another job slot, whose items are then ready as this run's last calls end (a smaller
-    batch: only once every call has started, so no slot waits on it)."""
+    """A run's share of its batch: at most `ceil(max_concurrency / window)` calls in flight
+    (`share`), so that the batch's window of runs carries its concurrency between them and a
+    run never waits on calls its own batch could not make anyway. Once no more than a quarter
+    of that share of its items is left to send, the run has drained: its batch may take
+    another job slot, whose items are then ready as this run's last calls end (a share under
+    four: only once every call has been sent)."""
 
     def __init__(self, run: Run, leases: Leases, spec: BatchSpec) -> None:
         self._run, self._leases = run, leases
+        share = -(-spec.max_concurrency // spec.window)
+        self.share = asyncio.Semaphore(share)
+        self.threshold = share // 4
         self.left = 0
-        self.threshold = -(-spec.max_concurrency // spec.window) // 4
+        self._sent: set[int] = set()
 
     def start(self, pending: int) -> None:
         self.left = pending
 
-    def started(self) -> None:
+    def started(self, item: PendingItem) -> None:
+        if item.index in self._sent:  # sent again after a 429: counted once
+            return
+        self._sent.add(item.index)
         self.left -= 1
         if self.left <= self.threshold:
             self._leases.drained(self._run)
@@ -282,10 +292,9 @@ def _item_runnable(
         kwargs = {**batch_call, **call_kwargs(model, own)} if own else batch_call
         if stop:  # no slot to wait for when no call may start
             raise ChunkStopped
-        async with limiter.slot():
+        async with feed.share, limiter.slot():
             if stop:
                 raise ChunkStopped
-            feed.started()
             max_output = own.get("max_completion_tokens", batch_output)
             tokens = estimate_tokens(item_chars(item.prompt, spec.system), max_output)
             run = CallRun()
@@ -298,6 +307,7 @@ def _item_runnable(
                     run.paced_s += await pacer.reserve(spec.model, tokens)
                     if stop:
                         raise ChunkStopped
+                    feed.started(item)  # paced and sent: the batch may not wait on this item
                     began = time.perf_counter()
                     try:
                         messages = to_messages(spec.system, item.prompt)

@@ -27,22 +27,19 @@ local function join(batch, owner)
   redis.call('ZADD', rotation, 'NX', turn, batch)
 end
 
--- Whether the batch can take another job slot now: it runs, its head (if any) was taken, it has
--- a chunk not yet dispatched (or to run again), and fewer chunks feeding than its window.
+-- Whether the batch can take another job slot now: it runs, it has a chunk not yet dispatched
+-- (or to run again), and fewer chunks feeding than its window (its heads included).
 local function eligible(batch)
   local meta = key(BATCH_T, batch)
-  local f = redis.call('HMGET', meta, 'status', 'sched_head', 'window', 'sched_next', 'total',
-    'chunk_size', 'deadline_ms')
+  local f = redis.call('HMGET', meta, 'status', 'window', 'sched_next', 'total', 'chunk_size',
+    'deadline_ms')
   if f[1] ~= STATUS.queued and f[1] ~= STATUS.in_progress then return false end
-  if f[7] and now >= tonumber(f[7]) then return false end  -- overdue: the reconciler ends it
-  if f[2] then
-    if waiting(f[2]) then return false end
-    redis.call('HDEL', meta, 'sched_head')
-  end
+  if f[6] and now >= tonumber(f[6]) then return false end  -- overdue: the reconciler ends it
+  local window = tonumber(f[2] or 1)
   local redo = key(REDO_T, batch)
-  local chunks = math.ceil(tonumber(f[5]) / tonumber(f[6]))
-  if tonumber(f[4] or chunks) >= chunks and redis.call('ZCARD', redo) == 0 then return false end
-  local feeding, window = key(FEEDING_T, batch), tonumber(f[3] or 1)
+  local chunks = math.ceil(tonumber(f[4]) / tonumber(f[5]))
+  if tonumber(f[3] or chunks) >= chunks and redis.call('ZCARD', redo) == 0 then return false end
+  local feeding = key(FEEDING_T, batch)
   if redis.call('SCARD', feeding) < window then return true end
   -- At its window: forget chunks whose job is gone (a run that could not say it ended).
   for _, chunk in ipairs(redis.call('SMEMBERS', feeding)) do
@@ -70,6 +67,7 @@ local function enqueue(batch, chunk)
     string.format('%d', chunk) .. '],"k":{},"et":' .. string.format('%d', now) .. '}'
   redis.call('SET', JOB_PREFIX .. job, payload, 'PX', JOB_EXPIRES_MS)
   local last = tonumber(redis.call('GET', CLOCK))
+  if last and last > now + 1000 then last = nil end  -- Redis's clock went back: follow it
   local score = string.format('%.2f', math.max(now - 0.99, (last or 0) + 0.01))
   redis.call('SET', CLOCK, score)
   redis.call('ZADD', QUEUE, 'NX', score, job)
@@ -77,8 +75,9 @@ local function enqueue(batch, chunk)
 end
 
 -- Give the owner's batches their turns until it has HEADS_PER_OWNER jobs waiting on the queue:
--- round-robin over its rotation, one head per batch at a time (so a batch's chunks land on
--- whichever workers poll next, not all on one). Returns how many chunks were dispatched.
+-- round-robin over its rotation, a batch that took a turn and can take another going to the
+-- back (so a key with one batch keeps as many heads as a key with four: keys share alike).
+-- Returns how many chunks were dispatched.
 local function refill(owner)
   local heads, rotation = key(HEADS_T, owner), key(ROTATION_T, owner)
   local count = 0
@@ -94,10 +93,10 @@ local function refill(owner)
     if eligible(batch) then
       local chunk = next_chunk(batch)
       local job = enqueue(batch, chunk)
-      redis.call('HSET', key(BATCH_T, batch), 'sched_head', job)
       redis.call('SADD', key(FEEDING_T, batch), chunk)
       redis.call('SADD', heads, job)
       count, dispatched = count + 1, dispatched + 1
+      join(batch, owner)
     end
   end
   return dispatched

@@ -3,16 +3,19 @@
 -- window of due jobs arq reads (a running job would hide the waiting ones behind it) and is
 -- due again only if the lease lapses (the worker died). The job is no longer its owner's head,
 -- the chunk feeds its batch, and the owner's heads are refilled.
--- ARGV: the job, its batch, its chunk, the worker, the lease ms. Returns 1 (0: batch gone).
+-- A claim already in another worker's name (this worker stalled between arq's claim and this
+-- script, and the job was taken over meanwhile) is left alone: this run must not run.
+-- ARGV: the job, its batch, its chunk, the worker, the lease ms. Returns 1, 0 when the batch
+-- is gone, -1 when another worker holds the job.
 local job, batch, chunk, worker, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local holder = redis.call('GET', CLAIM_PREFIX .. job)
+if holder and holder ~= ARQ_CLAIM and holder ~= worker then return -1 end
 redis.call('SET', CLAIM_PREFIX .. job, worker, 'PX', lease)
 if redis.call('ZSCORE', QUEUE, job) then redis.call('ZADD', QUEUE, 'XX', now + lease, job) end
 local owner = owner_of(batch)
 if not owner then return 0 end
-local meta = key(BATCH_T, batch)
-if redis.call('HGET', meta, 'sched_head') == job then redis.call('HDEL', meta, 'sched_head') end
 redis.call('SREM', key(HEADS_T, owner), job)
-if not FINAL[redis.call('HGET', meta, 'status')] then
+if not FINAL[redis.call('HGET', key(BATCH_T, batch), 'status')] then
   redis.call('SADD', key(FEEDING_T, batch), chunk)
 end
 join(batch, owner)

@@ -5,7 +5,8 @@
 local batch = ARGV[1]
 local owner = owner_of(batch)
 if not owner then return 0 end
-local f = redis.call('HMGET', key(BATCH_T, batch), 'sched_next', 'total', 'chunk_size')
+local f = redis.call('HMGET', key(BATCH_T, batch), 'sched_next', 'total', 'chunk_size', 'status')
+if FINAL[f[4]] then return 0 end  -- finished meanwhile: nothing runs again
 local cursor = tonumber(f[1] or math.ceil(tonumber(f[2]) / tonumber(f[3])))
 local redo = key(REDO_T, batch)
 for i = 2, #ARGV do

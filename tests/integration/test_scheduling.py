@@ -74,16 +74,16 @@ async def test_a_small_batch_completes_at_once_beside_a_big_one_that_keeps_its_p
             return await _done(client, big, KEY_BIG) >= 4
 
         await wait_for(running, what="the big batch to run")
+        # Another key's small batches, one after another for a few seconds; the big batch's
+        # pace is measured over the same seconds (2 calls per 0.2 s).
         began, done_before = time.monotonic(), await _done(client, big, KEY_BIG)
-        first = await _time_to_completed(client, small_prompts)
-        second = await _time_to_completed(client, small_prompts)  # the same key again
-        # The big batch's pace over a few seconds around them: 2 calls per 0.2 s.
+        times: list[float] = []
         while time.monotonic() - began < 5:
-            await asyncio.sleep(0.1)
+            times.append(await _time_to_completed(client, small_prompts))
         pace = (await _done(client, big, KEY_BIG) - done_before) / (time.monotonic() - began)
         await client.post(f"/v1/batches/{big}/cancel", headers=_bearer(KEY_BIG))
-    assert first < 2, f"the first small batch took {first:.2f} s for 0.2 s of work"
-    assert second < 2, f"the second small batch took {second:.2f} s for 0.2 s of work"
+    assert len(times) >= 2
+    assert max(times) < 2, f"small batches took {[round(t, 2) for t in times]} s for 0.2 s of work"
     assert pace >= 0.9 * 2 / 0.2, f"the big batch ran {pace:.1f} items/s of its 10"
 
 

@@ -184,7 +184,7 @@ async def test_the_reconciler_expires_idle_chunks_of_an_overdue_batch_only(
     spec = await store.spec(batch.id)
     assert spec is not None
     await store.record(spec, item(0), ItemOutcome(status="succeeded", output="kept"))
-    await Scheduler(redis).begin(batch.id, 1, "another-worker", 30_000)  # chunk 1 runs
+    await Scheduler(redis).begin(batch.id, 1, "test-worker", 30_000)  # chunk 1 runs here
     await _overdue(spec)
     assert await reconcile(redis, store, lease_s=30) == 0
     queue = {raw.decode() for raw in await redis.zrange(keys.QUEUE, 0, -1)}

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from arq import Retry
+from pydantic import PrivateAttr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared import keys
 from shared.results import ItemOutcome
 from shared.store import BatchStore
 from tests.conftest import make_settings
@@ -160,5 +162,37 @@ async def test_redis_unreachable_makes_arq_run_the_chunk_again_later() -> None:
     try:
         with pytest.raises(Retry):
             await run_chunk(_ctx(redis), "batch_x", 0)
+    finally:
+        await redis.aclose()
+
+
+class _CountingModel(OfflineChatModel):
+    """The offline model, counting its calls in flight at once."""
+
+    _now: int = PrivateAttr(default=0)
+    _most: int = PrivateAttr(default=0)
+
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
+        self._now += 1
+        self._most = max(self._most, self._now)
+        try:
+            return await super()._agenerate(*args, **kwargs)
+        finally:
+            self._now -= 1
+
+
+async def test_a_run_carries_at_most_its_share_of_its_batch_s_concurrency(
+    redis_url: str,
+) -> None:
+    redis = Redis.from_url(redis_url)
+    model = _CountingModel(latency_s=0.01)
+    ctx = _ctx(redis, models={"offline": model})
+    store: BatchStore = ctx["store"]
+    try:
+        # Concurrency 32 at 16 calls a run: a window of two runs, each carrying 16 calls.
+        batch = await stored(store, 100, max_concurrency=32)
+        await store.redis.hset(keys.batch(batch.id), "window", "2")  # type: ignore[misc]
+        assert await run_chunk(ctx, batch.id, 0) == {"written": 100, "failed": 0, "stopped": 0}
+        assert model._most == 16
     finally:
         await redis.aclose()

@@ -90,17 +90,41 @@ async def test_a_batch_takes_another_slot_only_once_a_chunk_has_drained(redis: R
     assert await _due(redis) == []
 
 
-async def test_a_wide_batch_spreads_over_its_window_one_turn_at_a_time(redis: Redis) -> None:
+async def test_a_wide_batch_takes_its_window_and_no_more(redis: Redis) -> None:
     settings = _settings(chunk_size=1, run_concurrency=16)
     batch, _ = await submit(BatchStore(redis), make_plan(8, max_concurrency=64), settings)
-    taken = []
-    for _ in range(4):  # window ceil(64 / 16): its next chunk is queued as one is taken
-        assert len(await _due(redis)) == 1
-        taken.append(await _take(redis))
-    assert taken == [keys.job_id(batch.id, chunk) for chunk in range(4)]
+    first = [keys.job_id(batch.id, chunk) for chunk in range(4)]  # window ceil(64 / 16)
+    assert await _due(redis) == first
+    assert [await _take(redis) for _ in range(4)] == first
     assert await _due(redis) == []
-    await _drain(redis, keys.job_id(batch.id, 2))
+    await _drain(redis, first[2])
     assert await _due(redis) == [keys.job_id(batch.id, 4)]
+
+
+async def test_keys_share_alike_whatever_their_number_of_batches(redis: Redis) -> None:
+    store, settings = BatchStore(redis), _settings(chunk_size=1, run_concurrency=16)
+    for _ in range(4):  # key a: four batches; key b: one; each batch able to use 64 slots
+        await submit(store, make_plan(64, max_concurrency=1024), settings, owner="a")
+    b, _ = await submit(store, make_plan(64, max_concurrency=1024), settings, owner="b")
+    taken = [await _take(redis) for _ in range(24)]  # slots come free, one by one
+    to_b = sum(job is not None and job.startswith(b.id) for job in taken)
+    assert to_b == 12, f"key b took {to_b} of 24 slots"  # keys alternate, four turns each
+
+
+async def test_a_run_does_not_begin_a_job_another_worker_holds(redis: Redis) -> None:
+    await submit(BatchStore(redis), make_plan(4), _settings(chunk_size=4))
+    job = (await _due(redis))[0]
+    batch_id, _ = job.rsplit(":", 1)
+    await redis.set(jobs.arq_in_progress(job), b"other-worker", px=LEASE_MS)  # took it over
+    async with Leases(redis, "stalled", lease_s=30).hold(batch_id, 0) as run:
+        assert run.lost.is_set()
+    assert await redis.get(jobs.arq_in_progress(job)) == b"other-worker"
+
+
+async def test_a_clock_that_went_back_is_followed(redis: Redis) -> None:
+    await redis.set(keys.SCHED_CLOCK, f"{_now_ms() + 3_600_000:.2f}")  # Redis restored, say
+    batch, _ = await submit(BatchStore(redis), make_plan(4), _settings())
+    assert await _due(redis) == [keys.job_id(batch.id, 0)]
 
 
 async def test_a_new_owner_waits_behind_one_turn_of_each_other_owner(redis: Redis) -> None:
@@ -199,7 +223,7 @@ async def test_a_cancelled_batch_s_head_gives_its_owner_s_next_batch_the_turn(
 
 
 async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis: Redis) -> None:
-    mine, theirs = Leases(redis, "me", lease_s=30), Leases(redis, "them", lease_s=30)
+    mine = Leases(redis, "me", lease_s=30)
     ja, jb, jc, jd = (keys.job_id(f"batch_{name}", 0) for name in "abcd")
     await redis.zadd(keys.QUEUE, {ja: 1, jb: 1, jc: 1})  # jd's batch was deleted
     async with contextlib.AsyncExitStack() as held:
@@ -208,7 +232,7 @@ async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis:
         ]
         assert await redis.pttl(jobs.arq_in_progress(ja)) <= 30_000
         await redis.delete(jobs.arq_in_progress(jb))  # Redis lost it, nobody took it
-        await held.enter_async_context(theirs.hold("batch_c", 0))  # lost to another worker
+        await redis.set(jobs.arq_in_progress(jc), b"them", px=30_000)  # lapsed, taken over
         await redis.delete(jobs.arq_in_progress(jd))  # deleted with its batch
         assert await mine.renew() == [jc, jd]
         assert [run.lost.is_set() for run in (a, b, c, d)] == [False, False, True, True]

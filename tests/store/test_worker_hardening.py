@@ -77,6 +77,7 @@ async def test_a_run_whose_chunk_was_taken_over_leaves_the_job_to_the_new_owner(
     await asyncio.wait_for(model._entered.wait(), WAIT_S)  # a provider call in flight
 
     # Meanwhile this worker stalled past its lease; another started the job and claimed it.
+    await redis.delete(jobs.arq_in_progress(job_id))  # its lease lapsed
     new_owner = Leases(redis, "new-owner", settings.lease_s)
     async with new_owner.hold(batch.id, 0):
         assert await stalled["leases"].renew() == [job_id]  # the stalled worker's next renewal
