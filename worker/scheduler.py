@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,6 +34,9 @@ class Run:
 
     batch_id: str
     chunk: int
+    #: Until when, by this host's monotonic clock, the claim is surely this run's: the lease
+    #: counted from when its last renewal was sent. Past it, a call waits for a renewal.
+    held_until: float
     #: Set when another worker has taken the claim: this run must start no more calls.
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     #: When the run ends: None to let go of the job (arq finishes it), else hand it back, due
@@ -53,6 +57,7 @@ class Leases:
         # A renewal may take a lapsed claim again, so a run lets go of its claim only between
         # renewals: once it has, arq deletes the claim and no renewal brings it back.
         self._renewing = asyncio.Lock()
+        self._renewed = asyncio.Event()  # set, and replaced, as each renewal ends
 
     @property
     def busy(self) -> int:
@@ -64,10 +69,11 @@ class Leases:
         """Claim a chunk's job this worker has just started and keep it claimed until the
         block ends; then release it as `Run.due_ms` says (cancelled: due again at once)."""
         job_id = keys.job_id(batch_id, chunk)
+        sent = time.monotonic()
         ours = await self.scheduler.begin(batch_id, chunk, self.owner, self.lease_ms)
         # Renewed only from here: a renewal that reached Redis before this claim did would find
         # arq's claim under another name and stop the run as lost.
-        run = self._held[job_id] = Run(batch_id, chunk)
+        run = self._held[job_id] = Run(batch_id, chunk, sent + self.lease_ms / 1000)
         if not ours:  # another worker took the job over before this run began: it must not run
             run.lost.set()
         try:
@@ -106,17 +112,34 @@ class Leases:
         rather than gone with its batch or finished by that worker."""
         return await self.scheduler.redis.zscore(keys.QUEUE, job_id) is not None
 
+    async def held(self, run: Run) -> None:
+        """Return once the run's claim is surely still its own, or lost. A worker that stalled
+        past its lease (a stopped process, a blocked event loop) may have had its chunk taken
+        over meanwhile: its runs start no call until a renewal has said whose the claim is."""
+        while not run.lost.is_set() and time.monotonic() >= run.held_until:
+            await self._renewed.wait()
+
     async def renew(self) -> list[str]:
         """Renew every claim this worker holds; returns the jobs now claimed by another."""
-        async with self._renewing:
-            job_ids = list(self._held)
-            if not job_ids:
-                return []
-            renewed = await self.scheduler.renew(self.owner, self.lease_ms, job_ids)
-            lost = [job_id for job_id, ok in zip(job_ids, renewed, strict=True) if not ok]
-            for job_id in lost:
-                self._held[job_id].lost.set()
-            return lost
+        try:
+            async with self._renewing:
+                job_ids = list(self._held)
+                if not job_ids:
+                    return []
+                sent = time.monotonic()
+                renewed = await self.scheduler.renew(self.owner, self.lease_ms, job_ids)
+                lost = []
+                for job_id, ok in zip(job_ids, renewed, strict=True):
+                    run = self._held[job_id]
+                    if ok:
+                        run.held_until = sent + self.lease_ms / 1000
+                    else:
+                        run.lost.set()
+                        lost.append(job_id)
+                return lost
+        finally:  # answered, failed or timed out: runs waiting on it look again
+            ended, self._renewed = self._renewed, asyncio.Event()
+            ended.set()
 
     async def drain(self) -> None:
         """Wait for drain releases on their way to Redis (the worker is stopping)."""

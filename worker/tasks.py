@@ -163,21 +163,28 @@ async def _close_rest(ctx: WorkerContext, spec: BatchSpec) -> None:
 class _Feed:
     """A run's share of its batch: at most `ceil(max_concurrency / window)` calls in flight
     (`share`), so that the batch's window of runs carries its concurrency between them and a
-    run never waits on calls its own batch could not make anyway. Once no more than a quarter
-    of that share of its items is left to send, the run has drained: its batch may take
-    another job slot, whose items are then ready as this run's last calls end (a share under
-    four: only once every call has been sent)."""
+    run never waits on calls its own batch could not make anyway; a run of one of the batch's
+    last chunks (no chunk will follow it) may use all of it. Once no more than a quarter of its
+    share of its items is left to send, the run has drained: its batch may take another job
+    slot, whose items are then ready as this run's last calls end (a share under four: only
+    once every call has been sent)."""
 
     def __init__(self, run: Run, leases: Leases, spec: BatchSpec) -> None:
         self._run, self._leases = run, leases
         share = -(-spec.max_concurrency // spec.window)
+        if run.chunk >= spec.chunks - spec.window:  # among the last: the batch's whole share
+            share = spec.max_concurrency
         self.share = asyncio.Semaphore(share)
-        self.threshold = share // 4
+        self.threshold = -(-spec.max_concurrency // spec.window) // 4
         self.left = 0
         self._sent: set[int] = set()
 
     def start(self, pending: int) -> None:
         self.left = pending
+
+    async def held(self) -> None:
+        """Wait, after a stall past the run's lease, until a renewal says whose its claim is."""
+        await self._leases.held(self._run)
 
     def started(self, item: PendingItem) -> None:
         if item.index in self._sent:  # sent again after a 429: counted once
@@ -305,6 +312,7 @@ def _item_runnable(
                     if stop or (budgeted and await store.stopped(spec.id)):
                         raise ChunkStopped
                     run.paced_s += await pacer.reserve(spec.model, tokens)
+                    await feed.held()
                     if stop:
                         raise ChunkStopped
                     feed.started(item)  # paced and sent: the batch may not wait on this item

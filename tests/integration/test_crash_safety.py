@@ -262,7 +262,9 @@ async def test_a_frozen_worker_s_chunk_is_taken_over_and_nothing_is_lost_or_doub
     assert frozen.popen.poll() is None  # it went on serving
     assert "taken over by another worker" in frozen.log()
     resent = int(str(mock.stats()["calls"])) - len(prompts)
-    assert 0 <= resent <= 4 * concurrency  # calls in flight at the freeze, and at the wake
+    # Only what it had not written at the freeze (as for a killed worker): awake, it starts no
+    # call before a renewal has told it the chunk is another's.
+    assert 0 <= resent <= 2 * concurrency
 
 
 def _calls_are(mock: MockProvider, n: int) -> bool:

@@ -179,7 +179,7 @@ async def test_the_reconciler_expires_idle_chunks_of_an_overdue_batch_only(
 ) -> None:
     store: BatchStore = ctx["store"]
     settings = make_settings("redis://unused", chunk_size=2)
-    batch, _ = await submit(store, make_plan(6, **_window(1)), settings)
+    batch, _ = await submit(store, make_plan(6, max_concurrency=1, **_window(1)), settings)
     later, _ = await submit(store, make_plan(2, **_window(3600)), settings)
     spec = await store.spec(batch.id)
     assert spec is not None

@@ -189,10 +189,13 @@ async def test_a_run_carries_at_most_its_share_of_its_batch_s_concurrency(
     ctx = _ctx(redis, models={"offline": model})
     store: BatchStore = ctx["store"]
     try:
-        # Concurrency 32 at 16 calls a run: a window of two runs, each carrying 16 calls.
-        batch = await stored(store, 100, max_concurrency=32)
+        # Concurrency 32 at 16 calls a run: a window of two runs, each carrying 16 calls...
+        batch = await stored(store, 400, max_concurrency=32)
         await store.redis.hset(keys.batch(batch.id), "window", "2")  # type: ignore[misc]
         assert await run_chunk(ctx, batch.id, 0) == {"written": 100, "failed": 0, "stopped": 0}
         assert model._most == 16
+        model._most = 0  # ... but one of the last two, with no chunk to follow, all 32
+        assert await run_chunk(ctx, batch.id, 3) == {"written": 100, "failed": 0, "stopped": 0}
+        assert model._most == 32
     finally:
         await redis.aclose()

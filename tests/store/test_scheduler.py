@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 
 from api.lifecycle import cancel, submit
 from shared import jobs, keys
+from shared.batches import BatchPlan
 from shared.results import ItemOutcome
-from shared.scheduler import HEADS_PER_OWNER, Scheduler, drop_jobs, live_jobs
+from shared.scheduler import HEADS_PER_OWNER, Scheduler, drop_jobs, live_jobs, window
 from shared.settings import Settings
 from shared.store import BatchStore
 from tests.conftest import make_settings
@@ -36,6 +37,11 @@ LEASE_MS = 30_000
 
 def _settings(**overrides: Any) -> Settings:
     return make_settings("redis://unused", **overrides)
+
+
+def _one_at_a_time(n: int) -> BatchPlan:
+    """A batch of `n` prompts at concurrency 1: a window of one chunk."""
+    return make_plan(n, max_concurrency=1)
 
 
 def _now_ms() -> int:
@@ -67,7 +73,9 @@ async def _drain(redis: Redis, job_id: str, worker: str = "w") -> None:
 
 
 async def test_a_new_batch_has_its_first_chunk_queued_as_arq_queues_a_job(redis: Redis) -> None:
-    batch, _ = await submit(BatchStore(redis), make_plan(10), _settings(chunk_size=4))
+    batch, _ = await submit(
+        BatchStore(redis), make_plan(10, max_concurrency=1), _settings(chunk_size=4)
+    )
     first = keys.job_id(batch.id, 0)
     assert await _queued(redis) == [first]  # the others wait for their batch's turns
     payload = json.loads(await redis.get(jobs.arq_job(first)))
@@ -79,7 +87,9 @@ async def test_a_new_batch_has_its_first_chunk_queued_as_arq_queues_a_job(redis:
 
 
 async def test_a_batch_takes_another_slot_only_once_a_chunk_has_drained(redis: Redis) -> None:
-    batch, _ = await submit(BatchStore(redis), make_plan(10), _settings(chunk_size=4))
+    batch, _ = await submit(
+        BatchStore(redis), make_plan(10, max_concurrency=1), _settings(chunk_size=4)
+    )
     first = await _take(redis)
     assert first == keys.job_id(batch.id, 0)
     assert await _due(redis) == []  # at its concurrency: no second slot for it
@@ -195,16 +205,18 @@ async def test_a_poll_reads_a_bounded_window_and_finds_work_past_150_running_job
     assert worker.queue_read_limit <= 100
 
 
-async def test_a_million_item_batch_keeps_one_job_on_the_queue(redis: Redis) -> None:
+async def test_a_million_item_batch_keeps_only_its_window_on_the_queue(redis: Redis) -> None:
     settings = _settings(chunk_size=1)  # 10,000 chunks, as a million items in chunks of 100
-    await submit(BatchStore(redis), make_plan(10_000), settings)
-    assert await redis.zcard(keys.QUEUE) == 1
+    await submit(BatchStore(redis), make_plan(10_000, max_concurrency=3), settings)
+    assert await redis.zcard(keys.QUEUE) == window(3, settings.run_concurrency) == 2
 
 
 async def test_a_chunk_whose_job_vanished_gives_its_place_in_the_window_back(
     redis: Redis,
 ) -> None:
-    batch, _ = await submit(BatchStore(redis), make_plan(10), _settings(chunk_size=4))
+    batch, _ = await submit(
+        BatchStore(redis), make_plan(10, max_concurrency=1), _settings(chunk_size=4)
+    )
     first = await _take(redis)
     assert first is not None
     await drop_jobs(redis, [first])  # lost with the worker's claim, its end never said
@@ -244,6 +256,26 @@ async def test_a_claim_is_renewed_retaken_when_lapsed_and_lost_to_another(redis:
     assert await redis.exists(jobs.arq_in_progress(ja)) == 0  # and nothing brings it back
 
 
+async def test_a_run_past_its_lease_starts_no_call_until_a_renewal_says_whose_it_is(
+    redis: Redis,
+) -> None:
+    leases = Leases(redis, "me", lease_s=30)
+    ours, theirs = (keys.job_id(f"batch_{name}", 0) for name in "ab")
+    await redis.zadd(keys.QUEUE, {ours: 1, theirs: 1})
+    async with leases.hold("batch_a", 0) as a, leases.hold("batch_b", 0) as b:
+        await asyncio.wait_for(leases.held(a), 1)  # within its lease: at once
+        a.held_until = b.held_until = 0.0  # as if this process had been stopped for a while
+        waiting = [asyncio.create_task(leases.held(run)) for run in (a, b)]
+        await asyncio.sleep(0)
+        assert not any(task.done() for task in waiting)
+        await redis.set(jobs.arq_in_progress(theirs), b"them", px=30_000)  # taken over
+        assert await leases.renew() == [theirs]
+        await asyncio.wait_for(asyncio.gather(*waiting), 1)
+        assert not a.lost.is_set()  # still its own, for another lease
+        assert a.held_until > time.monotonic()
+        assert b.lost.is_set()  # another's: it starts no more calls
+
+
 async def test_a_cancelled_run_hands_its_job_back_due_at_once(redis: Redis) -> None:
     await submit(BatchStore(redis), make_plan(4), _settings(chunk_size=4))
     job = (await _due(redis))[0]
@@ -276,7 +308,7 @@ async def test_the_reconciler_queues_again_only_dispatched_chunks_on_no_queue(
     redis: Redis,
 ) -> None:
     store = BatchStore(redis)
-    batch, _ = await submit(store, make_plan(6), _settings(chunk_size=2))
+    batch, _ = await submit(store, make_plan(6, max_concurrency=1), _settings(chunk_size=2))
     spec = await store.spec(batch.id)
     assert spec is not None
     first = await _take(redis)
