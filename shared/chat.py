@@ -4,13 +4,12 @@ provider receives is what the client wrote."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.json_schemas import schema_problem
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 #: Roles whose message leads a conversation; an item with one does not get the batch's `system`.
@@ -100,25 +99,10 @@ def _response_format(value: dict[str, Any]) -> dict[str, Any]:
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
             raise ValueError("response_format.json_schema.schema is a JSON Schema object")
-        problem = _schema_problem(_schema_key(schema))
+        problem = schema_problem(schema)
         if problem is not None:
             raise ValueError(f"response_format.json_schema.schema is invalid: {problem}")
     return value
-
-
-def _schema_key(schema: dict[str, Any]) -> bytes:
-    return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
-
-
-@lru_cache(maxsize=128)
-def _schema_problem(schema_json: bytes) -> str | None:
-    """Why a JSON Schema is not one, checked once per distinct schema (an OpenAI file repeats
-    the same schema on every line)."""
-    try:
-        Draft202012Validator.check_schema(orjson.loads(schema_json))
-    except SchemaError as exc:
-        return exc.message
-    return None
 
 
 def _tools(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -191,19 +175,3 @@ def dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 def has_system(messages: list[dict[str, Any]]) -> bool:
     return any(m.get("role") in SYSTEM_ROLES for m in messages)
-
-
-@lru_cache(maxsize=128)
-def _validator(schema_json: bytes) -> Draft202012Validator:
-    return Draft202012Validator(orjson.loads(schema_json))
-
-
-def schema_error(schema: dict[str, Any], value: Any) -> str | None:
-    """Why `value` does not match a JSON Schema (checked at submit), or None when it does.
-    Validators are compiled once per distinct schema."""
-    validator = _validator(_schema_key(schema))
-    error = best_match(validator.iter_errors(value))
-    if error is None:
-        return None
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return f"{error.message} (at output_json{where})"

@@ -15,6 +15,8 @@ Behaviour is asked for inside the prompt, so every item of a batch can differ:
 - `[[tool_call]]`          with `tools`: call a tool even though `tool_choice` does not demand it
 - `[[not_json]]`           in JSON mode: answer the plain-text reply instead
 - `[[wrong_json]]`         in JSON mode: answer `{"unexpected": true}`
+- `[[echo_json]]`          in JSON mode: answer the JSON string `"echo: <prompt>"`, directives
+                           left out, whatever the schema says
 - `[[cut]]`                in JSON mode: cut the JSON to its first half, finish_reason `length`
 - `[[cached=5]]`           report 5 cached prompt tokens (at most prompt_tokens; else 0)
 - `[[reasoning=7]]`        report 7 reasoning tokens (else 0)
@@ -277,6 +279,10 @@ def _json_content(
         return reply
     if "wrong_json" in directives:
         return json.dumps({"unexpected": True})
+    if "echo_json" in directives:
+        return json.dumps(
+            "echo: " + DIRECTIVE.sub("", reply.removeprefix("mock reply to: ")).strip()
+        )
     if mode == "json_object":
         return json.dumps({"reply": reply})
     return json.dumps(instance(payload["response_format"].get("json_schema", {}).get("schema")))

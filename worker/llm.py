@@ -35,7 +35,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_openai import ChatOpenAI
 
-from shared.chat import JSON_FORMATS, BatchParams, has_system, schema_error
+from shared.chat import JSON_FORMATS, BatchParams, has_system
+from shared.json_schemas import schema_error
 from shared.results import ItemOutcome
 from shared.schemas import ErrorInfo, Provider, Usage
 from shared.settings import Settings

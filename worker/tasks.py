@@ -341,7 +341,26 @@ def _item_runnable(
         )
         return await write(item, outcome), outcome.status
 
-    return _ItemCall(call)
+    async def isolated(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
+        """The item's call, whose failure is the item's alone: only a Redis error (the chunk
+        runs again) or a stop (another run takes the item) leaves it; anything else that
+        escapes the call (a reply or schema the checks did not foresee, a bug) fails this
+        item, never its batch."""
+        try:
+            return await call(item, config)
+        except (RedisError, ChunkStopped):
+            raise
+        except Exception as exc:  # the type only: its text may quote the prompt or the reply
+            log.error("batch %s item %d: could not be finished (%s)",
+                      spec.id, item.index, type(exc).__name__)  # fmt: skip
+            error = ErrorInfo(
+                type="internal_error",
+                message=f"The worker could not finish this item ({type(exc).__name__}).",
+            )
+            outcome = ItemOutcome(status="failed", error=error)
+            return await write(item, outcome), outcome.status
+
+    return _ItemCall(isolated)
 
 
 Call = Callable[[PendingItem, RunnableConfig], Awaitable[tuple[RecordOutcome, str]]]

@@ -190,6 +190,10 @@ async def test_wrong_method_uses_the_error_shape(client: httpx.AsyncClient) -> N
     assert _error(await client.put("/v1/batches"), 405)["type"] == "method_not_allowed"
 
 
+def _schema(schema: dict[str, object]) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -226,6 +230,12 @@ async def test_wrong_method_uses_the_error_shape(client: httpx.AsyncClient) -> N
         ({"template": {"messages": [["human", "{a}"]]}, "inputs": [{"a": [1]}]}, "inputs[0].a"),
         ({"template": {"messages": [["robot", "{a}"]]}, "inputs": [{"a": 1}]},
          "template.messages[0][0]"),
+        ({"prompts": ["a", {"prompt": "b", "params": {"response_format": _schema(
+            {"properties": {"a": {"$ref": "#/$defs/nope"}}})}}]},
+         "prompts[1].params.response_format"),
+        ({"prompts": ["a", {"prompt": "b", "params": {"response_format": _schema(
+            {"type": "string", "pattern": "^(?!x)"})}}]},
+         "prompts[1].params.response_format"),
     ],
 )  # fmt: skip
 async def test_bad_submissions_are_422_naming_the_field_and_store_nothing(

@@ -21,7 +21,7 @@ from tests.store.conftest import item, stored
 from tests.store.workers import worker_ctx
 from worker import tasks
 from worker.context import Attempts
-from worker.llm import OFFLINE_PREFIX, OfflineChatModel
+from worker.llm import OFFLINE_PREFIX, OfflineChatModel, outcome_of
 from worker.main import run_chunk
 
 
@@ -199,3 +199,26 @@ async def test_a_run_carries_at_most_its_share_of_its_batch_s_concurrency(
         assert model._most == 32
     finally:
         await redis.aclose()
+
+
+async def test_an_item_whose_outcome_cannot_be_built_fails_alone_and_its_batch_completes(
+    ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 5)
+    built = outcome_of
+
+    def poisoned(reply: Any, response_format: Any = None) -> ItemOutcome:
+        if "prompt 2" in str(getattr(reply, "text", "")):  # as a reply no check foresaw
+            raise RecursionError
+        return built(reply, response_format)
+
+    monkeypatch.setattr(tasks, "outcome_of", poisoned)
+    assert await run_chunk(ctx, batch.id, 0) == {"written": 5, "failed": 1, "stopped": 0}
+    page = await store.results_page(batch.id, after=None, limit=10)
+    assert [i.status for i in page.data] == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 2
+    error = page.data[2].error
+    assert error is not None
+    assert error.type == "internal_error"
+    assert "RecursionError" in error.message
+    assert (await store.get(batch.id)).status == "completed"
