@@ -38,7 +38,11 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
     system = request.system
     if request.template is not None and request.inputs is not None:
         rendered = render_rows(
-            request.template, request.inputs, settings.max_prompt_chars, hoist=system is None
+            request.template,
+            request.inputs,
+            settings.max_prompt_chars,
+            settings.max_body_bytes,
+            hoist=system is None,
         )
         items, system = rendered.items, system or rendered.system
     else:

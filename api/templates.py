@@ -4,6 +4,7 @@ bad row is a 422 rather than a failed item later."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Formatter
@@ -31,15 +32,32 @@ class Rendered:
 
 
 def render_rows(
-    spec: PromptTemplate, rows: Sequence[dict[str, RowValue]], max_chars: int, *, hoist: bool
+    spec: PromptTemplate,
+    rows: Sequence[dict[str, RowValue]],
+    max_chars: int,
+    max_total_chars: int,
+    *,
+    hoist: bool,
 ) -> Rendered:
     """Each row through the template; InvalidRequest names `inputs[i]` for a row that lacks a
     variable. Values are inserted literally: braces in a value stay braces. With `hoist` (the
-    batch names no `system` of its own), a fixed leading system message becomes the batch's."""
+    batch names no `system` of its own), a fixed leading system message becomes the batch's.
+
+    A small body can ask for a huge batch (a template of a thousand `{x}` over rows of long
+    `x`), so sizes are counted from the template's parts before anything is rendered: the
+    template's text, each row's prompt (`max_chars`), and all the rows together
+    (`max_total_chars`: no larger than the largest body that could have listed the prompts)."""
+    template_chars = sum(len(text) for _, text in spec.messages)
+    if template_chars > max_chars:
+        raise InvalidRequest(
+            f"The template is longer than {max_chars} characters.", param="template"
+        )
     template, system = _split_system(_template(spec)) if hoist else (_template(spec), None)
     variables = set(template.input_variables)
+    literal, uses = _parts(spec.messages[1:] if system is not None else spec.messages)
     items: list[ItemRecord] = []
     ids = UniqueIds("inputs")
+    total = 0
     for index, row in enumerate(rows):
         param = f"inputs[{index}]"
         missing = variables.difference(row)
@@ -49,15 +67,38 @@ def render_rows(
                 f"variables: {', '.join(sorted(variables))}).",
                 param=param,
             )
-        # A null is an empty cell, not the text "None".
-        values = {v: "" if row[v] is None else row[v] for v in variables}
-        messages = _as_openai(template.format_messages(**values))
-        if sum(len(m["content"]) for m in messages) > max_chars:
+        values = {v: _text(row[v]) for v in variables}
+        chars = literal + sum(count * len(values[v]) for v, count in uses.items())
+        if chars > max_chars:
             raise InvalidRequest(
                 f"Row {index} makes a prompt longer than {max_chars} characters.", param=param
             )
+        total += chars
+        if total > max_total_chars:
+            raise InvalidRequest(
+                f"The rows make prompts of more than {max_total_chars} characters in all.",
+                param="inputs",
+            )
+        messages = _as_openai(template.format_messages(**values))
         items.append((ids.add(_custom_id(row, param), index), messages))
     return Rendered(items, system)
+
+
+def _text(value: RowValue) -> str:
+    """A row's value as the template inserts it; a null is an empty cell, not "None"."""
+    return "" if value is None else str(value)
+
+
+def _parts(messages: Sequence[tuple[str, str]]) -> tuple[int, Counter[str]]:
+    """A template's literal characters (`{{` counted as the one brace it renders), and how
+    many times each variable is inserted: a row's prompt length, without rendering it."""
+    literal, uses = 0, Counter[str]()
+    for _, text in messages:
+        for before, name, _spec, _conversion in Formatter().parse(text):
+            literal += len(before)
+            if name is not None:
+                uses[name] += 1
+    return literal, uses
 
 
 def _custom_id(row: dict[str, RowValue], param: str) -> str | None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import api_client
 from tests.helpers import MockProvider, Proc
 from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
+from tests.servers import start_api
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +62,37 @@ async def test_a_schema_whose_ref_does_not_resolve_is_a_422_naming_the_item(
     error = response.json()["error"]
     assert error["param"] == "prompts[2].params.response_format"
     assert "does not resolve" in error["message"]
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_template_that_would_render_gigabytes_is_a_422_without_the_api_growing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    api = start_api(redis_url, tmp_path / "api.log")
+    try:
+        pid = api.proc.popen.pid
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts again from here
+        before_kb = _status_kb(pid, "VmRSS")
+        # 180 KB: "{x}" 30,000 times, x 30,000 characters long (900 million characters).
+        body = {
+            "template": {"messages": [["human", "{x}" * 30_000]]},
+            "inputs": [{"x": "x" * 30_000}],
+        }
+        began = time.monotonic()
+        response = httpx.post(f"{api.url}/v1/batches", json=body, timeout=60)
+        took = time.monotonic() - began
+        grew_mb = (_status_kb(pid, "VmHWM") - before_kb) / 1024
+    finally:
+        api.proc.stop()
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["param"] == "inputs[0]"
+    assert "longer than 100000 characters" in error["message"]
+    assert took < 2
+    assert grew_mb < 100, f"the API grew {grew_mb:.0f} MB"

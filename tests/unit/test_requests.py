@@ -181,7 +181,7 @@ def test_a_template_system_message_wins_over_the_batchs() -> None:
         ({"messages": [["human", "{x!r}"]]}, [{"x": 1}], "template", "conversion"),
         ({"messages": [["human", "{x}"]]}, [{"x": 1, "custom_id": "c" * 257}],
          "inputs[0].custom_id", "256"),
-        ({"messages": [["human", "{x}"]]}, [{"x": "y" * 31}], "inputs[0]", "longer than 30"),
+        ({"messages": [["human", "{x}"]]}, [{"x": "y" * 51}], "inputs[0]", "longer than 50"),
     ],
     ids=["missing-variable", "attribute-access", "unbalanced", "empty", "duplicate-id",
          "format-spec", "conversion", "long-custom-id", "too-long"],
@@ -189,7 +189,7 @@ def test_a_template_system_message_wins_over_the_batchs() -> None:
 def test_a_bad_template_or_row_is_refused_naming_it(
     template: dict[str, Any], inputs: list[dict[str, Any]], param: str, says: str
 ) -> None:
-    error = refusal({"template": template, "inputs": inputs}, max_prompt_chars=30)
+    error = refusal({"template": template, "inputs": inputs}, max_prompt_chars=50)
     assert (error.param, says in error.message) == (param, True), error.message
 
 
@@ -219,3 +219,27 @@ def test_a_tool_call_the_provider_could_not_take_is_refused(call: dict[str, Any]
     with pytest.raises(ValidationError) as caught:
         BatchCreate.model_validate({"prompts": [{"messages": messages}]})
     assert caught.value.errors()[-1]["loc"][3:7] == ("messages", 1, "tool_calls", 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "limits", "param"),
+    [
+        ({"template": {"messages": [["human", "{x}" * 4]]}, "inputs": [{"x": "y"}]},
+         {"max_prompt_chars": 10}, "template"),
+        ({"template": {"messages": [["human", "{x} {x} {{x}}"]]}, "inputs": [{"x": "abcdef"}]},
+         {"max_prompt_chars": 16}, "inputs[0]"),  # 6 + 1 + 6 + 1 + 3 = 17
+        ({"template": {"messages": [["human", "{x}"]]}, "inputs": [{"x": "abcd"}] * 3},
+         {"max_body_bytes": 11}, "inputs"),
+    ],
+    ids=["template-too-long", "row-counted-from-parts", "rows-too-long-in-all"],
+)  # fmt: skip
+def test_a_template_batch_is_sized_before_it_is_rendered(
+    body: dict[str, Any], limits: dict[str, int], param: str
+) -> None:
+    assert refusal(body, **limits).param == param
+
+
+def test_a_row_counted_from_the_template_s_parts_is_exactly_as_long_as_rendered() -> None:
+    body = {"template": {"messages": [["human", "{x} {x} {{x}}"]]}, "inputs": [{"x": "abcdef"}]}
+    got = plan(body, max_prompt_chars=17)
+    assert got.items == [("0", [{"role": "user", "content": "abcdef abcdef {x}"}])]
