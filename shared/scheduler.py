@@ -11,8 +11,8 @@ job per chunk. What the scheduler decides is what is on that queue, and in what 
   owner's batches, and a new batch's first chunk waits behind one round of the other owners'
   heads, never behind another batch's backlog.
 - **No slot held idle.** A batch has a *window*: `ceil(max_concurrency /
-  PROMPTBATCH_RUN_CONCURRENCY)` chunks may feed it at once (two at least, for a batch that can
-  make two calls), each run carrying at most its share of the batch's concurrency (a run of
+  PROMPTBATCH_RUN_CONCURRENCY)` chunks may feed it at once (at least four, or its concurrency
+  if lower), each run carrying at most its share of the batch's concurrency (a run of
   one of its last chunks, all of it). A chunk *feeds* from its dispatch until its run has sent
   nearly every item's call (it *drains*; the last calls run on in its job slot); only then can
   the batch take another slot. A batch at its concurrency, or paced, holds no more slots than
@@ -99,9 +99,10 @@ _RENEW_CLAIMS = lua.load("shared", "renew_claims")
 
 def window(max_concurrency: int, run_concurrency: int) -> int:
     """How many chunks may feed a batch at once: one per `run_concurrency` of its calls, and
-    two for any batch that can make two calls at once, so that even a batch at a small
-    concurrency runs on two workers when its calls cost the worker more than the provider."""
-    return max(min(2, max_concurrency), math.ceil(max_concurrency / run_concurrency))
+    up to four for any batch that can make that many calls at once, so that even a batch at a
+    small concurrency spreads over several workers when its calls cost the worker more than
+    the provider (measured in `make bench`'s million-prompt run on the offline model)."""
+    return max(min(4, max_concurrency), math.ceil(max_concurrency / run_concurrency))
 
 
 def stage(pipe: Pipeline, batch_id: str, batch_window: int) -> None:

@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     #: How long an `Idempotency-Key` is remembered.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     #: How long a worker keeps retrying Redis (with backoff) before giving up on a command.
-    worker_redis_retry_s: float = Field(default=60.0, gt=0)
+    #: Shorter than the lease by three heartbeats: a worker's leases outlive any outage it
+    #: rides out, so no other worker takes its chunks over and makes its calls again.
+    worker_redis_retry_s: float = Field(default=20.0, gt=0)
     offline_latency_ms: int = Field(default=0, ge=0)
 
     # -- security and limits -------------------------------------------------------------------
@@ -146,6 +148,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PROMPTBATCH_LEASE_S must be at least 3 x PROMPTBATCH_WORKER_HEARTBEAT_S "
                 "(leases are renewed on every heartbeat)"
+            )
+        if self.worker_redis_retry_s + 3 * self.worker_heartbeat_s > self.lease_s:
+            raise ValueError(
+                "PROMPTBATCH_WORKER_REDIS_RETRY_S must be shorter than PROMPTBATCH_LEASE_S by "
+                "3 x PROMPTBATCH_WORKER_HEARTBEAT_S, so that a worker's leases outlive a Redis "
+                "outage it rides out (another worker would take its chunks over and pay for "
+                "its calls in flight again)"
             )
         if self.resolved_provider == "openai" and not (self.openai_api_key or self.openai_base_url):
             raise ValueError(

@@ -336,9 +336,11 @@ def _item_runnable(
                     break
             finally:
                 pacer.answered(spec.model)
-        outcome = replace(
-            outcome, paced_ms=round(run.paced_s * 1000), rate_limited=run.rate_limited
-        )
+            outcome = replace(
+                outcome, paced_ms=round(run.paced_s * 1000), rate_limited=run.rate_limited
+            )
+            if budgeted:  # the slot's next call checks the budget with these tokens counted
+                return await write(item, outcome), outcome.status
         return await write(item, outcome), outcome.status
 
     async def isolated(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:

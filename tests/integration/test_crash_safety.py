@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 FAST_LEASE = {
     "PROMPTBATCH_LEASE_S": "2",
     "PROMPTBATCH_WORKER_HEARTBEAT_S": "0.5",
+    "PROMPTBATCH_WORKER_REDIS_RETRY_S": "0.5",
     "PROMPTBATCH_WORKER_ALIVE_S": "1.5",
 }
 
@@ -187,6 +188,8 @@ async def test_redis_stopped_mid_batch_gives_503s_then_the_batch_completes(
         server.stop()
     assert done["status"] == "completed"
     _assert_each_output_is_its_own(items, prompts)
+    # Its lease outlived the outage: no run took the chunk over, no call was made twice.
+    assert mock.stats()["calls"] == len(prompts)
 
 
 async def test_a_chunk_that_keeps_killing_workers_fails_its_items_and_the_rest_completes(

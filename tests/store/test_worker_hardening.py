@@ -140,7 +140,12 @@ async def test_leases_are_renewed_while_a_metrics_flush_is_stalled(
     redis: ArqRedis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(
-        redis_url, worker_heartbeat_s=0.1, worker_alive_s=1, lease_s=1, reconcile_s=60
+        redis_url,
+        worker_heartbeat_s=0.1,
+        worker_alive_s=1,
+        lease_s=1,
+        reconcile_s=60,
+        worker_redis_retry_s=0.5,
     )
     monkeypatch.setattr(main, "get_settings", lambda: settings)
     monkeypatch.setattr(main, "WorkerMetrics", _StalledMetrics)
