@@ -22,9 +22,11 @@ for i = 2, #ARGV, STRIDE do
   if redis.call('HSETNX', results, index, ARGV[i + 1]) == 0 then
     codes[#codes + 1] = 0
   else
-    if status == STATUS.queued then
+    if status == STATUS.queued and item_status ~= ITEM.cancelled
+        and item_status ~= ITEM.expired then
       -- A result before any run marked the batch started (a run's failures written first, or
-      -- a write racing start.lua): it has started now, as start.lua would have said.
+      -- a write racing start.lua): it has started now, as start.lua would have said. Items
+      -- cancelled or expired before any run started nothing.
       status = STATUS.in_progress
       redis.call('HSET', meta, 'status', status, 'started_at', now_ms())
       event('k', 'status', 's', status)
@@ -55,17 +57,20 @@ for i = 2, #ARGV, STRIDE do
         end
       end
     else
-      -- Asked to cancel, a batch whose calls in flight were all that was left cancelled
-      -- nothing: every item ran, so it completed.
-      -- A batch whose completion window ended with items left is expired.
+      -- A batch ends as its items did. Any cancelled (now, or earlier and not retried) make
+      -- it cancelled, unless a completion window ended while it was not cancelling: then
+      -- expired. Asked to cancel (or its budget spent), a batch whose calls in flight were
+      -- all that was left cancelled nothing: every item ran, so it completed, and what the
+      -- cancel said (a spent budget's error) no longer holds.
       local cancelled = tonumber(redis.call('HGET', meta, ITEM.cancelled)) or 0
       local expired = tonumber(redis.call('HGET', meta, ITEM.expired)) or 0
       local ending = STATUS.completed
-      if status == STATUS.cancelling and cancelled > 0 then
+      if cancelled > 0 and (status == STATUS.cancelling or expired == 0) then
         ending = STATUS.cancelled
       elseif expired > 0 then
         ending = STATUS.expired
       end
+      if ending ~= STATUS.cancelled then redis.call('HDEL', meta, 'error') end
       finish(ending, ARGV[1])
       codes[#codes + 1] = 2
     end

@@ -202,3 +202,18 @@ async def test_the_reconciler_expires_idle_chunks_of_an_overdue_batch_only(
     assert (done.request_counts.succeeded, done.request_counts.expired) == (1, 5)
     assert await reconcile(redis, store, lease_s=30) == 0  # final: nothing more
     assert (await store.get(batch.id)).request_counts.expired == 5
+
+
+async def test_a_batch_expired_before_any_run_never_started(redis: Redis) -> None:
+    store = BatchStore(redis)
+    settings = make_settings("redis://unused", chunk_size=2)
+    batch, _ = await submit(store, make_plan(4, **_window(1)), settings)
+    spec = await store.spec(batch.id)
+    assert spec is not None
+    await _overdue(spec)
+    assert await reconcile(redis, store, lease_s=30) == 0
+    done = await store.get(batch.id)
+    assert done.status == "expired"
+    assert done.request_counts.expired == 4
+    assert done.started_at is None  # no run ever started it
+    assert done.finished_at is not None

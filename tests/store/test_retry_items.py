@@ -288,3 +288,34 @@ async def test_a_batch_of_more_than_a_page_of_items_is_scanned_whole(
     assert (await store.get(spec.id)).status == "completed"
     assert await store.retry(spec.id) == [0, 1, 2, 4]
     assert [p.index for p in await store.pending_items(spec.id, 0, n)] == [0, 999, 1000, 2499]
+
+
+async def test_a_cancelled_batch_retried_without_its_cancelled_items_ends_cancelled_again(
+    store: BatchStore,
+) -> None:
+    spec = await stored(store, 4)
+    assert await store.request_cancel(spec.id)
+    await finish(store, spec, ["succeeded", "failed", "cancelled", "cancelled"])
+    assert (await store.get(spec.id)).status == "cancelled"
+    assert await store.retry(spec.id) == [0]  # the failed item only
+    await store.record_many(spec, [(item(1), outcome("succeeded"))])
+    batch = await store.get(spec.id)
+    assert batch.status == "cancelled"  # two of its items still are
+    assert (batch.request_counts.succeeded, batch.request_counts.cancelled) == (2, 2)
+
+
+async def test_a_batch_whose_budget_ran_out_with_its_last_calls_ends_completed_without_error(
+    store: BatchStore,
+) -> None:
+    spec = await stored(store, 3, max_total_tokens=10)
+    await store.record_many(spec, [(item(0), outcome("succeeded"))])
+    # 5 tokens; the next result crosses the budget while the last call is in flight.
+    await store.record_many(spec, [(item(1), outcome("succeeded"))])
+    crossed = await store.get(spec.id)
+    assert crossed.status == "cancelling"
+    assert crossed.error is not None
+    assert crossed.error.type == "budget_exceeded"
+    await store.record_many(spec, [(item(2), outcome("succeeded"))])  # kept, as calls in flight are
+    batch = await store.get(spec.id)
+    assert batch.status == "completed"  # every item ran: nothing was cancelled
+    assert batch.error is None
