@@ -329,6 +329,13 @@ class Batches(ModelPart):
             raise Conflict(f"Batch {batch_id} is already {status.decode()}; nothing to cancel.")
         return code == 1
 
+    async def halt(self, batch_id: str, error: ErrorInfo) -> bool:
+        """Stop a running batch for good, as a worker does when the provider refuses its key:
+        no new call starts, calls in flight finish and are kept, the items left end failed
+        with `error` (see `Results.cancel_pending`), and the batch ends failed with it. False
+        if it was stopping or final already."""
+        return await self.run_script("cancel", batch_id, [error.model_dump_json()]) == 1
+
     async def statuses(self, batch_ids: Sequence[str]) -> list[str | None]:
         """Each batch's status, or None for a batch that no longer exists."""
         async with self.redis.pipeline(transaction=False) as pipe:

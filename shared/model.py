@@ -26,6 +26,9 @@ TOKEN_FIELDS = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
 
 #: The error type of a batch, and of its items not started, once its token budget is spent.
 BUDGET_EXCEEDED = "budget_exceeded"
+#: The error type of a batch the provider refused (a 401 or 403 repeated), and of its items
+#: not started: the batch ends failed.
+PROVIDER_AUTH = "provider_auth"
 
 #: Batch field -> service-wide counter, for each number a result adds to both.
 SUMS = {
@@ -51,6 +54,7 @@ def batch_script(name: str) -> str:
         SUM_FIELDS=list(SUMS),
         SUM_STATS=list(SUMS.values()),
         BUDGET_EXCEEDED=BUDGET_EXCEEDED,
+        PROVIDER_AUTH=PROVIDER_AUTH,
     )
 
 

@@ -12,7 +12,7 @@ import orjson
 from shared import keys
 from shared.batches import BatchSpec, owned_by
 from shared.errors import NotFound
-from shared.model import BUDGET_EXCEEDED, PAGE, ModelPart
+from shared.model import BUDGET_EXCEEDED, PAGE, PROVIDER_AUTH, ModelPart
 from shared.schemas import ErrorInfo, FinalItemStatus, ItemResult, ResultsPage, Usage
 
 
@@ -162,9 +162,12 @@ class Results(ModelPart):
 
     async def cancel_pending(self, spec: BatchSpec, chunk: int) -> int:
         """Cancel every item of a chunk that has no result yet; returns how many. Cancelled
-        because the batch's token budget was spent, each says so (`budget_exceeded`)."""
+        because the batch's token budget was spent, each says so (`budget_exceeded`); in a
+        batch halted because the provider refused its key, each fails with that error."""
         raw = await self.redis.hget(keys.batch(spec.id), "error")  # type: ignore[misc]
         error = ErrorInfo.model_validate_json(raw) if raw else None
+        if error is not None and error.type == PROVIDER_AUTH:
+            return await self.fail_pending(spec, chunk, error)
         if error is not None and error.type != BUDGET_EXCEEDED:
             error = None
         return await self._close_pending(spec, chunk, ItemOutcome(status="cancelled", error=error))

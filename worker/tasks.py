@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.batches import BatchSpec
+from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome, PendingItem, RecordOutcome
 from shared.scheduler import close_idle
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
@@ -44,6 +45,12 @@ class RunLater(Exception):
     def __init__(self, defer_s: float | None) -> None:
         super().__init__(f"run again in {defer_s} s" if defer_s is not None else "run again")
         self.defer_s = defer_s
+
+
+#: Item errors that mean the provider refuses the key itself (a 401 or a 403), and how many in
+#: a run halt its batch.
+REFUSED_KEY = frozenset({"authentication_error", "permission_denied"})
+HALT_AFTER_REFUSALS = 2
 
 
 class ChunkStopped(Exception):
@@ -294,6 +301,23 @@ def _item_runnable(
     deadline_s = settings.item_deadline_s
     batch_call = batch_kwargs(model, spec.model, spec.params)
 
+    refusals = 0
+
+    async def refused(error: ErrorInfo) -> None:
+        """A 401 or 403: the provider refuses the key, and will refuse every item alike. The
+        second halts the batch (`BatchStore.halt`), rather than paying a refused call per item."""
+        nonlocal refusals
+        refusals += 1
+        if refusals != HALT_AFTER_REFUSALS:
+            return
+        message = (
+            f"The provider refused this batch's calls ({error.type}), so no more were sent. "
+            f"It said: {error.message}"
+        )
+        if await store.halt(spec.id, ErrorInfo(type=PROVIDER_AUTH, message=message)):
+            log.error("batch %s: halted, the provider refused its calls (%s)", spec.id, error.type)
+        stop.cancelled.set()  # this run starts no more calls; the watch tells the others
+
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         own = item.params or {}  # the item's params, over the batch's
         kwargs = {**batch_call, **call_kwargs(model, own)} if own else batch_call
@@ -339,6 +363,8 @@ def _item_runnable(
             outcome = replace(
                 outcome, paced_ms=round(run.paced_s * 1000), rate_limited=run.rate_limited
             )
+            if outcome.error is not None and outcome.error.type in REFUSED_KEY:
+                await refused(outcome.error)
             if budgeted:  # the slot's next call checks the budget with these tokens counted
                 return await write(item, outcome), outcome.status
         return await write(item, outcome), outcome.status

@@ -65,12 +65,17 @@ for i = 2, #ARGV, STRIDE do
       local cancelled = tonumber(redis.call('HGET', meta, ITEM.cancelled)) or 0
       local expired = tonumber(redis.call('HGET', meta, ITEM.expired)) or 0
       local ending = STATUS.completed
-      if cancelled > 0 and (status == STATUS.cancelling or expired == 0) then
+      local said = status == STATUS.cancelling and redis.call('HGET', meta, 'error')
+      if said and cjson.decode(said).type == PROVIDER_AUTH then
+        ending = STATUS.failed  -- halted: the provider refused the batch's key
+      elseif cancelled > 0 and (status == STATUS.cancelling or expired == 0) then
         ending = STATUS.cancelled
       elseif expired > 0 then
         ending = STATUS.expired
       end
-      if ending ~= STATUS.cancelled then redis.call('HDEL', meta, 'error') end
+      if ending == STATUS.completed or ending == STATUS.expired then
+        redis.call('HDEL', meta, 'error')
+      end
       finish(ending, ARGV[1])
       codes[#codes + 1] = 2
     end

@@ -96,3 +96,27 @@ def test_a_template_that_would_render_gigabytes_is_a_422_without_the_api_growing
     assert "longer than 100000 characters" in error["message"]
     assert took < 2
     assert grew_mb < 100, f"the API grew {grew_mb:.0f} MB"
+
+
+async def test_a_key_the_provider_refuses_halts_the_batch_keeping_what_finished(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    openai_worker(workers, mock)
+    # The key is revoked after ten items: each call from then on is a 401.
+    prompts = [f"fine {i} [[latency=1]]" for i in range(10)]
+    prompts += [f"refused {i} [[status=401]] [[latency=300]]" for i in range(990)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts, max_concurrency=4)
+        done = await wait_final(client, batch["id"])
+        items = await all_results(client, batch["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "provider_auth"
+    assert "refused this prompt with 401" in done["error"]["message"]  # the provider's words
+    counts = done["request_counts"]
+    assert (counts["succeeded"], counts["failed"], counts["pending"]) == (10, 990, 0)
+    assert [i["status"] for i in items[:10]] == ["succeeded"] * 10  # kept
+    refused = {i["error"]["type"] for i in items[10:]}
+    assert refused <= {"provider_auth", "authentication_error"}
+    assert "refused this prompt with 401" in items[-1]["error"]["message"]
+    # Two refusals halt it; calls in flight then finish: a few dozen calls, not 990.
+    assert mock.stats()["calls"] < 10 + 50
