@@ -19,14 +19,13 @@ from redis.exceptions import WatchError
 from shared import keys
 from shared.chat import BatchParams
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.model import PAGE, ModelPart, decode, from_ms, usage_of
+from shared.model import PAGE, ModelPart, decode, from_ms, pacing_of, usage_of
 from shared.schemas import (
     FINAL_ITEM_STATUSES,
     Batch,
     BatchList,
     BatchStatus,
     ErrorInfo,
-    Pacing,
     Provider,
     RequestCounts,
 )
@@ -330,10 +329,7 @@ class Batches(ModelPart):
         return code == 1
 
     async def halt(self, batch_id: str, error: ErrorInfo) -> bool:
-        """Stop a running batch for good, as a worker does when the provider refuses its key:
-        no new call starts, calls in flight finish and are kept, the items left end failed
-        with `error` (see `Results.cancel_pending`), and the batch ends failed with it. False
-        if it was stopping or final already."""
+        """Stop a batch as a cancel does, to end it failed with `error` (its items left too)."""
         return await self.run_script("cancel", batch_id, [error.model_dump_json()]) == 1
 
     async def statuses(self, batch_ids: Sequence[str]) -> list[str | None]:
@@ -371,10 +367,8 @@ def _earlier_batch_id(stored: bytes, idempotency: Idempotency) -> str:
     """The batch id an `Idempotency-Key` was stored with; a Conflict if the request differs."""
     batch_id, request_hash = stored.decode().split(" ")
     if request_hash != idempotency.request_hash:
-        raise Conflict(
-            "This Idempotency-Key was used with a different request body.",
-            param="Idempotency-Key",
-        )
+        reused = "This Idempotency-Key was used with a different request body."
+        raise Conflict(reused, param="Idempotency-Key")
     return batch_id
 
 
@@ -399,9 +393,7 @@ def batch_from_fields(f: Mapping[str, str]) -> Batch:
         completion_window=f.get("completion_window"),
         deadline_at=from_ms(f.get("deadline_ms")),
         expired_at=from_ms(f.get("finished_at")) if status == "expired" else None,
-        pacing=Pacing(
-            wait_s=int(f.get("paced_ms", 0)) / 1000, provider_429s=int(f.get("rate_limited", 0))
-        ),
+        pacing=pacing_of(f),
         metadata=metadata,
         error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
     )

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from shared import keys, lua
-from shared.schemas import Usage
+from shared.schemas import Pacing, Usage
 
 #: Items pushed per RPUSH and read per page: big enough to save round trips, small enough
 #: that no single Redis command blocks the server for long.
@@ -94,3 +94,9 @@ def from_ms(ms: str | None) -> datetime | None:
 def usage_of(fields: Mapping[str, str]) -> Usage:
     """The token counts summed into a batch's hash."""
     return Usage.of(*(int(fields.get(name, 0)) for name in TOKEN_FIELDS))
+
+
+def pacing_of(fields: Mapping[str, str]) -> Pacing:
+    """How the provider's limits shaped a batch, as summed into its hash."""
+    paced_s = int(fields.get("paced_ms", 0)) / 1000
+    return Pacing(wait_s=paced_s, provider_429s=int(fields.get("rate_limited", 0)))
