@@ -16,6 +16,9 @@ QUEUE = f"{PREFIX}:queue"
 #: Hash: worker id -> `<busy> <max>`, its arq job slots running a chunk and its `max_jobs`,
 #: stated on each heartbeat; fields of workers no longer alive are ignored and pruned.
 WORKER_SLOTS = f"{PREFIX}:worker-slots"
+#: Hash: worker id -> the providers it runs, comma-separated, stated on each heartbeat (a chunk
+#: of a provider its worker lacks goes back to the queue while another alive worker has it).
+WORKER_PROVIDERS = f"{PREFIX}:worker-providers"
 
 #: Sorted set: worker id -> last heartbeat (epoch ms). Members older than the liveness window
 #: are pruned by whoever reads it; the set itself never expires.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
@@ -19,13 +20,21 @@ def _since_ms(alive_s: float) -> int:
     return _now_ms() - int(alive_s * 1000)
 
 
-async def beat(redis: Redis, worker_id: str, alive_s: float, busy: int = 0, slots: int = 0) -> None:
-    """Say this worker is alive now, with `busy` of its `slots` job slots running a chunk, and
-    forget workers silent for longer than `alive_s`."""
+async def beat(
+    redis: Redis,
+    worker_id: str,
+    alive_s: float,
+    busy: int = 0,
+    slots: int = 0,
+    providers: Iterable[str] = (),
+) -> None:
+    """Say this worker is alive now, with `busy` of its `slots` job slots running a chunk and
+    the `providers` it runs, and forget workers silent for longer than `alive_s`."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zadd(keys.WORKERS, {worker_id: _now_ms()})
         pipe.zremrangebyscore(keys.WORKERS, "-inf", f"({_since_ms(alive_s)}")
         pipe.hset(keys.WORKER_SLOTS, worker_id, f"{busy} {slots}")
+        pipe.hset(keys.WORKER_PROVIDERS, worker_id, ",".join(providers))
         await pipe.execute()
 
 
@@ -34,7 +43,17 @@ async def forget(redis: Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zrem(keys.WORKERS, worker_id)
         pipe.hdel(keys.WORKER_SLOTS, worker_id)
+        pipe.hdel(keys.WORKER_PROVIDERS, worker_id)
         await pipe.execute()
+
+
+async def offering(redis: Redis, provider: str, alive_s: float) -> bool:
+    """Whether a worker alive in the last `alive_s` seconds runs `provider`."""
+    beats = await redis.zrangebyscore(keys.WORKERS, _since_ms(alive_s), "+inf")
+    if not beats:
+        return False
+    stated = await redis.hmget(keys.WORKER_PROVIDERS, beats)  # type: ignore[misc]
+    return any(raw is not None and provider in raw.decode().split(",") for raw in stated)
 
 
 async def job_slots(redis: Redis, alive_s: float) -> tuple[int, int]:
@@ -46,7 +65,10 @@ async def job_slots(redis: Redis, alive_s: float) -> tuple[int, int]:
     stated = {worker.decode(): value.decode() for worker, value in raw.items()}
     gone = [worker for worker in stated if worker not in alive]
     if gone:
-        await redis.hdel(keys.WORKER_SLOTS, *gone)  # type: ignore[misc]
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(keys.WORKER_SLOTS, *gone)
+            pipe.hdel(keys.WORKER_PROVIDERS, *gone)
+            await pipe.execute()
     busy = total = 0
     for worker in alive:
         used, slots = stated.get(worker, "0 0").split()

@@ -209,6 +209,7 @@ async def _beat(ctx: WorkerContext) -> None:
         settings.worker_alive_s,
         busy=ctx["leases"].busy,
         slots=settings.worker_max_jobs,
+        providers=ctx["models"],
     )
     await ctx["attempts"].record_ended()
 

@@ -14,7 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, workers
 from shared.batches import BatchSpec
 from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome, PendingItem, RecordOutcome
@@ -53,6 +53,14 @@ REFUSED_KEY = frozenset({"authentication_error", "permission_denied"})
 HALT_AFTER_REFUSALS = 2
 
 
+#: How soon a chunk this worker cannot run (its provider is elsewhere) is due again.
+HAND_BACK_MS = 500
+
+
+class _HandBack(Exception):
+    """This worker lacks the batch's provider and another alive worker has it."""
+
+
 class ChunkStopped(Exception):
     """This run must start no more provider calls (its claim was lost, or its batch stopped)."""
 
@@ -80,6 +88,10 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
                 held.due_ms = REDIS_RETRY_DELAY_S * 1000
                 raise
         taken_over = held.lost.is_set() and await leases.taken_over(job_id)
+    except _HandBack:
+        log.info("batch %s chunk %d: its provider is not on this worker; handed back",
+                 batch_id, chunk)  # fmt: skip
+        raise RunLater(None) from None
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
         # finished items are skipped. Once the run began, the scheduler set when (or its
@@ -115,9 +127,13 @@ async def _run_attempt(
         return {"written": 0}
     model = ctx["models"].get(spec.provider)
     if model is None:
-        reason = f"This worker has no '{spec.provider}' provider configured."
+        settings = ctx["settings"]
+        if await workers.offering(ctx["redis"], spec.provider, settings.worker_alive_s):
+            run.due_ms = HAND_BACK_MS  # a mixed fleet: for a worker that has the provider
+            raise _HandBack
+        reason = f"No worker alive has the '{spec.provider}' provider configured."
         await store.fail(batch_id, ErrorInfo(type="provider_unavailable", message=reason))
-        log.error("batch %s: provider %s not on this worker", batch_id, spec.provider)
+        log.error("batch %s: provider %s on no worker alive", batch_id, spec.provider)
         return {"written": 0}
     if spec.status == "cancelling":
         closed = await store.cancel_pending(spec, chunk)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from shared import workers as shared_workers
 from tests.conftest import api_client
-from tests.helpers import MockProvider, Proc
+from tests.helpers import MockProvider, Proc, wait_until
 from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
 from tests.servers import start_api
 
@@ -120,3 +122,25 @@ async def test_a_key_the_provider_refuses_halts_the_batch_keeping_what_finished(
     assert "refused this prompt with 401" in items[-1]["error"]["message"]
     # Two refusals halt it; calls in flight then finish: a few dozen calls, not 990.
     assert int(str(mock.stats()["calls"])) < 10 + 50
+
+
+async def test_a_worker_without_the_batch_s_provider_hands_its_chunks_to_one_that_has_it(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    # The offline model only, as during a rolling deploy; it counts heartbeats 30 s old.
+    lacking = workers(PROMPTBATCH_WORKER_ALIVE_S="30")
+    redis = Redis.from_url(redis_url)
+    try:  # a worker that has the provider is alive somewhere: the chunks wait for it
+        await shared_workers.beat(redis, "elsewhere:1:x", alive_s=30, providers=["openai"])
+    finally:
+        await redis.aclose()
+    prompts = [f"item {i}" for i in range(40)]
+    async with api_client(openai_settings(redis_url, mock)) as client:
+        batch = await submit(client, prompts=prompts)
+        wait_until(lambda: "handed back" in lacking.log(), what="a chunk handed back")
+        assert (await client.get(f"/v1/batches/{batch['id']}")).json()["status"] == "queued"
+        openai_worker(workers, mock)
+        done = await wait_final(client, batch["id"])
+    assert done["status"] == "completed"
+    assert done["request_counts"]["succeeded"] == 40
+    assert mock.stats()["calls"] == 40

@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, workers
 from shared.results import ItemOutcome
 from shared.store import BatchStore
 from tests.conftest import make_settings
@@ -144,7 +144,7 @@ async def test_a_chunk_that_cannot_run_fails_the_batch_with_a_reason(
     assert "secret prompt text" not in caplog.text
 
 
-async def test_a_batch_for_a_provider_this_worker_lacks_fails_saying_so(
+async def test_a_batch_for_a_provider_no_worker_alive_has_fails_saying_so(
     ctx: dict[str, Any],
 ) -> None:
     store: BatchStore = ctx["store"]
@@ -222,3 +222,16 @@ async def test_an_item_whose_outcome_cannot_be_built_fails_alone_and_its_batch_c
     assert error.type == "internal_error"
     assert "RecursionError" in error.message
     assert (await store.get(batch.id)).status == "completed"
+
+
+async def test_a_chunk_whose_provider_another_worker_has_goes_back_to_the_queue(
+    ctx: dict[str, Any],
+) -> None:
+    store: BatchStore = ctx["store"]
+    batch = await stored(store, 2, provider="openai")
+    await workers.beat(store.redis, "elsewhere:1:x", alive_s=60, providers=["offline", "openai"])
+    with pytest.raises(Retry):  # arq keeps the job queued: not run, not finished
+        await run_chunk(ctx, batch.id, 0)
+    waiting = await store.get(batch.id)
+    assert waiting.status == "queued"
+    assert waiting.error is None
