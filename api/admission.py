@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from api.lifecycle import idempotency_for, submit
 from shared import keys, lua
-from shared.batches import BatchPlan
+from shared.batches import BatchPlan, Idempotency
 from shared.errors import InvalidRequest, TooManyRequests
 from shared.schemas import Batch
 from shared.settings import Settings
@@ -48,7 +49,31 @@ class Limits:
         self.redis = redis
         self.rate_per_min = settings.rate_limit_per_min
         self.max_queued = settings.max_queued_prompts
+        self.max_uploads = settings.max_uploads_per_key
         self._admit = redis.register_script(_ADMIT)
+
+    async def take_upload(self, owner: str) -> str:
+        """One of the owner's upload slots, or 429 when all are in use."""
+        token, now = secrets.token_hex(8), time.time_ns() // 1_000_000
+        key = keys.uploads(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - keys.UPLOAD_TTL_MS)
+            pipe.zadd(key, {token: now})
+            pipe.zcard(key)
+            pipe.pexpire(key, keys.UPLOAD_TTL_MS)
+            *_, uploading, _ = await pipe.execute()
+        if uploading > self.max_uploads:
+            await self.give_upload(owner, token)
+            raise TooManyRequests(
+                f"This key has {self.max_uploads} large submissions in progress; try again "
+                "when one has finished.",
+                retry_after_s=QUEUE_FULL_RETRY_S,
+            )
+        return token
+
+    async def give_upload(self, owner: str, token: str) -> None:
+        with contextlib.suppress(RedisError):  # it lapses on its own
+            await self.redis.zrem(keys.uploads(owner), token)
 
     async def admit(self, owner: str, prompts: int) -> Admission | None:
         """Count a submission of `prompts` against the owner's limits, or raise 429 (422 for a
@@ -108,31 +133,58 @@ class Limits:
                 await pipe.execute()
 
 
-async def submit_within_limits(
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A submission let in before any of it was staged: its admission, counted with the most
+    prompts it can hold (its lines), and its idempotency record."""
+
+    limits: Limits
+    owner: str
+    admission: Admission | None
+    idempotency: Idempotency | None
+
+    @contextlib.asynccontextmanager
+    async def staging(self, *, large: bool) -> AsyncIterator[None]:
+        """While the submission is staged and stored: a large one holds one of its key's
+        upload slots (429 beyond); one that fails gives its admission back."""
+        token = await self.limits.take_upload(self.owner) if large else None
+        try:
+            yield
+        except BaseException:
+            await self.limits.release(self.admission)
+            raise
+        finally:
+            if token is not None:
+                await self.limits.give_upload(self.owner, token)
+
+    async def store(
+        self, store: BatchStore, plan: BatchPlan, settings: Settings
+    ) -> tuple[Batch, bool]:
+        """Store and queue the batch; returns it and whether it is new."""
+        batch, created = await submit(
+            store, plan, settings, owner=self.owner, idempotency=self.idempotency,
+            also=self.limits.settle(self.admission),
+        )  # fmt: skip
+        if not created:  # the same request, concurrently: the other one's batch
+            await self.limits.release(self.admission)
+        return batch, created
+
+
+async def admit(
     limits: Limits,
     store: BatchStore,
-    plan: BatchPlan,
     settings: Settings,
     owner: str,
+    prompts: int,
     *,
     idempotency_key: str | None = None,
     request_hash: str = "",
-) -> tuple[Batch, bool]:
-    """Admit, store and queue a batch; returns it and whether it is new. A repeat of an earlier
-    submission (`Idempotency-Key`) returns that batch without counting against the limits: a
-    client retrying a request that did succeed must get its batch, not a 429."""
+) -> Batch | Admitted:
+    """Decide a submission before any of it is staged: a repeat of an earlier one
+    (`Idempotency-Key`) gets that batch, without counting against the limits (a client retrying
+    a request that did succeed must get its batch, not a 429); else it is admitted for at most
+    `prompts` prompts, or refused (429, 422)."""
     idempotency = idempotency_for(owner, idempotency_key, request_hash, settings)
     if idempotency is not None and (earlier := await store.repeat_of(idempotency)) is not None:
-        return earlier, False
-    admission = await limits.admit(owner, plan.count)
-    try:
-        batch, created = await submit(
-            store, plan, settings, owner=owner, idempotency=idempotency,
-            also=limits.settle(admission),
-        )  # fmt: skip
-    except BaseException:
-        await limits.release(admission)
-        raise
-    if not created:  # the same request, concurrently: the other one's batch
-        await limits.release(admission)
-    return batch, created
+        return earlier
+    return Admitted(limits, owner, await limits.admit(owner, prompts), idempotency)

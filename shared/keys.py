@@ -259,6 +259,16 @@ def streams(owner: str) -> str:
     return f"{PREFIX}:{{{owner}}}:streams"
 
 
+#: How long an upload in progress counts against its owner's cap unless it ends first.
+UPLOAD_TTL_MS = 10 * 60 * 1000
+
+
+def uploads(owner: str) -> str:
+    """Sorted set: an owner's large submissions being staged now (member: token, score: epoch
+    ms begun); entries older than `UPLOAD_TTL_MS` are pruned. Expires one TTL after the last."""
+    return f"{PREFIX}:{{{owner}}}:uploads"
+
+
 def reservations(owner: str) -> str:
     """Hash: reservation token -> `<prompts>:<expiry epoch ms>`, room held for a batch being
     stored. A lapsed entry is ignored and pruned; the hash expires `RESERVATION_TTL_MS` after

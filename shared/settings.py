@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     rate_limit_per_min: int = Field(default=0, ge=0)
     #: Most prompts one key may have not yet final across its batches (0 = no limit).
     max_queued_prompts: int = Field(default=0, ge=0)
+    #: Large submissions (staged a page at a time) one key may have in progress at once.
+    max_uploads_per_key: int = Field(default=4, ge=1)
     #: Open event streams per key, across every API process (429 with Retry-After beyond).
     max_streams_per_key: int = Field(default=100, ge=1)
     #: Redis connections one API process opens at most; a request waits up to

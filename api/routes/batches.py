@@ -12,12 +12,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from api.admission import submit_within_limits
+from api.admission import admit
 from api.auth import OwnerDep, require_owner
 from api.bodies import BatchBody, SubmittedBody
 from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
-from api.ingest import create_staged, stage_plan, stage_upload
+from api.ingest import STAGE_ITEMS, create_staged, stage_plan, stage_upload
 from api.lifecycle import RETRY_INCLUDE_PATTERN, cancel, delete, retry, retry_include
 from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
@@ -68,19 +68,27 @@ async def create_batch(
     """Submit prompts (strings, prompt objects or OpenAI messages, each with its own params), or
     a template with rows of `inputs`; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
+    # Decided before anything is staged: an upload by its counted lines, the most it holds.
     if body.upload is not None:
-        plan, request_hash = await stage_upload(body.upload, store, settings), body.upload.digest
+        plan, request_hash, most = None, body.upload.digest, body.upload.lines
     else:
         plan, request_hash = await _plan(body, settings, hashed=idempotency_key is not None)
-    plan = await stage_plan(plan, store)
-    batch, created = await create_staged(
-        plan,
-        store,
-        partial(
-            submit_within_limits, limits, store, plan, settings, owner,
-            idempotency_key=idempotency_key, request_hash=request_hash,
-        ),
+        most = plan.count
+    gate = await admit(
+        limits, store, settings, owner, most,
+        idempotency_key=idempotency_key, request_hash=request_hash,
     )  # fmt: skip
+    if isinstance(gate, Batch):  # a repeat of an earlier submission: its batch
+        batch, created = gate, False
+    else:
+        async with gate.staging(large=body.upload is not None or most > STAGE_ITEMS):
+            if body.upload is not None:
+                plan = await stage_upload(body.upload, store, settings)
+            assert plan is not None
+            plan = await stage_plan(plan, store)
+            batch, created = await create_staged(
+                plan, store, partial(gate.store, store, plan, settings)
+            )
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     if not created:
         response.status_code = 200

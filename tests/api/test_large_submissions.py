@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from typing import Any
 
 import httpx
@@ -179,3 +180,42 @@ async def test_a_batch_is_never_created_without_all_its_staged_items(redis_url: 
         assert (batch.id, created, batch.request_counts.total) == (batch_id, True, 2)
         assert await redis.ttl(keys.inputs(batch_id)) == -1
         assert [i.custom_id for i in await store.pending_items(batch_id, 0, 2)] == ["a", "b"]
+
+
+async def _items_staged(redis_url: str) -> int:
+    """How many times Redis has been asked to append items (`stage_items`), ever."""
+    async with Redis.from_url(redis_url) as redis:
+        stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_rpush", {}).get("calls", 0))
+
+
+async def test_an_upload_over_its_key_s_rate_is_refused_before_anything_is_staged(
+    redis_url: str,
+) -> None:
+    settings = make_settings(redis_url, rate_limit_per_min=1)
+    body = upload(PAGE + 500)
+    async with api_client(settings) as client:
+        taken = await client.post("/v1/batches", content=body, headers=NDJSON)
+        assert taken.status_code == 202, taken.text
+        staged = await _items_staged(redis_url)
+        refused = await client.post("/v1/batches", content=body, headers=NDJSON)
+    assert refused.status_code == 429, refused.text
+    assert await _items_staged(redis_url) == staged  # no page of it reached Redis
+
+
+async def test_a_key_s_large_submissions_in_progress_are_capped(redis_url: str) -> None:
+    settings = make_settings(redis_url, max_uploads_per_key=1)
+    async with api_client(settings) as client, Redis.from_url(redis_url) as redis:
+        # One large submission of this key is being staged (by another API process, say).
+        await redis.zadd(keys.uploads(keys.PUBLIC_OWNER), {"in-progress": time.time() * 1000})
+        staged = await _items_staged(redis_url)
+        refused = await client.post("/v1/batches", content=upload(PAGE + 500), headers=NDJSON)
+        assert refused.status_code == 429, refused.text
+        assert "large submissions in progress" in refused.json()["error"]["message"]
+        assert await _items_staged(redis_url) == staged
+        small = await client.post("/v1/batches", json={"prompts": ["a"]})  # not an upload
+        assert small.status_code == 202, small.text
+        await redis.zrem(keys.uploads(keys.PUBLIC_OWNER), "in-progress")  # it ended
+        taken = await client.post("/v1/batches", content=upload(PAGE + 500), headers=NDJSON)
+        assert taken.status_code == 202, taken.text
+        assert await redis.zcard(keys.uploads(keys.PUBLIC_OWNER)) == 0  # its slot given back
