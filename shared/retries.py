@@ -1,7 +1,9 @@
 """The data model of retrying a final batch's items in place: the items to run again are found
-page by page (`shared/lua/retry_scan.lua`), then reset at once (`shared/lua/retry.lua`): their
-results dropped, their counts taken back, the batch running again. Queueing the chunks it
-names is the caller's (`shared/jobs.py`); should that never happen, the reconciler queues them.
+page by page (`shared/lua/retry_scan.lua`), then reset page by page under a generation guard
+(`retry_begin.lua`, `retry_page.lua`, `retry_end.lua`): their results dropped, their counts
+taken back, the batch running again. No call holds Redis for long, however many items are
+retried. Queueing the chunks it names is the caller's (`shared/jobs.py`); should that never
+happen, the reconciler queues them.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ RETRYABLE: tuple[FinalItemStatus, ...] = (RETRIED, "cancelled", "expired")
 SCANS = 3
 
 # Read at import, so that registering a script never reads a file on the event loop.
-for _name in ("retry_scan", "retry"):
+for _name in ("retry_scan", "retry_begin", "retry_page", "retry_end"):
     batch_script(_name)
+
+#: How long a retry may take to reset its pages before another retry of the batch may begin.
+RESET_LEASE_MS = 60_000
 
 
 def retried_statuses(include: Iterable[str] = ()) -> tuple[FinalItemStatus, ...]:
@@ -60,12 +65,15 @@ class Retries(ModelPart):
                 raise _not_final(batch_id, status.decode())
             found = await self._scan(batch_id, int(total), statuses)
             generation = retries.decode() if retries is not None else "0"
-            args = [generation, keys.ACTIVE_TTL_MS, len(statuses), *statuses, *found]
-            code, *chunks = await self._reset(batch_id, found_owner.decode(), args)
+            code = await self.run_script("retry_begin", batch_id, [generation, RESET_LEASE_MS])
             if code == 1:
-                return [int(chunk) for chunk in chunks]
-            if code == 0:
-                raise Conflict(f"Batch {batch_id} has no {_named(statuses)} items to retry.")
+                reset = await self._reset_pages(batch_id, generation, statuses, found)
+                args = [generation, keys.ACTIVE_TTL_MS, reset]
+                code, *chunks = await self._end(batch_id, found_owner.decode(), args)
+                if code == 1:
+                    return [int(chunk) for chunk in chunks]
+                if code == 0:
+                    raise Conflict(f"Batch {batch_id} has no {_named(statuses)} items to retry.")
             if code == -2:
                 raise NotFound(f"No batch {batch_id}.")
             if code == -1:
@@ -79,11 +87,27 @@ class Retries(ModelPart):
             # -3: retried by another request since the scan; scan again.
         raise Conflict(f"Batch {batch_id} is being retried by another request; try again.")
 
-    async def _reset(self, batch_id: str, owner: str, args: list[str | int]) -> list[int]:
-        """Run `retry.lua`: a batch script with two keys more, the active sets it joins."""
-        script = self._scripts.get("retry")
+    async def _reset_pages(
+        self, batch_id: str, generation: str, statuses: tuple[str, ...], found: list[int]
+    ) -> int:
+        """Reset the items found, a page per call; -3 stops it (the batch is another's now)."""
+        reset = 0
+        for start in range(0, len(found), PAGE):
+            args: list[str | int] = [generation, len(statuses), *statuses]
+            args += found[start : start + PAGE]
+            done = cast(int, await self.run_script("retry_page", batch_id, args))
+            if done < 0:
+                raise Conflict(f"Batch {batch_id} is being retried by another request.")
+            reset += done
+        return reset
+
+    async def _end(self, batch_id: str, owner: str, args: list[str | int]) -> list[int]:
+        """Run `retry_end.lua`: a batch script with two keys more, the active sets it joins."""
+        script = self._scripts.get("retry_end")
         if script is None:
-            script = self._scripts["retry"] = self.redis.register_script(batch_script("retry"))
+            script = self._scripts["retry_end"] = self.redis.register_script(
+                batch_script("retry_end")
+            )
         every_key = [*keys.batch_script_keys(batch_id), keys.ACTIVE, keys.active_batches(owner)]
         return cast(list[int], await script(keys=every_key, args=args))
 

@@ -1,6 +1,6 @@
 -- Find the items of one page of a batch whose stored result has one of the given statuses:
--- what retry.lua may then reset. Reads only; run page by page so that no call holds Redis for
--- long (the pages together are not atomic: retry.lua checks each item found again, at once).
+-- what retry_page.lua may then reset. Reads only; run page by page so that no call holds Redis
+-- for long (the pages are not atomic: retry_page.lua checks each item found again, at once).
 -- KEYS: the batch's keys (see batch.lua). ARGV: the page's first index, the index after its
 --   last, then the statuses to find.
 -- Returns the indices found, in order.

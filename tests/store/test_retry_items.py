@@ -1,4 +1,4 @@
-"""Retrying a final batch's items in place (`Retries.retry`, `retry.lua`), against a real Redis:
+"""Retrying a final batch's items in place (`Retries.retry`, `retry_*.lua`), against a real Redis:
 exactly the asked-for items go back to pending with exact counts, the batch runs again and no
 longer expires, and the chunks to run again are named (or found by the reconciler)."""
 
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.batches import BatchSpec
 from shared.errors import Conflict, NotFound
+from shared.model import PAGE
 from shared.results import ItemOutcome
 from shared.scheduler import Scheduler
 from shared.schemas import ErrorInfo, FinalItemStatus, Usage
@@ -319,3 +320,38 @@ async def test_a_batch_whose_budget_ran_out_with_its_last_calls_ends_completed_w
     batch = await store.get(spec.id)
     assert batch.status == "completed"  # every item ran: nothing was cancelled
     assert batch.error is None
+
+
+async def test_a_retry_while_another_is_resetting_pages_is_a_conflict_until_that_one_lapses(
+    store: BatchStore, redis: Redis
+) -> None:
+    spec = await stored(store, 10, chunk_size=4)
+    await finish(store, spec, ENDED)
+    assert await store.run_script("retry_begin", spec.id, ["0", 60_000]) == 1  # another request
+    with pytest.raises(Conflict, match="being retried"):
+        await store.retry(spec.id)
+    assert (await store.get(spec.id)).request_counts.failed == 2  # nothing reset
+    # ... cut off long ago:
+    await redis.hset(keys.batch(spec.id), "resetting", "0:1")  # type: ignore[misc]
+    assert await store.retry(spec.id) == [0, 1]
+
+
+async def test_a_retry_of_200000_failed_items_holds_redis_for_no_command_over_50_ms(
+    store: BatchStore, redis: Redis
+) -> None:
+    count = 200_000
+    spec = await stored(store, count, chunk_size=100)
+    for start in range(0, count, PAGE):
+        page = [(item(i), outcome("failed")) for i in range(start, min(start + PAGE, count))]
+        await store.record_many(spec, page)
+    assert (await store.get(spec.id)).request_counts.failed == count
+    await redis.config_set("slowlog-log-slower-than", 50_000)  # µs
+    await redis.slowlog_reset()
+    try:
+        chunks = await store.retry(spec.id)
+        slow = await redis.slowlog_get(10)
+    finally:
+        await redis.config_set("slowlog-log-slower-than", 10_000)
+    assert len(chunks) == count // 100
+    assert (await store.get(spec.id)).request_counts.pending == count
+    assert slow == []  # one script for all of them held Redis 1.3 s
