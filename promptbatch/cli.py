@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -324,6 +326,10 @@ def _follow(
     ctx: typer.Context, batch: Batch, output: Path | None, fmt: Format, intro: str | None = None
 ) -> None:
     """Watch to the end, then write results; Ctrl-C stops watching, never the batch."""
+    # Ctrl-C is this command's own word, even when started with SIGINT ignored (a script's
+    # `&`, some CI runners): Python then leaves it ignored.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if intro:
             _note(intro)
