@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
-import orjson
 from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -32,7 +31,7 @@ from shared.model import PAGE
 from shared.openai_format import NO_LINES, RequestLines, as_line_error, json_lines
 from shared.schemas import Batch
 from shared.settings import Settings
-from shared.staging import Staged
+from shared.staging import EncodedPage, Staged, encode_page
 from shared.store import BatchStore
 
 #: Bodies up to this size are read whole, on the loop (parsing them costs under a millisecond).
@@ -137,7 +136,7 @@ async def stage_plan(plan: BatchPlan, store: BatchStore) -> BatchPlan:
     batch_id = new_batch_id()
     try:
         for start in range(0, len(plan.items), PAGE):
-            page = await run_in_threadpool(_encoded, plan.items[start : start + PAGE])
+            page = await run_in_threadpool(encode_page, plan.items[start : start + PAGE])
             await store.stage_items(batch_id, page)
         staged = replace(plan, items=[], staged=Staged(batch_id, len(plan.items)))
         await asyncio.to_thread(release, plan.items)  # freed off the loop (a while for 50,000)
@@ -177,10 +176,6 @@ def release(entries: list[Any]) -> None:
         del entries[-PAGE:]
 
 
-def _encoded(items: list[ItemRecord]) -> list[bytes]:
-    return [orjson.dumps(item) for item in items]
-
-
 class _LinePages:
     """An upload's request lines, a page of encoded items at a time (`next_page`, run in a
     thread; an empty page at the end)."""
@@ -191,8 +186,8 @@ class _LinePages:
         self.read = RequestLines()
         self.count = 0
 
-    def next_page(self) -> list[bytes]:
-        page: list[bytes] = []
+    def next_page(self) -> EncodedPage:
+        page: list[ItemRecord] = []
         for number, raw in self._lines:
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -204,11 +199,11 @@ class _LinePages:
                     record = resolve_item(item, item.custom_id or "", "prompts[0]", self._settings)
                 except InvalidRequest as exc:
                     raise as_line_error(exc, [number]) from None
-                page.append(orjson.dumps(record))
+                page.append(record)
                 self.count += 1
             if len(page) >= PAGE:
                 break
-        return page
+        return encode_page(page)
 
 
 def _numbered(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-import orjson
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
@@ -29,7 +28,7 @@ from shared.schemas import (
     Provider,
     RequestCounts,
 )
-from shared.staging import Staged, watch_staged
+from shared.staging import Staged, encode_page, push_page, watch_staged
 
 #: An item as stored: `(custom_id, prompt or messages)`, and its own params when it has any.
 ItemBody = str | list[dict[str, Any]]
@@ -217,9 +216,9 @@ class Batches(ModelPart):
         pipe.hset(keys.batch(batch_id), mapping=fields)
         if plan.staged is not None:  # written already: kept from now on
             pipe.persist(keys.inputs(batch_id))
+            pipe.persist(keys.custom_ids(batch_id))
         for start in range(0, len(plan.items), PAGE):
-            page = plan.items[start : start + PAGE]
-            pipe.rpush(keys.inputs(batch_id), *[orjson.dumps(item) for item in page])
+            push_page(pipe, batch_id, encode_page(plan.items[start : start + PAGE]))
         pipe.zadd(keys.batch_index(owner), {batch_id: now_us})
         pipe.zadd(keys.ACTIVE, {batch_id: now_us})
         pipe.hincrby(keys.STATS, "batches:created", 1)

@@ -48,6 +48,12 @@ def inputs(batch_id: str) -> str:
     return f"{PREFIX}:{{{batch_id}}}:inputs"
 
 
+def custom_ids(batch_id: str) -> str:
+    """List: each item's custom_id, in input order, written with `inputs`: a results page reads
+    these, never the prompts."""
+    return f"{PREFIX}:{{{batch_id}}}:ids"
+
+
 def results(batch_id: str) -> str:
     """Hash: item index -> JSON result. Each field is written once (HSETNX), never changed."""
     return f"{PREFIX}:{{{batch_id}}}:results"
@@ -102,6 +108,7 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
         events(batch_id),
         feeding(batch_id),
         redo(batch_id),
+        custom_ids(batch_id),
     )
 
 
@@ -109,7 +116,7 @@ def batch_keys(batch_id: str) -> tuple[str, ...]:
 #: batch's own keys in `batch_keys` order, then `STATS`. `batch_script_keys` lists them.
 BATCH_SCRIPT_KEYS = (
     "meta", "inputs", "results", "chunks", "attempts", "slots", "events", "feeding", "redo",
-    "stats", "outbox",
+    "ids", "stats", "outbox",
 )  # fmt: skip
 
 

@@ -102,12 +102,15 @@ class Results(ModelPart):
             return []
         indices = list(range(start, stop))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(keys.inputs(batch_id), start, stop - 1)
+            pipe.lrange(keys.custom_ids(batch_id), start, stop - 1)
             pipe.hmget(keys.results(batch_id), indices)
-            inputs, results = await pipe.execute()
+            ids, results = await pipe.execute()
+        if len(ids) != len(indices):  # a batch stored before custom ids were kept apart
+            raw_inputs = await self.redis.lrange(keys.inputs(batch_id), start, stop - 1)  # type: ignore[misc]
+            ids = [orjson.loads(raw)[0] for raw in raw_inputs]
         items = []
-        for index, raw_input, raw_result in zip(indices, inputs, results, strict=True):
-            custom_id = orjson.loads(raw_input)[0]
+        for index, raw_id, raw_result in zip(indices, ids, results, strict=True):
+            custom_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             if raw_result is None:
                 items.append(ItemResult(index=index, custom_id=custom_id, status="pending"))
             else:

@@ -18,7 +18,7 @@ from shared.batches import BatchPlan
 from shared.chat import BatchParams
 from shared.errors import ServiceUnavailable
 from shared.model import PAGE
-from shared.staging import Staged
+from shared.staging import Staged, encode_page
 from shared.store import BatchStore
 from tests.conftest import api_client, make_settings
 
@@ -125,7 +125,7 @@ async def test_dropping_staged_items_never_touches_a_created_batch(
         store = BatchStore(redis)
         await store.drop_staged(batch_id)
         assert await redis.llen(keys.inputs(batch_id)) == 2
-        await store.stage_items("batch_" + "0" * 32, [b'["x","y"]'])
+        await store.stage_items("batch_" + "0" * 32, encode_page([("x", "y")]))
         await store.drop_staged("batch_" + "0" * 32)
         assert await redis.exists(keys.inputs("batch_" + "0" * 32)) == 0
 
@@ -171,11 +171,12 @@ async def test_a_batch_is_never_created_without_all_its_staged_items(redis_url: 
     )  # fmt: skip
     async with Redis.from_url(redis_url) as redis:
         store = BatchStore(redis)
-        await store.stage_items(batch_id, [b'["a","x"]'])  # one of two: the other was lost
+        # One of two: the other was lost.
+        await store.stage_items(batch_id, encode_page([("a", "x")]))
         with pytest.raises(ServiceUnavailable):
             await store.create(plan, chunk_size=10)
         assert await redis.exists(keys.batch(batch_id)) == 0
-        await store.stage_items(batch_id, [b'["b","y"]'])
+        await store.stage_items(batch_id, encode_page([("b", "y")]))
         batch, created = await store.create(plan, chunk_size=10)
         assert (batch.id, created, batch.request_counts.total) == (batch_id, True, 2)
         assert await redis.ttl(keys.inputs(batch_id)) == -1

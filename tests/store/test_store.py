@@ -136,3 +136,25 @@ async def test_attempts_count_runs_that_never_ended(store: BatchStore) -> None:
     assert await store.begin_attempt(batch.id, 0, "run-d") == 1
     await store.end_attempt(batch.id, 1, "run-c")
     assert await store.begin_attempt(batch.id, 1, "run-e") == 2  # run-b still counts
+
+
+async def _sent_bytes(store: BatchStore) -> int:
+    return int((await store.redis.info("stats"))["total_net_output_bytes"])
+
+
+async def test_a_results_page_reads_custom_ids_and_results_never_the_prompts(
+    store: BatchStore,
+) -> None:
+    prompts = [(f"task-{i}", "x" * 10_000) for i in range(1000)]  # 10 MB of prompts
+    spec = await stored(store, 1000, items=prompts)
+    await store.record(spec, item(3), ItemOutcome(status="succeeded", output="done"))
+    before = await _sent_bytes(store)
+    page = await store.results_page(spec.id, after=None, limit=1000)
+    read = await _sent_bytes(store) - before
+    assert [i.custom_id for i in page.data] == [f"task-{i}" for i in range(1000)]
+    assert page.data[3].output == "done"
+    assert read < 100_000  # ids and results; the prompts alone are 10 MB
+    # A batch stored before custom ids were kept apart reads them from its inputs.
+    await store.redis.delete(keys.custom_ids(spec.id))
+    legacy = await store.results_page(spec.id, after=None, limit=5)
+    assert [i.custom_id for i in legacy.data] == [f"task-{i}" for i in range(5)]
