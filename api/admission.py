@@ -30,6 +30,9 @@ from shared.store import BatchStore
 
 #: Retry-After when a key's queue is full: prompts finish at the provider's pace, not ours.
 QUEUE_FULL_RETRY_S = 5
+#: Reads of a key's active batches before a submission gives up counting them (each read is
+#: stale only if one of its batches was stored meanwhile).
+ADMIT_READS = 3
 
 _ADMIT = lua.load("api", "admit")
 
@@ -87,12 +90,23 @@ class Limits:
                 param="prompts",
             )
         token = secrets.token_hex(8)
-        before, after = keys.batch_key_parts()
-        verdict, value = await self._admit(
-            keys=[keys.submissions(owner), keys.active_batches(owner), keys.reservations(owner)],
-            args=[self.rate_per_min, self.max_queued, prompts, token, before, after,
-                  keys.RATE_WINDOW_MS, keys.RESERVATION_TTL_MS],
-        )  # fmt: skip
+        limits: list[str | int] = [self.rate_per_min, self.max_queued, prompts, token]
+        own = [keys.submissions(owner), keys.active_batches(owner), keys.reservations(owner)]
+        for _ in range(ADMIT_READS):
+            # The owner's active batches, each named among the script's keys; one stored
+            # meanwhile makes the script ask for them again.
+            active = [] if not self.max_queued else await self._active(owner)
+            verdict, value = await self._admit(
+                keys=[*own, *(keys.batch(batch_id) for batch_id in active)],
+                args=[*limits, keys.RATE_WINDOW_MS, keys.RESERVATION_TTL_MS, *active],
+            )
+            if verdict != 3:
+                break
+        else:
+            raise TooManyRequests(
+                "This key's batches changed while its submission was counted; try again.",
+                retry_after_s=1,
+            )
         if verdict == 1:
             raise TooManyRequests(
                 f"This key may submit {self.rate_per_min} batches a minute; try again shortly.",
@@ -105,6 +119,10 @@ class Limits:
                 retry_after_s=QUEUE_FULL_RETRY_S,
             )
         return Admission(owner=owner, token=token)
+
+    async def _active(self, owner: str) -> list[str]:
+        members = await self.redis.smembers(keys.active_batches(owner))  # type: ignore[misc]
+        return [member.decode() for member in members]
 
     def settle(self, admission: Admission | None) -> Callable[[Pipeline, str], None] | None:
         """What the transaction that stores the batch must also do: from then on it counts

@@ -164,12 +164,6 @@ def webhook_delivery(delivery_id: str) -> str:
     return f"{PREFIX}:webhooks:delivery:{delivery_id}"
 
 
-def webhook_delivery_key_parts() -> tuple[str, str]:
-    """`webhook_delivery(id)` as (before id, after id), so a Lua script can name it."""
-    before, after = webhook_delivery("\0").split("\0")
-    return before, after
-
-
 def pacing(model: str) -> str:
     """Hash: one model's provider pacing, shared by every worker (`worker/pacing.py`): its
     request and token buckets, learned limits, 429 wait. Expires an hour after its last use."""
@@ -281,9 +275,3 @@ def reservations(owner: str) -> str:
     stored. A lapsed entry is ignored and pruned; the hash expires `RESERVATION_TTL_MS` after
     the last write."""
     return f"{PREFIX}:{{{owner}}}:reservations"
-
-
-def batch_key_parts() -> tuple[str, str]:
-    """`batch(id)` as (before id, after id), so a Lua script can name a batch's hash."""
-    before, after = batch("\0").split("\0")
-    return before, after

@@ -71,18 +71,17 @@ FORGET_MS = 3600 * 1000
 DELIVERY_FIELDS = ("owner", "endpoint", "type", "msg", "body")
 #: What happened to an attempt (`settle_delivery.lua`), and what the script made of it.
 SENT, DROP, RETRY = 1, 2, 3
+#: Reads of the due deliveries a `take` makes when other senders lease some of those it read.
+CLAIM_READS = 3
 LOST, DONE, AGAIN, GIVEN_UP = 0, 1, 2, 3
 
 
 def _script(name: str) -> str:
     """`worker/lua/<name>.lua` after what the delivery scripts share (`deliveries.lua`)."""
-    before, after = keys.webhook_delivery_key_parts()
     return lua.load(
         "worker",
         "deliveries",
         name,
-        DELIVERY_BEFORE=before,
-        DELIVERY_AFTER=after,
         DELIVERY_FIELDS=list(DELIVERY_FIELDS),
         SENT=SENT,
         DROP=DROP,
@@ -226,6 +225,7 @@ class Outbox:
         type_ = event_type(entry.get("status", ""))
         owner, batch_id = entry.get("owner"), entry.get("batch")
         args: list[str | int] = [keys.WEBHOOK_GROUP, entry_id, self.ttl_ms]
+        hashes: list[str] = []
         if type_ is None or not owner or not batch_id:
             log.warning("outbox entry %s announces no event; dropped", entry_id)
         else:
@@ -233,8 +233,10 @@ class Outbox:
             at_s = int(entry.get("at") or time.time() * 1000) // 1000
             body = event_body(event, type_, at_s, batch_id)
             for endpoint in await self.endpoints.subscribed(owner, type_):
-                args += [f"{event}:{endpoint.id}", owner, endpoint.id, type_, event, body]
-        scheduled = await self._schedule(keys=[keys.OUTBOX, keys.WEBHOOK_DUE], args=args)
+                delivery_id = f"{event}:{endpoint.id}"
+                args += [delivery_id, owner, endpoint.id, type_, event, body]
+                hashes.append(keys.webhook_delivery(delivery_id))
+        scheduled = await self._schedule(keys=[keys.OUTBOX, keys.WEBHOOK_DUE, *hashes], args=args)
         return max(0, int(scheduled))
 
 
@@ -324,9 +326,22 @@ class Sender:
 
     async def take(self, most: int) -> tuple[list[Delivery], float]:
         """Lease up to `most` due deliveries; returns them and how long until the next is due."""
-        now, next_due, *taken = await self._claim(
-            keys=[keys.WEBHOOK_DUE], args=[most, self.lease_ms, self.ttl_ms]
-        )
+        taken: list[list[bytes]] = []
+        for _ in range(CLAIM_READS):
+            # Those due by this host's clock, each checked again by the script (which names
+            # each one's hash among its keys); some may be leased by another sender meanwhile.
+            due_by = time.time_ns() // 1_000_000
+            found = await self.redis.zrangebyscore(
+                keys.WEBHOOK_DUE, "-inf", due_by, start=0, num=most - len(taken)
+            )
+            ids = [raw.decode() for raw in found]
+            now, next_due, *claimed = await self._claim(
+                keys=[keys.WEBHOOK_DUE, *(keys.webhook_delivery(i) for i in ids)],
+                args=[self.lease_ms, self.ttl_ms, *ids],
+            )
+            taken += claimed
+            if len(claimed) == len(ids) or len(taken) >= most:
+                break
         wait_s = IDLE_S
         if float(next_due) >= 0:
             wait_s = min(IDLE_S, max(0.0, (float(next_due) - float(now)) / 1000))
@@ -406,7 +421,8 @@ class Sender:
     async def settle(self, delivery: Delivery, outcome: int, wait_s: float = 0.0) -> int:
         wait_ms = int(wait_s * 1000)
         args: list[str | int] = [delivery.id, delivery.lease, outcome, wait_ms, self.window_ms]
-        return int(await self._settle(keys=[keys.WEBHOOK_DUE], args=args))
+        hashes = [keys.WEBHOOK_DUE, keys.webhook_delivery(delivery.id)]
+        return int(await self._settle(keys=hashes, args=args))
 
     async def close(self) -> None:
         """Stop the attempts in flight (each is due again at once) and close the HTTP pool."""

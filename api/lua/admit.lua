@@ -1,13 +1,15 @@
 -- Admit a submission of an owner: within the rate per minute, and within the ceiling on
 -- prompts not yet final (the owner's active batches, less their final counts, plus room
 -- reserved by submissions being stored now). Checks and reserves at once.
--- KEYS: the owner's submissions, active batches, reservations.
--- ARGV: rate per minute, prompt ceiling (0 = off), prompts, token, batch key before / after
---   the id, window ms, reservation ttl ms.
+-- KEYS: the owner's submissions, active batches, reservations, then the hash of each batch
+--   the caller found in the active set just before.
+-- ARGV: rate per minute, prompt ceiling (0 = off), prompts, token, window ms, reservation
+--   ttl ms, then the ids of those batches (in KEYS order).
 -- Returns {0, 0} admitted (room reserved, submission counted), {1, ms until a submission
--- leaves the window}, or {2, prompts already queued}.
+-- leaves the window}, {2, prompts already queued}, or {3, 0} when the active set holds a batch
+-- the caller did not name (read it again).
 local rate, ceiling, prompts = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local token, window, hold = ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8])
+local token, window, hold = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if rate > 0 then
@@ -18,10 +20,16 @@ if rate > 0 then
   end
 end
 if ceiling > 0 then
+  local named = {}
+  for n = 4, #KEYS do named[ARGV[n + 3]] = KEYS[n] end
   local queued = 0
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local members = redis.call('SMEMBERS', KEYS[2])
+  for _, id in ipairs(members) do
+    if not named[id] then return {3, 0} end
+  end
+  for _, id in ipairs(members) do
     -- A batch hash counts its items by final status, one field each.
-    local f = redis.call('HMGET', ARGV[5] .. id .. ARGV[6], 'status', 'total', unpack(ITEM_FINAL))
+    local f = redis.call('HMGET', named[id], 'status', 'total', unpack(ITEM_FINAL))
     if not f[1] or FINAL[f[1]] then
       redis.call('SREM', KEYS[2], id)
     else

@@ -1,9 +1,10 @@
 -- Turn one outbox entry into its deliveries and take it off the outbox, in one step: an entry
 -- is fanned out once, even when two workers hold it (one took it over from the other, which
 -- it thought dead): the second finds it acknowledged already.
--- KEYS: the outbox, the due deliveries.
+-- KEYS: the outbox, the due deliveries, then each delivery's hash.
 -- ARGV: the consumer group, the entry's id, how long a delivery's hash lives (ms), then
---   1 + #DELIVERY_FIELDS values per delivery: its id, then its fields in DELIVERY_FIELDS order.
+--   1 + #DELIVERY_FIELDS values per delivery (in KEYS order): its id, then its fields in
+--   DELIVERY_FIELDS order.
 -- Returns how many deliveries were scheduled, or -1 when the entry was handled already.
 local outbox, due = KEYS[1], KEYS[2]
 if redis.call('XACK', outbox, ARGV[1], ARGV[2]) == 0 then return -1 end
@@ -13,7 +14,7 @@ local stride = 1 + #DELIVERY_FIELDS
 local scheduled = 0
 for i = 4, #ARGV, stride do
   local id = ARGV[i]
-  local key = delivery(id)
+  local key = KEYS[3 + (i - 4) / stride]
   if redis.call('EXISTS', key) == 0 then
     for f, name in ipairs(DELIVERY_FIELDS) do redis.call('HSET', key, name, ARGV[i + f]) end
     redis.call('HSET', key, 'attempts', 0)

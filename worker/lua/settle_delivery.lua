@@ -1,13 +1,12 @@
 -- End one attempt of a delivery: done with it (SENT, or DROP: its endpoint is gone), or
 -- (RETRY) its next attempt scheduled ARGV[4] ms from now, unless that falls past the retry
 -- window after its first attempt: then it is given up.
--- KEYS: the due deliveries. ARGV: the delivery's id, the lease end the attempt held, what
+-- KEYS: the due deliveries, the delivery's hash. ARGV: the delivery's id, the lease end the attempt held, what
 --   happened (SENT, DROP, RETRY), the wait before the next attempt (ms), the window (ms).
 -- Returns DONE, AGAIN (scheduled), GIVEN_UP, or LOST when the attempt's lease was no longer
 -- its own (another worker holds the delivery now, and settles it).
-local due = KEYS[1]
+local due, key = KEYS[1], KEYS[2]
 local id, outcome = ARGV[1], tonumber(ARGV[3])
-local key = delivery(id)
 if outcome ~= RETRY then
   redis.call('ZREM', due, id)
   redis.call('DEL', key)
