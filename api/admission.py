@@ -165,8 +165,9 @@ class Admitted:
     async def staging(self, *, large: bool) -> AsyncIterator[None]:
         """While the submission is staged and stored: a large one holds one of its key's
         upload slots (429 beyond); one that fails gives its admission back."""
-        token = await self.limits.take_upload(self.owner) if large else None
+        token = None
         try:
+            token = await self.limits.take_upload(self.owner) if large else None
             yield
         except BaseException:
             await self.limits.release(self.admission)

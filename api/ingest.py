@@ -213,6 +213,11 @@ def _numbered(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
         yield number, line.rstrip(b"\n")
 
 
+async def counted_prompts(upload: Upload) -> int:
+    """An upload's prompts (its lines but blank ones), read in a thread."""
+    return await asyncio.to_thread(_nonblank_lines, upload.file)
+
+
 def _nonblank_lines(file: IO[bytes]) -> int:
     count = sum(1 for line in file if line.strip())
     file.seek(0)

@@ -30,6 +30,10 @@ _RE2 = re2.Options()
 _RE2.log_errors = False  # a pattern is the client's text: it never reaches a log
 #: Keywords whose values are data, not schemas: never walked for patterns or references.
 _DATA = frozenset({"const", "enum", "default", "examples"})
+#: Keywords whose values map names to schemas: each value is walked, whatever its name.
+_SCHEMA_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
 
 
 @lru_cache(maxsize=1024)
@@ -159,7 +163,11 @@ def _walk(node: Any, resolver: Any, uses: dict[str, bool]) -> str | None:
             except re2.error as exc:
                 why = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
                 return f"the pattern {pattern!r} is not supported ({why}); patterns run in RE2"
-        stack.extend((value, resolver) for key, value in node.items() if key not in _DATA)
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, dict):
+                stack.extend((schema, resolver) for schema in value.values())
+            elif key not in _DATA:
+                stack.append((value, resolver))
     return None
 
 

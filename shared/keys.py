@@ -235,8 +235,12 @@ def template(key: str, name: str) -> str:
 #: The sliding window of the rate limit: a submission's entry counts for this long.
 RATE_WINDOW_MS = 60_000
 
-#: How long a reservation of queue room may wait for its batch to be stored before it lapses.
-RESERVATION_TTL_MS = 60_000
+#: How long an upload in progress counts against its owner's cap unless it ends first.
+UPLOAD_TTL_MS = 10 * 60 * 1000
+
+#: How long a reservation of queue room may wait for its batch to be stored before it lapses:
+#: as long as a large submission may take to be staged.
+RESERVATION_TTL_MS = UPLOAD_TTL_MS
 
 #: An owner's set of active batch ids lives this long after its last submission.
 ACTIVE_TTL_MS = 7 * 24 * 3600 * 1000
@@ -258,10 +262,6 @@ def streams(owner: str) -> str:
     """Sorted set: an owner's open event streams (member: token, score: epoch ms it lapses
     unless renewed, `api/streams.py`). Expires one lease after the last renewal."""
     return f"{PREFIX}:{{{owner}}}:streams"
-
-
-#: How long an upload in progress counts against its owner's cap unless it ends first.
-UPLOAD_TTL_MS = 10 * 60 * 1000
 
 
 def uploads(owner: str) -> str:

@@ -83,10 +83,11 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     #: How long an `Idempotency-Key` is remembered.
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
-    #: How long a worker keeps retrying Redis (with backoff) before giving up on a command.
-    #: Shorter than the lease by three heartbeats: a worker's leases outlive any outage it
-    #: rides out, so no other worker takes its chunks over and makes its calls again.
-    worker_redis_retry_s: float = Field(default=20.0, gt=0)
+    #: How long a worker keeps retrying Redis (with backoff) before giving up on a command;
+    #: unset, the lease less three heartbeats (`redis_retry_s`). Shorter than the lease by three
+    #: heartbeats at most: a worker's leases outlive any outage it rides out, so no other worker
+    #: takes its chunks over and makes its calls again.
+    worker_redis_retry_s: float | None = Field(default=None, gt=0)
     offline_latency_ms: int = Field(default=0, ge=0)
 
     # -- security and limits -------------------------------------------------------------------
@@ -151,7 +152,8 @@ class Settings(BaseSettings):
                 "PROMPTBATCH_LEASE_S must be at least 3 x PROMPTBATCH_WORKER_HEARTBEAT_S "
                 "(leases are renewed on every heartbeat)"
             )
-        if self.worker_redis_retry_s + 3 * self.worker_heartbeat_s > self.lease_s:
+        retry_s = self.worker_redis_retry_s
+        if retry_s is not None and retry_s + 3 * self.worker_heartbeat_s > self.lease_s:
             raise ValueError(
                 "PROMPTBATCH_WORKER_REDIS_RETRY_S must be shorter than PROMPTBATCH_LEASE_S by "
                 "3 x PROMPTBATCH_WORKER_HEARTBEAT_S, so that a worker's leases outlive a Redis "
@@ -164,6 +166,13 @@ class Settings(BaseSettings):
                 "local OpenAI-compatible server"
             )
         return self
+
+    @property
+    def redis_retry_s(self) -> float:
+        """How long a worker retries Redis: as set, else the lease less three heartbeats."""
+        if self.worker_redis_retry_s is not None:
+            return self.worker_redis_retry_s
+        return max(0.1, self.lease_s - 3 * self.worker_heartbeat_s)
 
     @property
     def resolved_provider(self) -> Provider:

@@ -68,14 +68,14 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings for a worker: REDIS_URL, plus retries with backoff so that the
-    worker rides out a Redis restart (about `worker_redis_retry_s`) instead of dying."""
+    worker rides out a Redis restart (at most `redis_retry_s`) instead of dying."""
     rs = RedisSettings.from_dsn(settings.require_redis_url())
     rs.conn_timeout = max(1, round(settings.redis_timeout_s))
     rs.conn_retries = 0  # the retry policy below already covers the first connection
     backoff = ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.05)
-    rs.retry = RedisRetry(
-        backoff, retries=math.ceil(settings.worker_redis_retry_s / REDIS_BACKOFF_CAP_S)
-    )
+    # An attempt takes up to its connect timeout, then waits up to the backoff's cap.
+    attempt_s = rs.conn_timeout + REDIS_BACKOFF_CAP_S
+    rs.retry = RedisRetry(backoff, retries=max(1, math.floor(settings.redis_retry_s / attempt_s)))
     # OSError: a refused or timed-out connect (redis-py retries those inside `connect`);
     # ConnectionError covers a dropped connection and the LOADING reply after a restart.
     rs.retry_on_error = [OSError, RedisConnectionError, RedisTimeoutError]

@@ -326,14 +326,11 @@ class Sender:
 
     async def take(self, most: int) -> tuple[list[Delivery], float]:
         """Lease up to `most` due deliveries; returns them and how long until the next is due."""
+        # The earliest first (a leased one scores its lease's end, after every due one); the
+        # script checks each again, by Redis's clock, and names each one's hash among its keys.
+        found = await self.redis.zrange(keys.WEBHOOK_DUE, 0, most - 1)
         taken: list[list[bytes]] = []
         for _ in range(CLAIM_READS):
-            # Those due by this host's clock, each checked again by the script (which names
-            # each one's hash among its keys); some may be leased by another sender meanwhile.
-            due_by = time.time_ns() // 1_000_000
-            found = await self.redis.zrangebyscore(
-                keys.WEBHOOK_DUE, "-inf", due_by, start=0, num=most - len(taken)
-            )
             ids = [raw.decode() for raw in found]
             now, next_due, *claimed = await self._claim(
                 keys=[keys.WEBHOOK_DUE, *(keys.webhook_delivery(i) for i in ids)],
@@ -341,6 +338,12 @@ class Sender:
             )
             taken += claimed
             if len(claimed) == len(ids) or len(taken) >= most:
+                break
+            # Another sender leased some meanwhile: those still due by Redis's clock now.
+            found = await self.redis.zrangebyscore(
+                keys.WEBHOOK_DUE, "-inf", int(now), start=0, num=most - len(taken)
+            )
+            if not found:
                 break
         wait_s = IDLE_S
         if float(next_due) >= 0:

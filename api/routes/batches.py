@@ -17,7 +17,7 @@ from api.auth import OwnerDep, require_owner
 from api.bodies import BatchBody, SubmittedBody
 from api.deps import BatchId, EventsDep, LimitsDep, RedisDep, SettingsDep, StoreDep, StreamsDep
 from api.hub import valid_event_id
-from api.ingest import STAGE_ITEMS, create_staged, stage_plan, stage_upload
+from api.ingest import STAGE_ITEMS, counted_prompts, create_staged, stage_plan, stage_upload
 from api.lifecycle import RETRY_INCLUDE_PATTERN, cancel, delete, retry, retry_include
 from api.openapi import BATCH_BODY, SSE_STREAM
 from api.planning import plan_batch
@@ -68,9 +68,12 @@ async def create_batch(
     """Submit prompts (strings, prompt objects or OpenAI messages, each with its own params), or
     a template with rows of `inputs`; the batch is stored and queued at once. A repeat with the
     same `Idempotency-Key` and body returns the first batch (200) instead of a new one."""
-    # Decided before anything is staged: an upload by its counted lines, the most it holds.
+    # Decided before anything is staged: an upload by its lines (counted exactly against a
+    # queued-prompt ceiling).
     if body.upload is not None:
         plan, request_hash, most = None, body.upload.digest, body.upload.lines
+        if limits.max_queued:
+            most = await counted_prompts(body.upload)
     else:
         plan, request_hash = await _plan(body, settings, hashed=idempotency_key is not None)
         most = plan.count

@@ -220,3 +220,22 @@ async def test_a_key_s_large_submissions_in_progress_are_capped(redis_url: str) 
         taken = await client.post("/v1/batches", content=upload(PAGE + 500), headers=NDJSON)
         assert taken.status_code == 202, taken.text
         assert await redis.zcard(keys.uploads(keys.PUBLIC_OWNER)) == 0  # its slot given back
+
+
+async def test_an_upload_refused_for_the_upload_cap_gives_its_admission_back(
+    redis_url: str,
+) -> None:
+    settings = make_settings(redis_url, max_uploads_per_key=1, rate_limit_per_min=5)
+    async with api_client(settings) as client, Redis.from_url(redis_url) as redis:
+        await redis.zadd(keys.uploads(keys.PUBLIC_OWNER), {"in-progress": time.time() * 1000})
+        refused = await client.post("/v1/batches", content=upload(PAGE + 500), headers=NDJSON)
+        assert refused.status_code == 429, refused.text
+        assert await redis.zcard(keys.submissions(keys.PUBLIC_OWNER)) == 0  # not counted
+
+
+async def test_an_upload_of_exactly_the_queued_ceiling_is_admitted(redis_url: str) -> None:
+    count = PAGE + 500
+    settings = make_settings(redis_url, max_queued_prompts=count)
+    async with api_client(settings) as client:
+        taken = await client.post("/v1/batches", content=upload(count), headers=NDJSON)
+    assert taken.status_code == 202, taken.text  # its final newline is not a prompt

@@ -25,9 +25,14 @@ EVIL = "^(echo: )?(a+)+$"  # catastrophic for a backtracking engine
         ({"patternProperties": {"^a": {}}, "unevaluatedProperties": False},
          "unevaluatedProperties"),
         ({"type": 5}, "is not valid"),
+        ({"properties": {"default": {"patternProperties": {"^(a+)+$": {}},
+                                     "unevaluatedProperties": False}}},
+         "unevaluatedProperties"),  # a property named as a data keyword is still a schema
+        ({"$defs": {"enum": {"$ref": "#/$defs/nope"}}}, "does not resolve"),
     ],
     ids=["ref", "remote-ref", "dynamic-ref", "lookahead", "backreference", "lookbehind-key",
-         "huge", "unevaluated-with-patterns", "not-a-schema"],
+         "huge", "unevaluated-with-patterns", "not-a-schema", "property-named-default",
+         "def-named-enum"],
 )  # fmt: skip
 def test_a_schema_that_cannot_be_checked_is_refused_saying_why(
     schema: dict[str, Any], says: str

@@ -109,6 +109,7 @@ def test_bad_environment_is_a_settings_error_naming_the_variable(
 def test_a_worker_s_leases_outlive_any_redis_outage_it_rides_out() -> None:
     defaults = _settings()
     beats = 3 * defaults.worker_heartbeat_s
-    assert defaults.worker_redis_retry_s + beats <= defaults.lease_s
+    assert defaults.redis_retry_s + beats <= defaults.lease_s
+    assert _settings(lease_s=9).redis_retry_s == 3  # derived from a shorter lease
     with pytest.raises(ValidationError, match="PROMPTBATCH_WORKER_REDIS_RETRY_S must be shorter"):
         _settings(worker_redis_retry_s=60)
