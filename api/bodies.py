@@ -50,9 +50,10 @@ async def read_batch_body(request: Request, settings: SettingsDep) -> AsyncItera
     """The submission's body, counted, parsed and validated (in a thread when it is large)."""
     ndjson = _media_type(request) in NDJSON_TYPES
     raw = await read_body(request) if ndjson else await request.body()
-    if isinstance(raw, Upload):  # validated a page at a time: little for the GC to walk
+    if isinstance(raw, Upload):  # validated and staged a page at a time
         try:
-            yield SubmittedBody(None, upload=raw)
+            with gc_paused():  # each page's objects would still set off full collections
+                yield SubmittedBody(None, upload=raw)
         finally:
             await raw.close()
         return
