@@ -13,7 +13,9 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal, get_args
 
 import httpx
@@ -265,16 +267,22 @@ def parse_url(url: str) -> httpx.URL:
     return parsed
 
 
-async def resolve(url: httpx.URL, *, allow_private: bool) -> list[IPAddress]:
-    """Every address the URL's host resolves to (off the event loop), each of them public
-    unless `allow_private`; an UnsafeUrl otherwise."""
+async def resolve(
+    url: httpx.URL, *, allow_private: bool, resolver: Executor | None = None
+) -> list[IPAddress]:
+    """Every address the URL's host resolves to (off the event loop: in `resolver`'s threads
+    when given, else the loop's own), each of them public unless `allow_private`; an
+    UnsafeUrl otherwise."""
     host = url.raw_host.decode("ascii")
     port = url.port or (443 if url.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            found = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
+            if resolver is None:
+                found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            else:  # a slow name server ties up these threads, and only these
+                lookup = partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+                found = await loop.run_in_executor(resolver, lookup)
     except (OSError, TimeoutError, UnicodeError, ValueError):
         raise UnsafeUrl("The webhook URL's host does not resolve.", _UNRESOLVED) from None
     addresses: list[IPAddress] = []
@@ -298,10 +306,12 @@ async def resolve(url: httpx.URL, *, allow_private: bool) -> list[IPAddress]:
     return addresses
 
 
-async def checked_url(url: str, *, allow_private: bool) -> tuple[httpx.URL, list[IPAddress]]:
+async def checked_url(
+    url: str, *, allow_private: bool, resolver: Executor | None = None
+) -> tuple[httpx.URL, list[IPAddress]]:
     """`parse_url`, then `resolve`: the URL and the addresses it may be called at."""
     parsed = parse_url(url)
-    return parsed, await resolve(parsed, allow_private=allow_private)
+    return parsed, await resolve(parsed, allow_private=allow_private, resolver=resolver)
 
 
 def _is_ip(host: str) -> bool:

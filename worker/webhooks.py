@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,8 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 3600.0
 #: Attempts one worker has in flight at most.
 MOST_SENDS = 16
+#: Threads that resolve webhook host names, apart from the event loop's resolver.
+RESOLVER_THREADS = 4
 #: An attempt's lease outlives its timeout by this much before another worker may take it.
 LEASE_MARGIN_S = 10.0
 #: Longest an idle sender waits before it looks for due deliveries again.
@@ -289,6 +292,9 @@ class Sender:
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"user-agent": "promptbatch-webhooks"},
         )
+        # Webhook host names are resolved in threads of their own: a tenant whose name server
+        # answers slowly ties up these, never the event loop's (which provider calls use).
+        self.resolver = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="webhook-dns")
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._sending: dict[asyncio.Task[None], Delivery] = {}
@@ -393,7 +399,9 @@ class Sender:
         a 2xx, else what went wrong (no URL, body or secret in it: it is logged)."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                url, addresses = await checked_url(endpoint.url, allow_private=self.allow_private)
+                url, addresses = await checked_url(
+                    endpoint.url, allow_private=self.allow_private, resolver=self.resolver
+                )
                 headers = signed_headers(endpoint.secret, delivery.msg_id, delivery.body)
                 for address in addresses:
                     try:
@@ -434,6 +442,7 @@ class Sender:
             task.cancel()
         await asyncio.gather(*sending, return_exceptions=True)
         await self.http.aclose()
+        self.resolver.shutdown(wait=False, cancel_futures=True)  # a hung lookup is let go
 
 
 def signed_headers(secret: str, msg_id: str, body: str) -> dict[str, str]:

@@ -3,19 +3,33 @@ all, the event types, the backoff, and the signed headers of an attempt."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
 import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
 from shared.errors import InvalidRequest
 from shared.schemas import FINAL_BATCH_STATUSES
-from shared.webhooks import EVENT_TYPES, event_type, is_public_address, new_secret, parse_url
+from shared.webhooks import (
+    EVENT_TYPES,
+    event_type,
+    is_public_address,
+    new_secret,
+    parse_url,
+    resolve,
+)
 from worker import webhooks
+from worker.webhooks import RESOLVER_THREADS
 
 REFUSED = [
     "127.0.0.1", "127.255.0.1", "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.1",
@@ -108,3 +122,33 @@ def test_an_attempt_is_signed_as_standard_webhooks_says() -> None:
     assert headers["webhook-signature"] == f"v1,{expected}"
     with pytest.raises(Exception, match="signature"):
         Webhook(new_secret()).verify(body, headers)
+
+
+async def test_a_slow_name_server_ties_up_the_webhook_resolver_never_the_loop_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looked_up = socket.getaddrinfo
+    release = threading.Event()
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow.example":  # a tenant's name server that does not answer
+            release.wait(30)
+        return looked_up("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    loop = asyncio.get_running_loop()
+    webhooks = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="webhook-dns")
+    slow = httpx.URL("http://slow.example/hook")
+    try:
+        hung = [
+            asyncio.ensure_future(resolve(slow, allow_private=True, resolver=webhooks))
+            for _ in range(4 * RESOLVER_THREADS)
+        ]
+        # What a provider call resolves meanwhile, in the loop's own resolver threads.
+        found = await asyncio.wait_for(loop.getaddrinfo("api.provider.example", 443), 5)
+        assert found
+        assert not any(task.done() for task in hung)
+    finally:
+        release.set()
+        await asyncio.gather(*hung, return_exceptions=True)
+        webhooks.shutdown()
