@@ -20,6 +20,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,8 +75,11 @@ FORGET_MS = 3600 * 1000
 DELIVERY_FIELDS = ("owner", "endpoint", "type", "msg", "body")
 #: What happened to an attempt (`settle_delivery.lua`), and what the script made of it.
 SENT, DROP, RETRY = 1, 2, 3
-#: Reads of the due deliveries a `take` makes when other senders lease some of those it read.
-CLAIM_READS = 3
+#: Sends one owner may have in flight at once on a worker, of its `MOST_SENDS`: an owner whose
+#: endpoints are slow or down holds no more, and the others' deliveries go on.
+PER_OWNER_SENDS = MOST_SENDS // 4
+#: Due deliveries a `take` reads per send it may start: enough to reach past an owner at its cap.
+CANDIDATES_PER_SEND = 4
 LOST, DONE, AGAIN, GIVEN_UP = 0, 1, 2, 3
 
 
@@ -331,28 +335,24 @@ class Sender:
         self._wake.set()
 
     async def take(self, most: int) -> tuple[list[Delivery], float]:
-        """Lease up to `most` due deliveries; returns them and how long until the next is due."""
-        # The earliest first (a leased one scores its lease's end, after every due one); the
-        # script checks each again, by Redis's clock, and names each one's hash among its keys.
-        found = await self.redis.zrange(keys.WEBHOOK_DUE, 0, most - 1)
-        taken: list[list[bytes]] = []
-        for _ in range(CLAIM_READS):
-            ids = [raw.decode() for raw in found]
-            now, next_due, *claimed = await self._claim(
-                keys=[keys.WEBHOOK_DUE, *(keys.webhook_delivery(i) for i in ids)],
-                args=[self.lease_ms, self.ttl_ms, *ids],
-            )
-            taken += claimed
-            if len(claimed) == len(ids) or len(taken) >= most:
-                break
-            # Another sender leased some meanwhile: those still due by Redis's clock now.
-            found = await self.redis.zrangebyscore(
-                keys.WEBHOOK_DUE, "-inf", int(now), start=0, num=most - len(taken)
-            )
-            if not found:
-                break
+        """Lease up to `most` due deliveries, at most `PER_OWNER_SENDS` sending at once per
+        owner; returns them and how long until the next is due."""
+        # The earliest first (a leased one scores its lease's end, after every due one), read
+        # wide enough to reach past a capped owner's; the script checks each again, by
+        # Redis's clock, and names each one's hash among its keys.
+        found = await self.redis.zrange(keys.WEBHOOK_DUE, 0, CANDIDATES_PER_SEND * most - 1)
+        ids = [raw.decode() for raw in found]
+        sending = Counter(delivery.owner for delivery in self._sending.values())
+        in_flight: list[str | int] = [n for pair in sending.items() for n in pair]
+        args: list[str | int] = [self.lease_ms, self.ttl_ms, most, PER_OWNER_SENDS, len(sending)]
+        now, next_due, capped, *taken = await self._claim(
+            keys=[keys.WEBHOOK_DUE, *(keys.webhook_delivery(i) for i in ids)],
+            args=[*args, *in_flight, *ids],
+        )
         wait_s = IDLE_S
-        if float(next_due) >= 0:
+        # Due ones left for owners at their cap wait for one of their sends to end (which
+        # wakes the sender), not for the clock.
+        if float(next_due) >= 0 and not (int(capped) and not taken):
             wait_s = min(IDLE_S, max(0.0, (float(next_due) - float(now)) / 1000))
         return [Delivery.of(reply) for reply in taken], wait_s
 

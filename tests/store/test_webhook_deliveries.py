@@ -122,8 +122,9 @@ async def test_a_dead_consumers_entries_are_taken_over_and_the_consumer_forgotte
 
 
 async def test_a_due_delivery_is_leased_to_one_sender_at_a_time(
-    redis: Redis, store: BatchStore, settings: Settings
+    redis: Redis, store: BatchStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(webhooks, "PER_OWNER_SENDS", webhooks.MOST_SENDS)  # one owner here
     endpoints = WebhookEndpoints(redis)
     for _ in range(10):
         await endpoints.create(OWNER, URL, ["batch.completed"])
@@ -177,4 +178,37 @@ async def test_a_delivery_is_given_up_once_its_next_attempt_falls_past_the_windo
         assert await _due(redis) == []
         assert not await redis.exists(keys.webhook_delivery(delivery.id))
     finally:
+        await sender.close()
+
+
+async def test_an_owner_at_its_sends_leaves_its_other_deliveries_due_for_later(
+    redis: Redis, store: BatchStore, settings: Settings
+) -> None:
+    endpoints = WebhookEndpoints(redis)
+    other = "key_" + "2" * 32
+    for _ in range(webhooks.MOST_SENDS):  # an owner whose endpoints, say, never answer
+        await endpoints.create(OWNER, URL, ["batch.completed"])
+    await endpoints.create(other, URL, ["batch.completed"])
+    outbox = Outbox(redis, endpoints, "w", settings)
+    await outbox.join()
+    await _finish_a_batch(store)  # the busy owner's batch first: its deliveries are due first
+    await _finish_a_batch(store, other)
+    assert await outbox.read() == webhooks.MOST_SENDS + 1
+    sender = Sender(redis, endpoints, settings)
+    try:
+        taken, wait_s = await sender.take(webhooks.MOST_SENDS)
+        owners = [delivery.owner for delivery in taken]
+        assert owners.count(OWNER) == webhooks.PER_OWNER_SENDS
+        assert owners.count(other) == 1  # past the busy owner's, in the same take
+        for delivery in taken:  # as `run` holds them while they are sent
+            sender._sending[asyncio.ensure_future(asyncio.sleep(0))] = delivery
+        again, wait_s = await sender.take(webhooks.MOST_SENDS)
+        assert again == []  # the busy owner's others stay due...
+        assert wait_s == webhooks.IDLE_S  # ... until one of its sends ends and wakes it
+        leased = [delivery.id for delivery in taken]
+        assert len([d for d in await _due(redis) if d not in leased]) == (
+            webhooks.MOST_SENDS - webhooks.PER_OWNER_SENDS
+        )
+    finally:
+        await asyncio.gather(*sender._sending, return_exceptions=True)
         await sender.close()
