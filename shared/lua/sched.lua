@@ -56,7 +56,7 @@ local function next_chunk(batch)
   return redis.call('HINCRBY', meta, 'sched_next', 1) - 1
 end
 
--- Queue a chunk's job as arq would enqueue it (`shared/jobs.py`: JSON, never pickle), scored
+-- Queue a chunk's job as arq would enqueue it (`shared/jobs.py`: the JSON payload), scored
 -- after every job dispatched before it and due at once: within the current millisecond, a
 -- hundredth after the last (the clock), so jobs dispatched in one millisecond keep their order.
 -- Scores go to Redis as text: Lua's own conversion would lose the hundredths. A job still on
@@ -104,7 +104,15 @@ end
 
 -- The owner of a batch, or nil when the batch is gone.
 local function owner_of(batch)
-  local owner = redis.call('HGET', key(BATCH_T, batch), 'owner')
-  if owner then return owner end
-  return nil
+  return redis.call('HGET', key(BATCH_T, batch), 'owner') or nil
+end
+
+-- A run's chunk feeds its batch (unless the batch is final), which rejoins its owner's
+-- rotation; the owner's heads are refilled.
+local function run_feeds(batch, chunk, owner)
+  if not FINAL[redis.call('HGET', key(BATCH_T, batch), 'status')] then
+    redis.call('SADD', key(FEEDING_T, batch), chunk)
+  end
+  join(batch, owner)
+  refill(owner)
 end

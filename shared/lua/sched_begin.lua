@@ -11,13 +11,9 @@ local job, batch, chunk, worker, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ton
 local holder = redis.call('GET', CLAIM_PREFIX .. job)
 if holder and holder ~= ARQ_CLAIM and holder ~= worker then return -1 end
 redis.call('SET', CLAIM_PREFIX .. job, worker, 'PX', lease)
-if redis.call('ZSCORE', QUEUE, job) then redis.call('ZADD', QUEUE, 'XX', now + lease, job) end
+redis.call('ZADD', QUEUE, 'XX', now + lease, job)  -- XX: a job no longer queued stays so
 local owner = owner_of(batch)
 if not owner then return 0 end
 redis.call('SREM', key(HEADS_T, owner), job)
-if not FINAL[redis.call('HGET', key(BATCH_T, batch), 'status')] then
-  redis.call('SADD', key(FEEDING_T, batch), chunk)
-end
-join(batch, owner)
-refill(owner)
+run_feeds(batch, chunk, owner)
 return 1

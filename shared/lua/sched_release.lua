@@ -9,15 +9,15 @@ local job, batch, chunk, worker, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonum
 local holder = redis.call('GET', CLAIM_PREFIX .. job)
 if holder and holder ~= worker then return 0 end
 if due >= 0 then
-  if redis.call('ZSCORE', QUEUE, job) then redis.call('ZADD', QUEUE, 'XX', now + due, job) end
+  redis.call('ZADD', QUEUE, 'XX', now + due, job)  -- XX: a job no longer queued stays so
 end
 local owner = owner_of(batch)
 if not owner then return 1 end
 if due < 0 then
   redis.call('SREM', key(FEEDING_T, batch), chunk)
-elseif not FINAL[redis.call('HGET', key(BATCH_T, batch), 'status')] then
-  redis.call('SADD', key(FEEDING_T, batch), chunk)
+  join(batch, owner)
+  refill(owner)
+else
+  run_feeds(batch, chunk, owner)
 end
-join(batch, owner)
-refill(owner)
 return 1

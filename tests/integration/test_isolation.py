@@ -11,6 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from bench.measure import reset_peak, rss_mb
 from shared import workers as shared_workers
 from tests.conftest import api_client
 from tests.helpers import MockProvider, Proc, wait_until
@@ -66,30 +67,24 @@ async def test_a_schema_whose_ref_does_not_resolve_is_a_422_naming_the_item(
     assert "does not resolve" in error["message"]
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
-def test_a_template_that_would_render_gigabytes_is_a_422_without_the_api_growing(
+async def test_a_template_that_would_render_gigabytes_is_a_422_without_the_api_growing(
     redis_url: str, tmp_path: Path
 ) -> None:
     api = start_api(redis_url, tmp_path / "api.log")
     try:
         pid = api.proc.popen.pid
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak starts again from here
-        before_kb = _status_kb(pid, "VmRSS")
+        await reset_peak(pid)  # the peak starts again from here
+        before_mb = await rss_mb(pid)
         # 180 KB: "{x}" 30,000 times, x 30,000 characters long (900 million characters).
         body = {
             "template": {"messages": [["human", "{x}" * 30_000]]},
             "inputs": [{"x": "x" * 30_000}],
         }
         began = time.monotonic()
-        response = httpx.post(f"{api.url}/v1/batches", json=body, timeout=60)
+        async with httpx.AsyncClient(timeout=60) as http:
+            response = await http.post(f"{api.url}/v1/batches", json=body)
         took = time.monotonic() - began
-        grew_mb = (_status_kb(pid, "VmHWM") - before_kb) / 1024
+        grew_mb = await rss_mb(pid, "VmHWM") - before_mb
     finally:
         api.proc.stop()
     assert response.status_code == 422
