@@ -135,22 +135,36 @@ class _DropFirst:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.dropped = 0
+        self.connections: set[asyncio.Task[None]] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while chunk := await src.read(65536):
-                    if watch and not self.dropped and b"SADD\r\n" in chunk and b"}:active" in chunk:
-                        self.dropped += 1
-                        break
-                    dst.write(chunk)
-                    await dst.drain()
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            with contextlib.suppress(ConnectionAbortedError):
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, watch=True), self._pipe(up_reader, writer)
+                )
+        finally:  # also when the fixture cancels it: no writer outlives the test's loop
             for w in (writer, up_writer):
-                w.close()
+                if w is not None:
+                    w.close()
+            self.connections.discard(task)
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool = False
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await src.read(65536):
+                if watch and not self.dropped and b"SADD\r\n" in chunk and b"}:active" in chunk:
+                    self.dropped += 1
+                    break
+                dst.write(chunk)
+                await dst.drain()
+        raise ConnectionAbortedError  # one side ended: end the other (gather's first error)
 
 
 @pytest.fixture
@@ -160,6 +174,9 @@ async def flaky_redis_url(redis_url: str) -> AsyncIterator[tuple[str, _DropFirst
     port = server.sockets[0].getsockname()[1]
     yield f"redis://127.0.0.1:{port}/0", proxy
     server.close()
+    for task in list(proxy.connections):
+        task.cancel()
+    await asyncio.gather(*proxy.connections, return_exceptions=True)
 
 
 async def test_a_lost_write_never_lets_a_batch_escape_the_queued_prompts_ceiling(
