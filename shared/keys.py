@@ -148,11 +148,24 @@ def webhooks(owner: str) -> str:
     return f"{PREFIX}:{{{owner}}}:webhooks"
 
 
-#: Sorted set: webhook deliveries to make, delivery id -> when its next attempt is due (epoch
-#: ms, Redis's clock). While a worker sends an attempt, the score is when that worker's lease on
-#: it ends, so an attempt whose worker died is made again then. A member leaves when its
-#: delivery is done (a 2xx), given up, or found gone. Never expires.
-WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
+def webhook_due(owner: str) -> str:
+    """Sorted set: an owner's webhook deliveries to make, delivery id -> when its next attempt
+    is due (epoch ms, Redis's clock). While a worker sends an attempt, the score is when that
+    worker's lease on it ends, so an attempt whose worker died is made again then. A member
+    leaves when its delivery is done (a 2xx), given up, or found gone. Never expires; gone
+    when empty."""
+    return f"{PREFIX}:{{{owner}}}:webhooks:due"
+
+
+#: Sorted set: the owners with webhook deliveries to make, owner -> the earliest score in their
+#: `webhook_due` set (kept so by every script that changes one). Senders deal their send slots
+#: over these owners in turn, so one owner's pile of deliveries never hides another's.
+WEBHOOK_OWNERS = f"{PREFIX}:webhooks:owners"
+
+#: Sorted set: every owner's deliveries in one, as workers before per-owner sets kept them
+#: (delivery id -> due). Workers move what an older worker still schedules here to its owner's
+#: set (`worker/webhooks.py`); it is empty once no older worker runs.
+LEGACY_WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
 
 
 def webhook_delivery(delivery_id: str) -> str:

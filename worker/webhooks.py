@@ -3,9 +3,11 @@
 The script that makes a batch final queues an event on the outbox stream (`keys.OUTBOX`).
 Every worker reads the outbox through one consumer group: `Outbox` turns each entry into one
 delivery per endpoint of that owner's that asked for the event (none for an owner without
-endpoints), scheduled in Redis (`keys.WEBHOOK_DUE`, `keys.webhook_delivery`), and takes the
-entry off the outbox in the same script. `Sender` takes due deliveries (leased in a script, so
-no two workers send one attempt), signs them (Standard Webhooks), and POSTs them: a 2xx ends a
+endpoints), scheduled in Redis (`keys.webhook_due` of the owner, `keys.webhook_delivery`), and
+takes the entry off the outbox in the same script. `Sender` takes due deliveries (leased in a
+script, so no two workers send one attempt), dealt over their owners in turn, at most
+`PER_OWNER_SENDS` of one owner's at once, signs them (Standard Webhooks), and POSTs them, each
+host looked up in threads of the sender's own, one lookup at a time per owner: a 2xx ends a
 delivery; any other answer, an error, a timeout, or an address that is not public schedules the
 next attempt after an exponential backoff with full jitter, until `PROMPTBATCH_WEBHOOK_RETRY_S`
 has passed since the first attempt. Every attempt of one event to one endpoint has the same
@@ -22,9 +24,9 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import zip_longest
 from typing import Any
 
 import httpx
@@ -44,6 +46,7 @@ from shared.webhooks import (
     checked_url,
     event_type,
 )
+from worker.lookups import OwnerLookups
 
 log = logging.getLogger("promptbatch.worker.webhooks")
 
@@ -51,10 +54,11 @@ log = logging.getLogger("promptbatch.worker.webhooks")
 #: seconds after the n-th attempt, at most CAP: the first retry comes within a second.
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 3600.0
-#: Attempts one worker has in flight at most.
-MOST_SENDS = 16
-#: Threads that resolve webhook host names, apart from the event loop's resolver.
-RESOLVER_THREADS = 4
+#: Attempts one worker has in flight at most (each waits on the network, at most its timeout).
+MOST_SENDS = 64
+#: Threads that resolve webhook host names, apart from the event loop's resolver; an owner
+#: uses one at a time.
+RESOLVER_THREADS = 8
 #: An attempt's lease outlives its timeout by this much before another worker may take it.
 LEASE_MARGIN_S = 10.0
 #: Longest an idle sender waits before it looks for due deliveries again.
@@ -76,10 +80,15 @@ DELIVERY_FIELDS = ("owner", "endpoint", "type", "msg", "body")
 #: What happened to an attempt (`settle_delivery.lua`), and what the script made of it.
 SENT, DROP, RETRY = 1, 2, 3
 #: Sends one owner may have in flight at once on a worker, of its `MOST_SENDS`: an owner whose
-#: endpoints are slow or down holds no more, and the others' deliveries go on.
-PER_OWNER_SENDS = MOST_SENDS // 4
-#: Due deliveries a `take` reads per send it may start: enough to reach past an owner at its cap.
+#: endpoints are slow or down holds no more, and the others' deliveries go on (it takes
+#: sixteen such owners at once to fill a worker's slots, and then each slot freed goes to the
+#: owner whose delivery is due first).
+PER_OWNER_SENDS = 4
+#: An owner's due deliveries a `take` reads per send it may start for the owner: enough to
+#: reach past those that other workers lease meanwhile.
 CANDIDATES_PER_SEND = 4
+#: Deliveries an older worker scheduled in the one set of all owners' moved at a time.
+ADOPT_PAGE = 100
 LOST, DONE, AGAIN, GIVEN_UP = 0, 1, 2, 3
 
 
@@ -104,6 +113,7 @@ def _script(name: str) -> str:
 _SCHEDULE = _script("schedule_deliveries")
 _CLAIM = _script("claim_deliveries")
 _SETTLE = _script("settle_delivery")
+_ADOPT = _script("adopt_deliveries")
 
 
 def backoff_s(attempts: int) -> float:
@@ -231,7 +241,7 @@ class Outbox:
         entry = {_text(k): _text(v) for k, v in fields.items()}
         type_ = event_type(entry.get("status", ""))
         owner, batch_id = entry.get("owner"), entry.get("batch")
-        args: list[str | int] = [keys.WEBHOOK_GROUP, entry_id, self.ttl_ms]
+        args: list[str | int] = [keys.WEBHOOK_GROUP, entry_id, self.ttl_ms, owner or ""]
         hashes: list[str] = []
         if type_ is None or not owner or not batch_id:
             log.warning("outbox entry %s announces no event; dropped", entry_id)
@@ -243,7 +253,9 @@ class Outbox:
                 delivery_id = f"{event}:{endpoint.id}"
                 args += [delivery_id, owner, endpoint.id, type_, event, body]
                 hashes.append(keys.webhook_delivery(delivery_id))
-        scheduled = await self._schedule(keys=[keys.OUTBOX, keys.WEBHOOK_DUE, *hashes], args=args)
+        due = keys.webhook_due(owner or "")
+        outbox = [keys.OUTBOX, keys.WEBHOOK_OWNERS, due]
+        scheduled = await self._schedule(keys=[*outbox, *hashes], args=args)
         return max(0, int(scheduled))
 
 
@@ -297,10 +309,12 @@ class Sender:
             headers={"user-agent": "promptbatch-webhooks"},
         )
         # Webhook host names are resolved in threads of their own: a tenant whose name server
-        # answers slowly ties up these, never the event loop's (which provider calls use).
-        self.resolver = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="webhook-dns")
+        # answers slowly ties up one of these, never the event loop's (which provider calls
+        # use) nor another tenant's.
+        self.lookups = OwnerLookups(RESOLVER_THREADS)
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
+        self._adopt = redis.register_script(_ADOPT)
         self._sending: dict[asyncio.Task[None], Delivery] = {}
         self._wake = asyncio.Event()
 
@@ -335,26 +349,63 @@ class Sender:
         self._wake.set()
 
     async def take(self, most: int) -> tuple[list[Delivery], float]:
-        """Lease up to `most` due deliveries, at most `PER_OWNER_SENDS` sending at once per
-        owner; returns them and how long until the next is due."""
-        # The earliest first (a leased one scores its lease's end, after every due one), read
-        # wide enough to reach past a capped owner's; the script checks each again, by
-        # Redis's clock, and names each one's hash among its keys.
-        found = await self.redis.zrange(keys.WEBHOOK_DUE, 0, CANDIDATES_PER_SEND * most - 1)
-        ids = [raw.decode() for raw in found]
+        """Lease up to `most` due deliveries, dealt over their owners in turn (the owner due
+        first, first), at most `PER_OWNER_SENDS` sending at once per owner; returns them and
+        how long until the next is due for an owner below its cap."""
+        await self.adopt()
         sending = Counter(delivery.owner for delivery in self._sending.values())
+        at_cap = sum(1 for n in sending.values() if n >= PER_OWNER_SENDS)
+        # The owners in the order their earliest delivery is due (a leased one scores its
+        # lease's end, after every due one), enough of them to reach past those at their cap.
+        found = await self.redis.zrange(keys.WEBHOOK_OWNERS, 0, at_cap + most - 1)
+        owners = [o for o in map(_text, found) if sending[o] < PER_OWNER_SENDS]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                room = min(most, PER_OWNER_SENDS - sending[owner])
+                pipe.zrange(keys.webhook_due(owner), 0, CANDIDATES_PER_SEND * room - 1)
+            heads: list[list[bytes]] = await pipe.execute()
+        # Each owner's first, then each one's second...; the script checks each again, by
+        # Redis's clock, and names each one's keys.
+        queues = [[(o, _text(i)) for i in ids] for o, ids in zip(owners, heads, strict=True)]
+        rounds = zip_longest(*queues)
+        dealt = [candidate for row in rounds for candidate in row if candidate is not None]
         in_flight: list[str | int] = [n for pair in sending.items() for n in pair]
         args: list[str | int] = [self.lease_ms, self.ttl_ms, most, PER_OWNER_SENDS, len(sending)]
-        now, next_due, capped, *taken = await self._claim(
-            keys=[keys.WEBHOOK_DUE, *(keys.webhook_delivery(i) for i in ids)],
-            args=[*args, *in_flight, *ids],
+        now, next_due, *taken = await self._claim(
+            keys=[
+                keys.WEBHOOK_OWNERS,
+                *(k for o, i in dealt for k in (keys.webhook_due(o), keys.webhook_delivery(i))),
+            ],
+            args=[*args, *in_flight, *(part for o, i in dealt for part in (i, o))],
         )
         wait_s = IDLE_S
-        # Due ones left for owners at their cap wait for one of their sends to end (which
-        # wakes the sender), not for the clock.
-        if float(next_due) >= 0 and not (int(capped) and not taken):
+        if float(next_due) >= 0:
             wait_s = min(IDLE_S, max(0.0, (float(next_due) - float(now)) / 1000))
         return [Delivery.of(reply) for reply in taken], wait_s
+
+    async def adopt(self) -> int:
+        """Move the deliveries an older worker scheduled in the one set of all owners' (a
+        rolling deploy) to their owners' own sets, a page at a time; returns how many."""
+        moved = 0
+        while found := await self.redis.zrange(keys.LEGACY_WEBHOOK_DUE, 0, ADOPT_PAGE - 1):
+            ids = [_text(raw) for raw in found]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for delivery_id in ids:
+                    pipe.hget(keys.webhook_delivery(delivery_id), "owner")
+                owners = [_text(o or b"") for o in await pipe.execute()]
+            pairs = list(zip(ids, owners, strict=True))
+            adopted = await self._adopt(
+                keys=[
+                    keys.LEGACY_WEBHOOK_DUE,
+                    keys.WEBHOOK_OWNERS,
+                    *(k for i, o in pairs for k in (keys.webhook_delivery(i), keys.webhook_due(o))),
+                ],
+                args=[part for pair in pairs for part in pair],
+            )
+            moved += int(adopted)
+            if len(ids) < ADOPT_PAGE:
+                break
+        return moved
 
     async def send(self, delivery: Delivery) -> None:
         """Make one attempt of a delivery and settle it (a Redis failure here leaves the
@@ -400,7 +451,9 @@ class Sender:
         try:
             async with asyncio.timeout(self.timeout_s):
                 url, addresses = await checked_url(
-                    endpoint.url, allow_private=self.allow_private, resolver=self.resolver
+                    endpoint.url,
+                    allow_private=self.allow_private,
+                    resolver=self.lookups.of(delivery.owner),
                 )
                 headers = signed_headers(endpoint.secret, delivery.msg_id, delivery.body)
                 for address in addresses:
@@ -431,9 +484,12 @@ class Sender:
 
     async def settle(self, delivery: Delivery, outcome: int, wait_s: float = 0.0) -> int:
         wait_ms = int(wait_s * 1000)
-        args: list[str | int] = [delivery.id, delivery.lease, outcome, wait_ms, self.window_ms]
-        hashes = [keys.WEBHOOK_DUE, keys.webhook_delivery(delivery.id)]
-        return int(await self._settle(keys=hashes, args=args))
+        args: list[str | int] = [
+            delivery.id, delivery.lease, outcome, wait_ms, self.window_ms, delivery.owner
+        ]  # fmt: skip
+        due = keys.webhook_due(delivery.owner)
+        names = [keys.WEBHOOK_OWNERS, due, keys.webhook_delivery(delivery.id)]
+        return int(await self._settle(keys=names, args=args))
 
     async def close(self) -> None:
         """Stop the attempts in flight (each is due again at once) and close the HTTP pool."""
@@ -442,7 +498,7 @@ class Sender:
             task.cancel()
         await asyncio.gather(*sending, return_exceptions=True)
         await self.http.aclose()
-        self.resolver.shutdown(wait=False, cancel_futures=True)  # a hung lookup is let go
+        self.lookups.shutdown()  # a hung lookup is let go
 
 
 def signed_headers(secret: str, msg_id: str, body: str) -> dict[str, str]:

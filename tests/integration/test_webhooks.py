@@ -145,7 +145,7 @@ def _verified(secret: str, received: Received) -> dict[str, Any]:
 def _all_delivered(redis_url: str) -> bool:
     """Nothing left on the outbox and no delivery still scheduled."""
     with redis.Redis.from_url(redis_url) as r:
-        return int(r.xlen(keys.OUTBOX)) == 0 and int(r.zcard(keys.WEBHOOK_DUE)) == 0
+        return int(r.xlen(keys.OUTBOX)) == 0 and int(r.zcard(keys.WEBHOOK_OWNERS)) == 0
 
 
 def test_a_receiver_gets_batch_completed_signed_and_again_with_the_same_id_after_a_500(

@@ -6,6 +6,7 @@ delivery is given up once its retry window has passed."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 from redis.asyncio import Redis
@@ -38,8 +39,27 @@ async def _finish_a_batch(store: BatchStore, owner: str = OWNER) -> str:
     return spec.id
 
 
+async def _one_delivery_scheduled(
+    redis: Redis, store: BatchStore, settings: Settings
+) -> WebhookEndpoints:
+    """One endpoint of OWNER's, and the delivery of one finished batch to it, scheduled."""
+    endpoints = WebhookEndpoints(redis)
+    await endpoints.create(OWNER, URL, ["batch.completed"])
+    outbox = Outbox(redis, endpoints, "w", settings)
+    await outbox.join()
+    await _finish_a_batch(store)
+    assert await outbox.read() == 1
+    return endpoints
+
+
 async def _due(redis: Redis) -> list[str]:
-    return [member.decode() for member in await redis.zrange(keys.WEBHOOK_DUE, 0, -1)]
+    """Every owner's deliveries, due or leased."""
+    owners = [owner.decode() for owner in await redis.zrange(keys.WEBHOOK_OWNERS, 0, -1)]
+    return [
+        member.decode()
+        for owner in owners
+        for member in await redis.zrange(keys.webhook_due(owner), 0, -1)
+    ]
 
 
 async def test_a_final_batch_becomes_one_delivery_per_subscribed_endpoint(
@@ -145,7 +165,8 @@ async def test_a_due_delivery_is_leased_to_one_sender_at_a_time(
 
         # A lease that ended (its worker died) makes the delivery due again, for another.
         lapsed = taken_one[0]
-        await redis.zadd(keys.WEBHOOK_DUE, {lapsed.id: 0}, xx=True)
+        await redis.zadd(keys.webhook_due(OWNER), {lapsed.id: 0}, xx=True)
+        await redis.zadd(keys.WEBHOOK_OWNERS, {OWNER: 0}, xx=True)
         [again], _ = await two.take(16)
         assert (again.id, again.msg_id, again.attempts) == (lapsed.id, lapsed.msg_id, 2)
         assert await one.settle(lapsed, RETRY, 1.0) == LOST  # no longer the first one's
@@ -162,12 +183,7 @@ async def test_a_delivery_is_given_up_once_its_next_attempt_falls_past_the_windo
     redis: Redis, store: BatchStore, redis_url: str
 ) -> None:
     settings = make_settings(redis_url, webhook_retry_s=30)
-    endpoints = WebhookEndpoints(redis)
-    await endpoints.create(OWNER, URL, ["batch.completed"])
-    outbox = Outbox(redis, endpoints, "w", settings)
-    await outbox.join()
-    await _finish_a_batch(store)
-    await outbox.read()
+    endpoints = await _one_delivery_scheduled(redis, store, settings)
     sender = Sender(redis, endpoints, settings)
     try:
         [delivery], _ = await sender.take(16)
@@ -184,16 +200,19 @@ async def test_a_delivery_is_given_up_once_its_next_attempt_falls_past_the_windo
 async def test_an_owner_at_its_sends_leaves_its_other_deliveries_due_for_later(
     redis: Redis, store: BatchStore, settings: Settings
 ) -> None:
+    """However many of one owner's deliveries are due before another's, the other's is taken
+    in the same take (they are dealt over the owners in turn)."""
     endpoints = WebhookEndpoints(redis)
     other = "key_" + "2" * 32
-    for _ in range(webhooks.MOST_SENDS):  # an owner whose endpoints, say, never answer
+    for _ in range(16):  # an owner whose endpoints, say, never answer
         await endpoints.create(OWNER, URL, ["batch.completed"])
     await endpoints.create(other, URL, ["batch.completed"])
     outbox = Outbox(redis, endpoints, "w", settings)
     await outbox.join()
-    await _finish_a_batch(store)  # the busy owner's batch first: its deliveries are due first
+    for _ in range(20):  # the busy owner's batches first: its 320 deliveries are due first
+        await _finish_a_batch(store)
     await _finish_a_batch(store, other)
-    assert await outbox.read() == webhooks.MOST_SENDS + 1
+    assert await outbox.read() == 16 * 20 + 1
     sender = Sender(redis, endpoints, settings)
     try:
         taken, wait_s = await sender.take(webhooks.MOST_SENDS)
@@ -207,8 +226,85 @@ async def test_an_owner_at_its_sends_leaves_its_other_deliveries_due_for_later(
         assert wait_s == webhooks.IDLE_S  # ... until one of its sends ends and wakes it
         leased = [delivery.id for delivery in taken]
         assert len([d for d in await _due(redis) if d not in leased]) == (
-            webhooks.MOST_SENDS - webhooks.PER_OWNER_SENDS
+            16 * 20 - webhooks.PER_OWNER_SENDS
         )
     finally:
         await asyncio.gather(*sender._sending, return_exceptions=True)
         await sender.close()
+
+
+async def test_deliveries_an_older_worker_scheduled_are_moved_to_their_owners_and_sent(
+    redis: Redis, store: BatchStore, settings: Settings
+) -> None:
+    """A rolling deploy: older workers kept every owner's deliveries in one set."""
+    endpoints = await _one_delivery_scheduled(redis, store, settings)
+    [delivery_id] = await _due(redis)
+    # As an older worker had it: in the one set, leased by that worker until 1234.
+    await redis.delete(keys.webhook_due(OWNER), keys.WEBHOOK_OWNERS)
+    await redis.zadd(keys.LEGACY_WEBHOOK_DUE, {delivery_id: 1234, "evt_gone:we_gone": 5})
+    sender = Sender(redis, endpoints, settings)
+    try:
+        [delivery], _ = await sender.take(16)
+        assert delivery.id == delivery_id  # its lease had ended: due again, here
+        assert delivery.attempts == 1
+        assert not await redis.exists(keys.LEGACY_WEBHOOK_DUE)  # the one gone is dropped
+        assert await sender.settle(delivery, SENT) == DONE
+        assert await _due(redis) == []
+        assert not await redis.exists(keys.WEBHOOK_OWNERS)
+    finally:
+        await sender.close()
+
+
+async def test_endpoints_that_never_answer_delay_only_their_own_owners_deliveries(
+    redis: Redis, store: BatchStore, redis_url: str
+) -> None:
+    """Sixteen owners whose endpoint never answers, and one with sixteen such endpoints, all
+    due first: another owner's delivery is still sent at once, not after their timeouts."""
+    settings = make_settings(redis_url, webhook_allow_private=True, webhook_timeout_s=60)
+    hung: list[asyncio.StreamWriter] = []
+    delivered = asyncio.Event()
+
+    async def never_answers(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        delivered.set()
+
+    servers = [await asyncio.start_server(cb, "127.0.0.1", 0) for cb in (never_answers, answers)]
+    dead, alive = (f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}/hook" for s in servers)
+    endpoints = WebhookEndpoints(redis)
+    owners = [f"key_{n:032x}" for n in range(16)]
+    for owner in owners:
+        await endpoints.create(owner, dead, ["batch.completed"])
+    for _ in range(16):
+        await endpoints.create(OWNER, dead, ["batch.completed"])
+    patient = "key_" + "f" * 32
+    await endpoints.create(patient, alive, ["batch.completed"])
+    outbox = Outbox(redis, endpoints, "w", settings)
+    await outbox.join()
+    for owner in [*owners, OWNER, OWNER]:
+        await _finish_a_batch(store, owner)
+    await _finish_a_batch(store, patient)
+    assert await outbox.read() == 16 + 2 * 16 + 1
+    sender = Sender(redis, endpoints, settings)
+    running = asyncio.create_task(sender.run())
+    try:
+        await asyncio.wait_for(delivered.wait(), 10)  # the dead ones hold theirs for 60 s
+        sending = Counter(delivery.owner for delivery in sender._sending.values())
+        assert {owner: sending[owner] for owner in owners} == dict.fromkeys(owners, 1)
+        assert sending[OWNER] == webhooks.PER_OWNER_SENDS  # its 28 others wait their turn
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await sender.close()
+        for writer in hung:
+            writer.close()
+        for server in servers:
+            server.close()

@@ -29,6 +29,7 @@ from shared.webhooks import (
     resolve,
 )
 from worker import webhooks
+from worker.lookups import OwnerLookups
 from worker.webhooks import RESOLVER_THREADS
 
 REFUSED = [
@@ -152,3 +153,41 @@ async def test_a_slow_name_server_ties_up_the_webhook_resolver_never_the_loop_s(
         release.set()
         await asyncio.gather(*hung, return_exceptions=True)
         webhooks.shutdown()
+
+
+async def test_an_owner_s_hung_name_server_holds_one_lookup_thread_never_another_owner_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    looked_up = socket.getaddrinfo
+    release = threading.Event()
+    hanging = 0
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hanging
+        if host == "slow.example":  # a tenant's name server that does not answer
+            hanging += 1
+            release.wait(30)
+        return looked_up("127.0.0.1", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    lookups = OwnerLookups(RESOLVER_THREADS)
+    slow, fast = httpx.URL("http://slow.example/hook"), httpx.URL("http://fast.example/hook")
+    try:
+        # Attempt after attempt, each given up at its timeout (the lookup goes on in its thread).
+        for _ in range(2 * RESOLVER_THREADS):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await resolve(slow, allow_private=True, resolver=lookups.of("tenant-slow"))
+        # Every other owner's lookup is answered meanwhile, all at once.
+        others = [
+            resolve(fast, allow_private=True, resolver=lookups.of(f"tenant-{n}"))
+            for n in range(2 * RESOLVER_THREADS)
+        ]
+        found = await asyncio.wait_for(asyncio.gather(*others), 5)
+        assert all(addresses == [ipaddress.ip_address("127.0.0.1")] for addresses in found)
+        assert hanging == 1  # the slow owner's later lookups wait for its first, in no thread
+        assert lookups.busy("tenant-slow")
+        assert not lookups.busy("tenant-0")
+    finally:
+        release.set()
+        lookups.shutdown()

@@ -1,34 +1,32 @@
--- Take up to ARGV[3] of the deliveries that are due among the candidates given (the caller
--- read the earliest of the due set just before: each is checked again here), each leased to
--- the caller for ARGV[1] ms (its score becomes the lease's end, so no other worker takes it
--- meanwhile, and it is due again if the caller dies), its attempt counted and the time of its
--- first attempt kept. One whose hash is gone (expired) leaves the set. An owner has at most
--- ARGV[4] sends at once on the caller: one of an owner at that many stays due, for later,
--- so that one owner's slow or dead endpoints cannot take every send slot.
--- KEYS: the due deliveries, then each candidate's hash.
+-- Take up to ARGV[3] of the due deliveries among the candidates given (the caller read each
+-- owner's earliest just before and dealt them over the owners in turn: each is checked again
+-- here), each leased to the caller for ARGV[1] ms (its score becomes the lease's end, so no
+-- other worker takes it meanwhile, and it is due again if the caller dies), its attempt
+-- counted and the time of its first attempt kept. One whose hash is gone (expired) leaves its
+-- set. An owner has at most ARGV[4] sends at once on the caller: its other deliveries stay
+-- due, for later, so that one owner's slow or dead endpoints cannot take every send slot.
+-- KEYS: the owners with deliveries, then for each candidate its owner's due set and its hash.
 -- ARGV: lease ms, how long a delivery's hash lives after its first attempt (ms), most to
 --   take, sends per owner, how many owners follow, then owner and sends in flight for each,
---   then each candidate's id (in KEYS order).
--- Returns {now, when the next delivery is due (-1: none), how many due ones were left for
---   their owner's cap, then one {id, lease end, field, value, ...} per delivery taken}; times
---   are epoch ms.
-local due = KEYS[1]
+--   then each candidate's id and owner (in KEYS order).
+-- Returns {now, when the next delivery of an owner below its cap is due (-1: none), then one
+--   {id, lease end, field, value, ...} per delivery taken}; times are epoch ms.
+local owners_key = KEYS[1]
 local now = now_ms()
 local most, cap, owners = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local sending = {}
 for i = 6, 5 + 2 * owners, 2 do sending[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local first_id = 6 + 2 * owners
-local taken, capped = {}, 0
-for n = 2, #KEYS do
+local first_arg = 6 + 2 * owners
+local taken, touched = {}, {}
+for c = 1, (#KEYS - 1) / 2 do
   if #taken >= most then break end
-  local id, key = ARGV[first_id + n - 2], KEYS[n]
+  local due, key = KEYS[2 * c], KEYS[2 * c + 1]
+  local id, owner = ARGV[first_arg + 2 * c - 2], ARGV[first_arg + 2 * c - 1]
   local score = tonumber(redis.call('ZSCORE', due, id))
-  if score and score <= now then
-    local owner = redis.call('HGET', key, 'owner')
-    if not owner then
+  if score and score <= now and (sending[owner] or 0) < cap then
+    touched[owner] = due
+    if redis.call('HGET', key, 'owner') ~= owner then
       redis.call('ZREM', due, id)
-    elseif (sending[owner] or 0) >= cap then
-      capped = capped + 1
     else
       sending[owner] = (sending[owner] or 0) + 1
       local lease = now + tonumber(ARGV[1])
@@ -44,7 +42,19 @@ for n = 2, #KEYS do
     end
   end
 end
-local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
-local reply = {tostring(now), first[2] or '-1', capped}
+for owner, due in pairs(touched) do rescore(owners_key, due, owner) end
+-- The next due among the owners this caller may still send for (those at their cap wait for
+-- one of their sends to end, which wakes the caller).
+local at_cap = 0
+for _, n in pairs(sending) do if n >= cap then at_cap = at_cap + 1 end end
+local next_due = '-1'
+local first = redis.call('ZRANGE', owners_key, 0, at_cap, 'WITHSCORES')
+for i = 1, #first, 2 do
+  if (sending[first[i]] or 0) < cap then
+    next_due = first[i + 1]
+    break
+  end
+end
+local reply = {tostring(now), next_due}
 for _, fields in ipairs(taken) do reply[#reply + 1] = fields end
 return reply
