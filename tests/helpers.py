@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import redis
@@ -199,7 +199,7 @@ def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("PROMPTBATCH_", "OPENAI_")) and k != "REDIS_URL"
     }
-    env.update(REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **extra)
+    env.update({"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1", **extra})
     return env
 
 
@@ -255,43 +255,27 @@ class ProxiedRequest:
     headers: dict[str, str]
 
 
-class DroppingProxy:
-    """A TCP proxy on a free loopback port in front of `upstream` (an `http://host:port` URL),
-    on an event loop in a thread of its own, that reads the HTTP requests passing through.
+class ThreadedProxy:
+    """A TCP proxy on a free loopback port in front of `upstream_host`:`upstream_port`, on an
+    event loop in a thread of its own (so that it forwards while the test blocks). Each
+    connection is pumped both ways by `_up` and `_down`, which subclasses change; it ends when
+    either pump does. Use it as a context manager; it stops on leaving."""
 
-    Everything is forwarded both ways, except the answer to the first request for `method`
-    `path`: that request is forwarded, and once its response starts to arrive (the server has
-    done the work) the client's connection is closed without a byte of it. Later connections
-    are forwarded whole. `requests` lists every request seen, in order; `dropped` is set once
-    the response has been dropped. Use it as a context manager; it stops on leaving.
-    """
-
-    def __init__(self, upstream: str, method: str = "POST", path: str = "/v1/batches") -> None:
-        target = httpx.URL(upstream)
-        self.upstream_host, self.upstream_port = target.host, target.port or 80
-        self.method, self.path = method, path
-        self.requests: list[ProxiedRequest] = []
-        self.dropped = threading.Event()
-        self._dropping = False
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream_host, self.upstream_port = upstream_host, upstream_port
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(30)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    def __enter__(self) -> DroppingProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def seen(self, method: str, path: str) -> list[ProxiedRequest]:
-        """The requests for `method` `path` seen so far."""
-        with self._lock:
-            return [r for r in self.requests if (r.method, r.path) == (method, path)]
 
     def stop(self) -> None:
         if self._loop.is_closed():
@@ -324,8 +308,8 @@ class DroppingProxy:
             )
             drop = asyncio.Event()
             pumps = [
-                asyncio.create_task(self._requests_up(client_reader, upstream_writer, drop)),
-                asyncio.create_task(self._responses_down(upstream_reader, client_writer, drop)),
+                asyncio.create_task(self._up(client_reader, upstream_writer, drop)),
+                asyncio.create_task(self._down(upstream_reader, client_writer, drop)),
             ]
             try:
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -343,7 +327,74 @@ class DroppingProxy:
                         await writer.wait_closed()
             self._tasks.discard(task)
 
-    async def _requests_up(
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
+    ) -> None:
+        await _pump(reader, writer)
+
+    async def _down(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
+    ) -> None:
+        await _pump(reader, writer)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+class SlowRedisWrites(ThreadedProxy):
+    """A proxy in front of a Redis server that holds each piece a client sends holding
+    `marker` for `delay_s` before passing it on (and what the client sends after it, in
+    order): a slow network, or a busy server, for the commands that carry it."""
+
+    def __init__(self, redis_url: str, marker: bytes, delay_s: float) -> None:
+        target = httpx.URL(redis_url)
+        super().__init__(target.host, target.port or 6379)
+        self.marker, self.delay_s = marker, delay_s
+        self.delayed = 0
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if self.marker in data:
+                    self.delayed += 1
+                    await asyncio.sleep(self.delay_s)  # the fault itself: a slow write
+                writer.write(data)
+                await writer.drain()
+
+
+class DroppingProxy(ThreadedProxy):
+    """A proxy in front of `upstream` (an `http://host:port` URL) that reads the HTTP requests
+    passing through.
+
+    Everything is forwarded both ways, except the answer to the first request for `method`
+    `path`: that request is forwarded, and once its response starts to arrive (the server has
+    done the work) the client's connection is closed without a byte of it. Later connections
+    are forwarded whole. `requests` lists every request seen, in order; `dropped` is set once
+    the response has been dropped.
+    """
+
+    def __init__(self, upstream: str, method: str = "POST", path: str = "/v1/batches") -> None:
+        target = httpx.URL(upstream)
+        self.method, self.path = method, path
+        self.requests: list[ProxiedRequest] = []
+        self.dropped = threading.Event()
+        self._dropping = False
+        super().__init__(target.host, target.port or 80)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def seen(self, method: str, path: str) -> list[ProxiedRequest]:
+        """The requests for `method` `path` seen so far."""
+        with self._lock:
+            return [r for r in self.requests if (r.method, r.path) == (method, path)]
+
+    async def _up(
         self, reader: asyncio.StreamReader, upstream: asyncio.StreamWriter, drop: asyncio.Event
     ) -> None:
         """Forward each request, noting it; mark the connection whose answer is dropped."""
@@ -369,7 +420,7 @@ class DroppingProxy:
             upstream.write(head + body)
             await upstream.drain()
 
-    async def _responses_down(
+    async def _down(
         self, upstream: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
     ) -> None:
         """Forward responses; on the marked connection, close it when the answer starts."""

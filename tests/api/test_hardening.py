@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ import redis as sync_redis
 from api.auth import owner_id
 from shared import keys
 from tests.conftest import api_client, make_settings
-from tests.helpers import free_port, parse_sse
+from tests.helpers import ThreadedProxy, free_port, parse_sse
 
 
 async def _submit(client: httpx.AsyncClient, **body: object) -> dict[str, object]:
@@ -128,55 +128,32 @@ async def test_the_documented_bodies_are_what_the_api_reads_and_streams(redis_ur
     assert event["properties"]["event"]["enum"] == ["batch", "items"]
 
 
-class _DropFirst:
-    """A TCP proxy in front of Redis that drops the connection carrying the first command
-    that adds a batch to an owner's active set, as a network blip would."""
+class _DropFirst(ThreadedProxy):
+    """A proxy in front of Redis that drops the connection carrying the first command that
+    adds a batch to an owner's active set, as a network blip would."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, redis_url: str) -> None:
+        target = httpx.URL(redis_url)
+        super().__init__(target.host, target.port or 6379)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dropped = 0
-        self.connections: set[asyncio.Task[None]] = set()
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections.add(task)
-        up_writer: asyncio.StreamWriter | None = None
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-            with contextlib.suppress(ConnectionAbortedError):
-                await asyncio.gather(
-                    self._pipe(reader, up_writer, watch=True), self._pipe(up_reader, writer)
-                )
-        finally:  # also when the fixture cancels it: no writer outlives the test's loop
-            for w in (writer, up_writer):
-                if w is not None:
-                    w.close()
-            self.connections.discard(task)
-
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool = False
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, drop: asyncio.Event
     ) -> None:
         with contextlib.suppress(ConnectionError):
-            while chunk := await src.read(65536):
-                if watch and not self.dropped and b"SADD\r\n" in chunk and b"}:active" in chunk:
+            while chunk := await reader.read(65536):
+                if not self.dropped and b"SADD\r\n" in chunk and b"}:active" in chunk:
                     self.dropped += 1
-                    break
-                dst.write(chunk)
-                await dst.drain()
-        raise ConnectionAbortedError  # one side ended: end the other (gather's first error)
+                    return  # the connection ends here, the command unsent
+                writer.write(chunk)
+                await writer.drain()
 
 
 @pytest.fixture
-async def flaky_redis_url(redis_url: str) -> AsyncIterator[tuple[str, _DropFirst]]:
-    proxy = _DropFirst(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"redis://127.0.0.1:{port}/0", proxy
-    server.close()
-    for task in list(proxy.connections):
-        task.cancel()
-    await asyncio.gather(*proxy.connections, return_exceptions=True)
+def flaky_redis_url(redis_url: str) -> Iterator[tuple[str, _DropFirst]]:
+    with _DropFirst(redis_url) as proxy:
+        yield proxy.url, proxy
 
 
 async def test_a_lost_write_never_lets_a_batch_escape_the_queued_prompts_ceiling(

@@ -4,6 +4,7 @@ OpenAI answers). Every item succeeds; 429s stay rare, configured or learned."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import api_client, make_settings
-from tests.helpers import MockProvider, Proc
+from tests.helpers import MockProvider, Proc, SlowRedisWrites
 from tests.integration.flows import all_results, openai_settings, openai_worker, submit, wait_final
 
 pytestmark = pytest.mark.integration
@@ -136,28 +137,39 @@ async def test_a_token_budget_stops_the_batch_within_it_plus_the_calls_in_flight
     assert mock.stats()["calls"] == counts["succeeded"]  # nothing started that was not kept
 
 
+@pytest.mark.parametrize("writes", ["plain", "slow"])
 async def test_at_concurrency_one_a_budget_is_overshot_by_at_most_the_call_that_crossed_it(
-    redis_url: str, workers: Callable[..., Proc]
+    redis_url: str, workers: Callable[..., Proc], writes: str
 ) -> None:
     # The offline model: replies come at once, so a call's result is still on its way to
-    # Redis when the next call would start (a provider's latency would hide the race).
-    for _ in range(2):
-        workers()
-    # 43 tokens a call: 20 words of prompt, 23 of reply ("[offline] You asked: " and the prompt).
-    words = " ".join(f"w{n}" for n in range(19))
-    async with api_client(make_settings(redis_url)) as client:
-        batches = [
-            await submit(
-                client,
-                prompts=[f"{words} b{b}i{i}" for i in range(4)],
-                max_concurrency=1,
-                max_total_tokens=100,
-            )
-            for b in range(4)
-        ]
-        done = [await wait_final(client, batch["id"]) for batch in batches]
+    # Redis when the next call would start (a provider's latency would hide the race). And
+    # once more with each result's write held for half a second on its way, as a busy Redis
+    # or a slow network would: no call may start before the previous one's usage is counted.
+    with contextlib.ExitStack() as stack:
+        url = redis_url
+        if writes == "slow":
+            slow = stack.enter_context(SlowRedisWrites(redis_url, b"You asked", 0.5))
+            url = slow.url
+        for _ in range(2):
+            workers(REDIS_URL=url)
+        # 43 tokens a call: 20 words of prompt, 23 of reply ("[offline] You asked: " and the
+        # prompt).
+        words = " ".join(f"w{n}" for n in range(19))
+        async with api_client(make_settings(redis_url)) as client:
+            batches = [
+                await submit(
+                    client,
+                    prompts=[f"{words} b{b}i{i}" for i in range(4)],
+                    max_concurrency=1,
+                    max_total_tokens=100,
+                )
+                for b in range(4)
+            ]
+            done = [await wait_final(client, batch["id"]) for batch in batches]
     for batch in done:  # 86 tokens after two calls; the third crosses 100; no fourth starts
         assert (batch["status"], batch["error"]["type"]) == ("cancelled", "budget_exceeded")
         assert batch["usage"]["total_tokens"] == 3 * 43
         assert batch["request_counts"]["succeeded"] == 3
         assert batch["request_counts"]["cancelled"] == 1
+    if writes == "slow":
+        assert slow.delayed >= 4  # results' writes were held (several may share one piece)
