@@ -9,11 +9,19 @@ linear in the text: a pattern such as `^(a+)+$` cannot backtrack for hours on a 
 loop. jsonschema itself matches patterns with Python's backtracking `re` in four keywords;
 `pattern`, `patternProperties` and `additionalProperties` are replaced here, and
 `unevaluatedProperties` beside `patternProperties` (the fourth) is refused at submit.
+
+Linear patterns are not enough: a schema whose `$ref`s double at each level (`allOf` of the same
+reference twice, thirty levels deep) has a billion subschemas to check however short the reply,
+and a recursive one can grow with the reply's nesting. So a reply's check has a time limit
+(`CHECK_LIMIT_S`): every keyword looks at the clock first, and a check past its limit fails its
+item as `invalid_output`, whatever the schema.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -92,13 +100,43 @@ def _additional_properties(
         yield ValidationError(f"{listed}: not in properties and matching no patternProperties")
 
 
+# -- the time limit ----------------------------------------------------------------------------
+
+#: Longest one reply's check may take (seconds); the checks of a few hundred reply kilobytes
+#: against schemas as people write them take milliseconds.
+CHECK_LIMIT_S = 0.5
+
+_deadline = threading.local()
+
+
+class CheckTimedOut(Exception):
+    """A reply's check went past its limit."""
+
+
+Keyword = Callable[[Any, Any, Any, dict[str, Any]], Iterator[ValidationError]]
+
+
+def _timed(keyword: Keyword) -> Keyword:
+    """`keyword` checked only while its check is within its limit."""
+
+    def check(
+        validator: Any, value: Any, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[ValidationError]:
+        if time.monotonic() > _deadline.at:
+            raise CheckTimedOut
+        yield from keyword(validator, value, instance, schema) or ()
+
+    return check
+
+
+_KEYWORDS: dict[str, Keyword] = {
+    **Draft202012Validator.VALIDATORS,
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+}
 ReplyValidator: Any = extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator,
-    {
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "additionalProperties": _additional_properties,
-    },
+    Draft202012Validator, {name: _timed(keyword) for name, keyword in _KEYWORDS.items()}
 )
 
 
@@ -180,9 +218,10 @@ def _validator(schema_json: bytes) -> Draft202012Validator:
     return validator
 
 
-def schema_error(schema: dict[str, Any], value: Any) -> str | None:
-    """Why `value` does not match a JSON Schema (checked at submit), or None when it does.
-    Validators are compiled once per distinct schema."""
+def schema_error(schema: dict[str, Any], value: Any, limit_s: float = CHECK_LIMIT_S) -> str | None:
+    """Why `value` does not match a JSON Schema (checked at submit), or None when it does;
+    CheckTimedOut past `limit_s`. Validators are compiled once per distinct schema."""
+    _deadline.at = time.monotonic() + limit_s
     try:
         validator = _validator(_key(schema))
         error = best_match(validator.iter_errors(value))

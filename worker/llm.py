@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -36,7 +37,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_openai import ChatOpenAI
 
 from shared.chat import JSON_FORMATS, BatchParams, has_system
-from shared.json_schemas import schema_error
+from shared.json_schemas import CHECK_LIMIT_S, CheckTimedOut, schema_error
 from shared.results import ItemOutcome
 from shared.schemas import ErrorInfo, Provider, Usage
 from shared.settings import Settings
@@ -197,6 +198,21 @@ def rate_limited(exc: BaseException) -> bool:
 _NOT_LATER = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
+#: Where replies are checked against their JSON Schemas: off the event loop, since a check may
+#: take up to `CHECK_LIMIT_S`.
+_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="reply-check")
+
+
+async def checked_outcome(
+    result: BaseMessage | BaseException, response_format: dict[str, Any] | None
+) -> ItemOutcome:
+    """`outcome_of`, in a thread of `_CHECKS` when the reply is to match a JSON Schema."""
+    if isinstance(result, BaseException) or (response_format or {}).get("type") != "json_schema":
+        return outcome_of(result, response_format)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_CHECKS, outcome_of, result, response_format)
+
+
 def outcome_of(
     result: BaseMessage | BaseException, response_format: dict[str, Any] | None = None
 ) -> ItemOutcome:
@@ -230,7 +246,11 @@ def _parsed(outcome: ItemOutcome, text: str, json_schema: dict[str, Any] | None)
         return _invalid(outcome, f"The reply is not valid JSON {why}.")
     schema = (json_schema or {}).get("json_schema", {}).get("schema")
     if isinstance(schema, dict):
-        problem = schema_error(schema, value)
+        try:
+            problem = schema_error(schema, value)
+        except CheckTimedOut:
+            why = f"The reply could not be checked against the schema within {CHECK_LIMIT_S:g} s."
+            return _invalid(outcome, why)
         if problem is not None:
             return _invalid(outcome, f"The reply does not match the schema: {problem}")
     return replace(outcome, output_json=value)

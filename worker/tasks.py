@@ -25,6 +25,7 @@ from worker.context import CURRENT_CALL, CallRun, WorkerContext
 from worker.llm import (
     batch_kwargs,
     call_kwargs,
+    checked_outcome,
     item_chars,
     outcome_of,
     rate_limited,
@@ -365,7 +366,8 @@ def _item_runnable(
                             continue  # "later": paced again (the 429 slowed every worker)
                         outcome = outcome_of(exc)
                     else:
-                        outcome = outcome_of(reply, own.get("response_format", batch_format))
+                        fmt = own.get("response_format", batch_format)
+                        outcome = await checked_outcome(reply, fmt)
                         if outcome.usage is not None:
                             # As providers count it: the input, and the output limit if set.
                             out = max_output or outcome.usage.output_tokens

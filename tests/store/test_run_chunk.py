@@ -21,7 +21,7 @@ from tests.store.conftest import item, stored
 from tests.store.workers import worker_ctx
 from worker import tasks
 from worker.context import Attempts
-from worker.llm import OFFLINE_PREFIX, OfflineChatModel, outcome_of
+from worker.llm import OFFLINE_PREFIX, OfflineChatModel, checked_outcome
 from worker.main import run_chunk
 
 
@@ -206,14 +206,14 @@ async def test_an_item_whose_outcome_cannot_be_built_fails_alone_and_its_batch_c
 ) -> None:
     store: BatchStore = ctx["store"]
     batch = await stored(store, 5)
-    built = outcome_of
+    built = checked_outcome
 
-    def poisoned(reply: Any, response_format: Any = None) -> ItemOutcome:
+    async def poisoned(reply: Any, response_format: Any = None) -> ItemOutcome:
         if "prompt 2" in str(getattr(reply, "text", "")):  # as a reply no check foresaw
             raise RecursionError
-        return built(reply, response_format)
+        return await built(reply, response_format)
 
-    monkeypatch.setattr(tasks, "outcome_of", poisoned)
+    monkeypatch.setattr(tasks, "checked_outcome", poisoned)
     assert await run_chunk(ctx, batch.id, 0) == {"written": 5, "failed": 1, "stopped": 0}
     page = await store.results_page(batch.id, after=None, limit=10)
     assert [i.status for i in page.data] == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.json_schemas import schema_error, schema_problem
+from shared.json_schemas import CheckTimedOut, schema_error, schema_problem
 
 EVIL = "^(echo: )?(a+)+$"  # catastrophic for a backtracking engine
 
@@ -78,3 +78,26 @@ def test_a_reply_against_a_backtracking_pattern_is_checked_in_linear_time() -> N
     assert "matching no patternProperties" in by_name
     assert schema_error(schema, {"xxx": 1, "a": "echo: aa"}) is None
     assert schema_error(schema, {"xxx": "y"}) == "'y' is not of type 'integer' (at output_json.xxx)"
+
+
+def doubling(levels: int) -> dict[str, Any]:
+    """A schema of 2**levels subschemas to check, in `levels` short definitions: each level
+    refers to the next one twice."""
+    defs: dict[str, Any] = {
+        f"d{n}": {"allOf": [{"$ref": f"#/$defs/d{n + 1}"}, {"$ref": f"#/$defs/d{n + 1}"}]}
+        for n in range(levels)
+    }
+    defs[f"d{levels}"] = {"type": "string"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_reply_whose_check_would_take_hours_is_stopped_at_the_limit() -> None:
+    schema = doubling(30)  # a billion checks: about an hour
+    assert schema_problem(schema) is None  # nothing to refuse at submit: it is a valid schema
+    began = time.perf_counter()
+    with pytest.raises(CheckTimedOut):
+        schema_error(schema, "echo: x", limit_s=0.2)
+    assert time.perf_counter() - began < 2
+    # The same schema, a few levels deep, is checked as usual, within the default limit.
+    assert schema_error(doubling(8), "echo: x") is None
+    assert schema_error(doubling(8), 1) == "1 is not of type 'string' (at output_json)"
