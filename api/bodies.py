@@ -26,7 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from api.deps import SettingsDep
 from api.ingest import INLINE_BYTES, Upload, read_body, release
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, UnsupportedMediaType
 from shared.openai_format import numbered_batch
 from shared.schemas import BatchCreate, PromptEntry, RowValue
 from shared.settings import Settings
@@ -49,7 +49,7 @@ class SubmittedBody:
 
 async def read_batch_body(request: Request, settings: SettingsDep) -> AsyncIterator[SubmittedBody]:
     """The submission's body, counted, parsed and validated (in a thread when it is large)."""
-    ndjson = _media_type(request) in NDJSON_TYPES
+    ndjson = accepted_media_type(request, ndjson=True) in NDJSON_TYPES
     raw = await read_body(request) if ndjson else await request.body()
     if isinstance(raw, Upload):  # validated and staged a page at a time
         try:
@@ -224,7 +224,23 @@ def _error(type_: str, loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
     return {"type": type_, "loc": ("body", *loc), "msg": msg, "input": None}
 
 
-def _media_type(request: Request) -> str:
+def accepted_media_type(request: Request, *, ndjson: bool = False) -> str:
+    """The body's media type: JSON (`application/json`, or any `+json` type; a body without
+    a `Content-Type` is read as JSON), or NDJSON when `ndjson`; an UnsupportedMediaType (415)
+    naming the accepted types otherwise, before a byte of the body is read."""
+    given = request.headers.get("content-type", "").strip()
+    if not given:
+        return "application/json"
     message = email.message.Message()
-    message["content-type"] = request.headers.get("content-type", "")
-    return message.get_content_type()
+    message["content-type"] = given
+    media_type = message.get_content_type()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return media_type
+    if ndjson and media_type in NDJSON_TYPES:
+        return media_type
+    accepted = "application/json"
+    if ndjson:
+        accepted += " or application/x-ndjson (an OpenAI Batch file)"
+    raise UnsupportedMediaType(
+        f"A body of type {media_type} is not accepted here: send {accepted}."
+    )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.admission import Limits
@@ -86,7 +87,9 @@ def _lifespan(
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app; settings are read from the environment at start unless given."""
-    app = FastAPI(
+    # Swagger UI and ReDoc served from the API itself (fastapi-offline ships their files):
+    # the docs render on a machine without internet.
+    app = FastAPIOffline(
         title="promptbatch",
         version="0.1.0",
         summary="Run large LLM prompt batches on your own infrastructure.",

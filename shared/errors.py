@@ -54,6 +54,11 @@ class PayloadTooLarge(AppError):
     type = "request_too_large"
 
 
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    type = "unsupported_media_type"
+
+
 class TooManyRequests(AppError):
     status_code = 429
     type = "rate_limit_exceeded"

@@ -53,7 +53,11 @@ _REPEATED = "A repeat of an earlier submission (same `Idempotency-Key` and body)
     "",
     status_code=202,
     response_model=Batch,
-    responses={200: {"model": Batch, "description": _REPEATED}, 409: {"model": ErrorBody}},
+    responses={
+        200: {"model": Batch, "description": _REPEATED},
+        409: {"model": ErrorBody},
+        415: {"model": ErrorBody, "description": "The body is neither JSON nor NDJSON."},
+    },
     openapi_extra={"requestBody": BATCH_BODY},
 )
 async def create_batch(

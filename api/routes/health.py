@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from api.deps import RedisDep, SettingsDep
 from api.errors import error_response
 from shared import workers
+from shared.schemas import ErrorBody
 
 router = APIRouter(tags=["health"])
+
+
+@router.get("/", include_in_schema=False)
+async def front_door() -> RedirectResponse:
+    """The API's front door: its documentation (the dashboard, once there is one)."""
+    return RedirectResponse("/docs", status_code=307)
 
 
 @router.get("/healthz")
@@ -18,7 +25,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={503: {"model": ErrorBody, "description": "Redis or every worker is away."}},
+)
 async def readyz(redis: RedisDep, settings: SettingsDep) -> dict[str, object] | JSONResponse:
     """200 when Redis answers and a worker sent a heartbeat recently; else 503 saying which."""
     try:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from api.auth import OwnerDep, require_owner
-from api.bodies import json_value, validated
+from api.bodies import accepted_media_type, json_value, validated
 from api.deps import SettingsDep, WebhooksDep
 from shared.errors import PayloadTooLarge
 from shared.schemas import ErrorBody
@@ -40,6 +40,7 @@ MAX_BODY_BYTES = 64 * 1024
 async def read_webhook_body(request: Request) -> WebhookCreate:
     """The body as JSON, whatever its bytes (malformed JSON is a 422, as for batches), read no
     further than `MAX_BODY_BYTES` (413 beyond)."""
+    accepted_media_type(request)
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
@@ -62,6 +63,7 @@ _BODY = {
     responses={
         409: {"model": ErrorBody, "description": "The key has the most endpoints it may have."},
         413: {"model": ErrorBody},
+        415: {"model": ErrorBody, "description": "The body is not JSON."},
         422: {"model": ErrorBody},
     },
     openapi_extra={"requestBody": _BODY},
