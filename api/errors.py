@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
 from shared.errors import AppError
+from shared.plain_errors import is_kind_error, sentence
 from shared.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("promptbatch.api")
@@ -85,16 +86,27 @@ def _without_branches(loc: tuple[Any, ...], locs: Sequence[tuple[Any, ...]]) -> 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = _first_error(exc.errors())
+    errors = exc.errors()
+    first = _first_error(errors)
     param = _param(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         message, param = "The body is not valid JSON.", None
     elif first.get("type") == "extra_forbidden":
         message = f"Unknown field {param!r}."
     else:
-        detail = str(first.get("msg", "Invalid value."))
-        message = f"{detail} ({param})" if param else detail
+        message = sentence(first, param, _rivals(errors, tuple(first.get("loc", ()))))
     return error_response(422, "invalid_request_error", message, param)
+
+
+def _rivals(errors: Sequence[Any], loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The errors of a union's other branches at `loc` (a loc without branch names) that say
+    only what type the value should have been."""
+    locs = [tuple(error.get("loc", ())) for error in errors]
+    return [
+        error
+        for error, at in zip(errors, locs, strict=True)
+        if is_kind_error(error) and _without_branches(at, locs) == loc
+    ]
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -63,15 +63,16 @@ def render_rows(
         missing = variables.difference(row)
         if missing:
             raise InvalidRequest(
-                f"Row {index} has no value for {', '.join(sorted(missing))} (the template's "
-                f"variables: {', '.join(sorted(variables))}).",
+                f"Row {index + 1} ({param}) has no value for {', '.join(sorted(missing))} (the "
+                f"template's variables: {', '.join(sorted(variables))}).",
                 param=param,
             )
         values = {v: _text(row[v]) for v in variables}
         chars = literal + sum(count * len(values[v]) for v, count in uses.items())
         if chars > max_chars:
             raise InvalidRequest(
-                f"Row {index} makes a prompt longer than {max_chars} characters.", param=param
+                f"Row {index + 1} ({param}) makes a prompt longer than {max_chars} characters.",
+                param=param,
             )
         total += chars
         if total > max_total_chars:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.chat import BatchParams, Message
 from shared.errors import InvalidRequest
+from shared.plain_errors import sentence
 from shared.schemas import (
     Batch,
     BatchCreate,
@@ -161,7 +162,7 @@ def line_error(number: int, exc: ValidationError) -> InvalidRequest:
     if first["type"] == "extra_forbidden":
         message = f"Line {number}: unknown field {param!r}."
     else:
-        message = f"Line {number}: {first['msg']} ({param})."
+        message = f"Line {number}: {sentence(first, param)}"
     return InvalidRequest(message, param=param)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -79,6 +80,27 @@ class PromptTemplate(_Strict):
     messages: list[tuple[TemplateRole, str]] = Field(min_length=1)
 
 
+def _template_of_text(value: object) -> object:
+    """A template given as a plain string is one human message (as the Python client takes
+    it)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("template must not be empty")
+        return {"messages": [["human", value]]}
+    if not isinstance(value, dict | PromptTemplate):
+        raise ValueError(
+            'template must be a string (one human message) or {"messages": [[role, text], ...]}'
+        )
+    return value
+
+
+#: `template`: `{"messages": [[role, text], ...]}`, or a plain string (one human message).
+TemplateField = Annotated[
+    PromptTemplate,
+    BeforeValidator(_template_of_text, json_schema_input_type=str | PromptTemplate),
+]
+
+
 #: The longest `completion_window` a batch may ask for: 7 days, in seconds.
 MAX_COMPLETION_WINDOW_S = 7 * 24 * 3600
 
@@ -108,7 +130,7 @@ CompletionWindow = Annotated[
 class BatchCreate(_Strict):
     prompts: list[PromptEntry] | None = Field(default=None, min_length=1)
     #: In place of `prompts`: a template filled from each row of `inputs`.
-    template: PromptTemplate | None = None
+    template: TemplateField | None = None
     inputs: list[dict[str, RowValue]] | None = Field(default=None, min_length=1)
     model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     system: str | None = None

@@ -153,7 +153,10 @@ def test_a_row_missing_a_variable_is_one_error_line_naming_the_row(
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 1
-    assert_one_error_line(done, "422", "Row 2 has no value for review", "param: inputs[2]")
+    # The third row, counted as the user counts the lines of rows.jsonl.
+    assert_one_error_line(
+        done, "422", "Row 3 (inputs[2]) has no value for review", "param: inputs[2]"
+    )
 
 
 def test_an_input_column_named_like_a_result_column_is_refused_before_submitting(
