@@ -4,16 +4,18 @@ it with a live progress bar, and write its results: promptbatch JSONL, OpenAI Ba
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn, TextIO
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from pydantic import ValidationError
@@ -75,6 +77,20 @@ FormatOption = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON.")]
+#: The connection options, taken after the command's name too (`promptbatch list --url ...`).
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The promptbatch API (as before the command).", show_default=False),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        "--key",
+        help="Sent as a bearer key (as before the command).",
+        show_default=False,
+    ),
+]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Watch progress, then write results.")]
 
 
@@ -87,7 +103,11 @@ def main(
     api_key: Annotated[
         str | None,
         typer.Option(
-            envvar="PROMPTBATCH_API_KEY", help="Sent as a bearer key.", show_default=False
+            "--api-key",
+            "--key",
+            envvar="PROMPTBATCH_API_KEY",
+            help="Sent as a bearer key.",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -96,7 +116,37 @@ def main(
     ctx.obj = Target(url=url, api_key=api_key, url_given=given)
 
 
+def _connected(command: Callable[..., None]) -> Callable[..., None]:
+    """The command, taking --url and --api-key (--key) after its name too; given there, they
+    win over those given before it."""
+    signature = inspect.signature(command, eval_str=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("url", keyword, default=None, annotation=UrlOption),
+        inspect.Parameter("api_key", keyword, default=None, annotation=KeyOption),
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, url: str | None = None, api_key: str | None = None, **kwargs: Any) -> None:
+        ctx: typer.Context = kwargs["ctx"]
+        target = ctx.find_object(Target)
+        assert target is not None
+        ctx.obj = Target(
+            url=url or target.url,
+            api_key=api_key or target.api_key,
+            url_given=target.url_given or url is not None,
+        )
+        command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
+    run.__annotations__ = {**command.__annotations__, "url": UrlOption, "api_key": KeyOption}
+    return run
+
+
 @app.command()
+@_connected
 def submit(
     ctx: typer.Context,
     file: Annotated[
@@ -139,6 +189,7 @@ def submit(
 ) -> None:
     """Submit a file of prompts, or of rows to fill --template, as one batch; print its id (or,
     with --wait, its results: with -o out.csv, each input row with its output)."""
+    _results_need_wait(wait, output, fmt)
     request, default = _read(file, template)
     request = _override(request, model, system, concurrency)
     fmt = fmt or _default_format(output, default)
@@ -153,12 +204,14 @@ def submit(
         if not wait:
             typer.echo(batch.id)
             follow = _command(ctx, "watch", batch.id)
-            _note(f"Submitted {batch.id} ({count} prompts). Follow it: {follow}")
+            _note(f"Submitted {batch.id} ({_plural(count, 'prompt')}). Follow it: {follow}")
             return
-        _follow(ctx, batch, output, fmt, intro=f"Submitted {batch.id} ({count} prompts).")
+        intro = f"Submitted {batch.id} ({_plural(count, 'prompt')})."
+        _follow(ctx, batch, output, fmt, intro=intro)
 
 
 @app.command()
+@_connected
 def watch(
     ctx: typer.Context, batch_id: str, output: Output = None, fmt: FormatOption = None
 ) -> None:
@@ -168,6 +221,7 @@ def watch(
 
 
 @app.command()
+@_connected
 def status(ctx: typer.Context, batch_id: str, as_json: AsJson = False) -> None:
     """Show a batch's status, counts and usage."""
     with _session(ctx) as client:
@@ -187,6 +241,7 @@ def status(ctx: typer.Context, batch_id: str, as_json: AsJson = False) -> None:
 
 
 @app.command()
+@_connected
 def results(
     ctx: typer.Context, batch_id: str, output: Output = None, fmt: FormatOption = None
 ) -> None:
@@ -196,6 +251,7 @@ def results(
 
 
 @app.command()
+@_connected
 def cancel(ctx: typer.Context, batch_id: str) -> None:
     """Cancel a batch: no new items start; finished results are kept."""
     with _session(ctx) as client:
@@ -204,6 +260,7 @@ def cancel(ctx: typer.Context, batch_id: str) -> None:
 
 
 @app.command()
+@_connected
 def retry(
     ctx: typer.Context,
     batch_id: str,
@@ -221,11 +278,12 @@ def retry(
 ) -> None:
     """Run a finished batch's failed items again in place (succeeded ones are kept, never sent
     again); print its id and status (or, with --wait, its results)."""
+    _results_need_wait(wait, output, fmt)
     named = [name.strip() for name in include.split(",")] if include else []
     with _session(ctx) as client:
         batch = client.retry(batch_id, include=named)
         pending = batch.info.request_counts.pending
-        intro = f"Retrying {pending} item{'' if pending == 1 else 's'} of {batch.id}."
+        intro = f"Retrying {_plural(pending, 'item')} of {batch.id}."
         if not wait:
             typer.echo(f"{batch.id}  {batch.info.status}")
             _note(f"{intro} Follow it: {_command(ctx, 'watch', batch.id)}")
@@ -234,24 +292,39 @@ def retry(
 
 
 @app.command("list")
+@_connected
 def list_batches(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, max=100, help="How many, newest first.")] = 20,
+    after: Annotated[
+        str | None,
+        typer.Option(help="Start after this batch id (a page's last).", show_default=False),
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every batch, page after page.")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """List batches, newest first."""
+    """List batches, newest first, a page at a time: the next page starts --after the last id
+    shown (the command for it is printed at the end), or --all pages."""
     with _session(ctx) as client:
-        page = client.list(limit=limit)
-    if as_json:
-        typer.echo(page.model_dump_json(indent=2))
+        page = client.list(limit=limit, after=after)
+        shown = list(page.data)
+        while every and page.has_more and page.next_after:
+            page = client.list(limit=limit, after=page.next_after)
+            shown += page.data
+    if as_json:  # with --all, one list of them all
+        whole = page.model_copy(update={"data": shown}) if every else page
+        typer.echo(whole.model_dump_json(indent=2))
         return
-    for info in page.data:
+    for info in shown:
         counts = info.request_counts
         done = f"{counts.total - counts.pending}/{counts.total}"
         typer.echo(
             f"{info.id}  {info.status:<11}  {done:>13} done  {counts.failed:>6} failed  "
             f"{info.model}  {info.created_at:%Y-%m-%d %H:%M:%S}"
         )
+    if page.has_more and page.next_after:
+        more = _command(ctx, "list", f"--limit {limit} --after {page.next_after}")
+        _note(f"More: {more} (or --all)")
 
 
 # -- the parts commands share --------------------------------------------------------------------
@@ -411,6 +484,22 @@ def _command(ctx: typer.Context, name: str, batch_id: str) -> str:
     target = ctx.find_object(Target)
     url = f" --url {target.url}" if target is not None and target.url_given else ""
     return f"promptbatch{url} {name} {batch_id}"
+
+
+def _plural(count: int, noun: str) -> str:
+    """`1 prompt`, `2 prompts`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _results_need_wait(wait: bool, output: Path | None, fmt: Format | None) -> None:
+    """-o and --format say where and how results are written, which happens only with
+    --wait: without it they would be ignored, so they are refused."""
+    if not wait and (output is not None or fmt is not None):
+        given = " and ".join(
+            name for name, value in (("-o", output), ("--format", fmt)) if value is not None
+        )
+        verb = "applies" if " and " not in given else "apply"
+        _fail(f"{given} {verb} to the results, written once the batch ends: add --wait")
 
 
 def _note(message: str) -> None:
