@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,15 +51,38 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
 
 
-def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+class PortTaken(Exception):
+    """The API's port is someone else's."""
+
+
+def check_port(port: int) -> None:
+    """PortTaken unless the API could listen on `port` now (bound as uvicorn binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise PortTaken(
+                f"port {port} is taken (another promptbatch, or another server); "
+                f"start on another one: make run PORT={port + 1}"
+            ) from None
+
+
+def wait_ready(
+    url: str, api: subprocess.Popen[bytes], procs: list[subprocess.Popen[bytes]],
+    timeout_s: float = 60,
+) -> None:  # fmt: skip
+    """Until the API this script started (its pid, as `/healthz` says it) is ready: a server
+    that took the port meanwhile does not count."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a process exited during start-up; see its output above")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            ours = httpx.get(f"{url}/healthz", timeout=1).json().get("pid") == api.pid
+            if ours and httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError, AttributeError):
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s")
@@ -81,6 +105,11 @@ def main() -> int:
     except SettingsError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_port(settings.port)
+    except PortTaken as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     valkey = None
@@ -101,7 +130,7 @@ def main() -> int:
             env,
         )  # fmt: skip
         procs = [worker, api]
-        wait_ready(url, procs)
+        wait_ready(url, api, procs)
         print(_banner(url, where, settings.resolved_provider), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -20,9 +22,10 @@ async def front_door() -> RedirectResponse:
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """200 while the process is up."""
-    return {"status": "ok"}
+async def healthz() -> dict[str, str | int]:
+    """200 while the process is up; `pid` says which process answered (`make run` checks it
+    is the API it started, not another one on the port)."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @router.get(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 from redis.asyncio import Redis
 
@@ -13,7 +15,7 @@ from tests.helpers import free_port
 async def test_healthz_is_200(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_readyz_needs_a_live_worker(client: httpx.AsyncClient, redis_url: str) -> None:

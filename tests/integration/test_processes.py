@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -95,3 +97,38 @@ def test_make_run_serves_a_batch_and_ctrl_c_stops_everything(
     assert code == 0, runner.log()
     assert "make run: stopped." in runner.log()
     assert all(_gone(pid) for pid in children), runner.log()
+
+
+def test_make_run_on_a_taken_port_says_so_in_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    """Another server on the port, one that even answers a readiness check with a 200 (as
+    another promptbatch would): `make run` must not take it for its own API."""
+
+    class Ready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    port = other.server_address[1]
+    env = _no_redis_env() | {"PORT": str(port), "PROMPTBATCH_DATA_DIR": str(tmp_path)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "scripts/run_stack.py"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert done.returncode != 0
+    assert "is up" not in done.stdout + done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert f"port {port} is taken" in line
+    assert f"PORT={port + 1}" in line
+    assert not (tmp_path / "valkey").exists()  # nothing was started
