@@ -6,12 +6,14 @@
 -- ARGV: ttl ms of a final batch, then STRIDE values per result: index, result JSON, item
 --   status, chunk, custom_id, then one number per SUM_FIELDS entry, added to that field of the
 --   batch and to the matching SUM_STATS counter.
--- Returns one code per result: -1 when the batch is gone or already failed as a whole, 0 when
--- the item already had a result (a repeated write changes nothing), 1 when written, 2 when
--- written and it was the batch's last item (the batch is then final, exactly once).
+-- Returns one code per result: -1 when the batch is gone or final (failed as a whole, or every
+-- item has its result: a write then can only be a late one of an earlier run, landing on an
+-- item that a retry is resetting, which would make the batch final twice), 0 when the item
+-- already had a result (a repeated write changes nothing), 1 when written, 2 when written and
+-- it was the batch's last item (the batch is then final, exactly once).
 local codes = {}
 local status = redis.call('HGET', meta, 'status')
-if not status or status == STATUS.failed then
+if not status or FINAL[status] then
   for i = 2, #ARGV, STRIDE do codes[#codes + 1] = -1 end
   return codes
 end

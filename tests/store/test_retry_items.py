@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, retries
 from shared.batches import BatchSpec
 from shared.errors import Conflict, NotFound
 from shared.model import PAGE
 from shared.results import ItemOutcome
+from shared.retries import Retries
 from shared.scheduler import Scheduler
 from shared.schemas import ErrorInfo, FinalItemStatus, Usage
 from shared.store import BatchStore
@@ -355,3 +356,52 @@ async def test_a_retry_of_200000_failed_items_holds_redis_for_no_command_over_50
     assert len(chunks) == count // 100
     assert (await store.get(spec.id)).request_counts.pending == count
     assert slow == []  # one script for all of them held Redis 1.3 s
+
+
+async def test_a_late_write_during_a_retry_never_makes_the_batch_final_twice(
+    store: BatchStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier run's call that finished late (its worker stalled past its claim) writes its
+    item just as a retry has reset it: the batch stays as the retry leaves it, its end comes
+    once, from the retry's run."""
+    spec = await stored(store, 4, chunk_size=4)
+    await finish(store, spec, ["succeeded"] * 3 + ["failed"])
+    assert await redis.xlen(keys.OUTBOX) == 1  # completed, announced once
+    reset_pages = Retries._reset_pages
+
+    async def then_a_late_write(self: Retries, *args: Any) -> int:
+        reset = await reset_pages(self, *args)
+        assert await store.record_many(spec, [(item(3), outcome("succeeded"))]) == ["gone"]
+        return reset
+
+    monkeypatch.setattr(Retries, "_reset_pages", then_a_late_write)
+    chunks = await store.retry(spec.id)
+    assert chunks == [0]  # item 3 runs again, in its chunk
+    again = await store.get(spec.id)
+    assert (again.status, again.request_counts.pending) == ("in_progress", 1)
+    assert await redis.xlen(keys.OUTBOX) == 1  # no second end meanwhile
+    await store.record_many(spec, [(item(3), outcome("succeeded"))])
+    assert (await store.get(spec.id)).status == "completed"
+    assert await redis.xlen(keys.OUTBOX) == 2  # the retry's end
+
+
+async def test_a_retry_cut_off_midway_takes_no_late_write(
+    store: BatchStore, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retries, "RESET_LEASE_MS", 1)  # a cut-off retry's hold lapses at once
+    spec = await stored(store, 4, chunk_size=4)
+    await finish(store, spec, ["succeeded"] * 2 + ["failed"] * 2)
+    end = Retries._end
+
+    async def killed(self: Retries, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("the API process died before the retry's end")
+
+    monkeypatch.setattr(Retries, "_end", killed)
+    with pytest.raises(ConnectionError):
+        await store.retry(spec.id)
+    late = await store.record_many(spec, [(item(2), outcome("succeeded"))])
+    assert late == ["gone"]
+    assert await redis.xlen(keys.OUTBOX) == 1  # never final a second time
+    monkeypatch.setattr(Retries, "_end", end)
+    assert await store.retry(spec.id) == [0]  # retried again: both items run
+    assert (await store.get(spec.id)).request_counts.pending == 2

@@ -32,7 +32,8 @@ async def test_the_last_item_finishes_the_batch_exactly_once(store: BatchStore) 
     await store.mark_started(batch.id)
     outcomes = [await store.record(batch, item(i), _ok(str(i))) for i in (2, 0, 1)]
     assert outcomes == ["written", "written", "finished"]
-    assert await store.record(batch, item(1), _ok("again")) == "duplicate"
+    # A write once the batch is final changes nothing (a late one is refused whole: "gone").
+    assert await store.record(batch, item(1), _ok("again")) == "gone"
     done = await store.get(batch.id)
     assert done.status == "completed"
     assert done.finished_at is not None
