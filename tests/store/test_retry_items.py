@@ -365,7 +365,8 @@ async def test_a_late_write_during_a_retry_never_makes_the_batch_final_twice(
     item just as a retry has reset it: the batch stays as the retry leaves it, its end comes
     once, from the retry's run."""
     spec = await stored(store, 4, chunk_size=4)
-    await finish(store, spec, ["succeeded"] * 3 + ["failed"])
+    ended: list[FinalItemStatus] = ["succeeded", "succeeded", "succeeded", "failed"]
+    await finish(store, spec, ended)
     assert await redis.xlen(keys.OUTBOX) == 1  # completed, announced once
     reset_pages = Retries._reset_pages
 
@@ -390,7 +391,8 @@ async def test_a_retry_cut_off_midway_takes_no_late_write(
 ) -> None:
     monkeypatch.setattr(retries, "RESET_LEASE_MS", 1)  # a cut-off retry's hold lapses at once
     spec = await stored(store, 4, chunk_size=4)
-    await finish(store, spec, ["succeeded"] * 2 + ["failed"] * 2)
+    ended: list[FinalItemStatus] = ["succeeded", "succeeded", "failed", "failed"]
+    await finish(store, spec, ended)
     end = Retries._end
 
     async def killed(self: Retries, *args: Any, **kwargs: Any) -> Any:
