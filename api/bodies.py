@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import email.message
 import gc
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Annotated, Any, TypeVar
 
 import ijson
@@ -109,6 +111,12 @@ BatchBody = Annotated[SubmittedBody, Depends(read_batch_body)]
 #: event loop waits that long for it.
 PIECEWISE_BYTES = 1024 * 1024
 PARSE_PIECE = 64 * 1024
+#: Deepest nesting a body may have, as orjson's (past it, ijson's own paths grow with the
+#: square of the depth: 2 GB for 30,000 levels).
+MAX_DEPTH = 1024
+_NESTING = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}
+#: A `\uD800`-`\uDFFF` escape: half of a surrogate pair (ijson makes a lone one "?").
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def json_value(raw: bytes) -> Any:
@@ -126,20 +134,64 @@ def json_value(raw: bytes) -> Any:
 
 def _json_in_pieces(raw: bytes) -> Any:
     """A large JSON body decoded by ijson's push parser, fed a piece at a time: between two
-    pieces the GIL is free for the event loop. A malformed body is refused naming the offset
-    of the piece the parser stopped in (or the body's end, when it stopped short)."""
+    pieces the GIL is free for the event loop. Each piece is read for its nesting first (no
+    deeper than `MAX_DEPTH`) and its escapes (no lone surrogate), so the body is refused as
+    orjson refuses it. A malformed body is refused naming the offset of the piece the parser
+    stopped in (or the body's end, when it stopped short)."""
     found = ijson.sendable_list()
     parser = ijson.items_coro(found, "", use_float=True)
+    events = ijson.sendable_list()
+    shape = ijson.basic_parse_coro(events, use_float=True)
     view = memoryview(raw)
-    at = 0
+    depth, at = 0, 0
     try:
         for at in range(0, len(raw), PARSE_PIECE):
-            parser.send(view[at : at + PARSE_PIECE])
+            piece = view[at : at + PARSE_PIECE]
+            shape.send(piece)
+            depths = list(accumulate((_NESTING.get(e, 0) for e, _ in events), initial=depth))
+            events.clear()
+            if max(depths) > MAX_DEPTH:
+                raise ValueError("nested too deep")
+            depth = depths[-1]
+            if _lone_surrogate(raw, at):
+                raise ValueError("a lone surrogate")
+            parser.send(piece)
         at = len(raw)
+        shape.close()
         parser.close()
-    except ijson.JSONError:
+    except (ijson.JSONError, ValueError):  # UnicodeDecodeError: bytes that are not UTF-8
         raise RequestValidationError([_error("json_invalid", (at,), "JSON decode error")]) from None
     return found[0]
+
+
+def _lone_surrogate(raw: bytes, at: int) -> bool:
+    """Whether the piece of `raw` from `at` has a `\\u` escape of half a surrogate pair that
+    is not paired (valid JSON text, but no character: orjson refuses it)."""
+    for match in _SURROGATE.finditer(raw, at, at + PARSE_PIECE + 5):
+        start = match.start()
+        if start >= at + PARSE_PIECE:
+            break  # the next piece's
+        if not _escaped(raw, start):
+            continue  # `\\\\uD800`: an escaped backslash, then text
+        high = match[0][3:4].lower() in b"89ab"
+        partner = start + 6 if high else start - 6
+        pair = raw[partner : partner + 6] if partner >= 0 else b""
+        wanted = b"cdef" if high else b"89ab"
+        if not (
+            len(pair) == 6 and pair[:3].lower() == b"\\ud" and pair[3:4].lower() in wanted
+            and _escaped(raw, partner)
+        ):  # fmt: skip
+            return True
+    return False
+
+
+def _escaped(raw: bytes, start: int) -> bool:
+    """Whether the backslash at `start` begins an escape (an even run of backslashes ends
+    just before it)."""
+    run = 0
+    while start - run - 1 >= 0 and raw[start - run - 1] == 0x5C:
+        run += 1
+    return run % 2 == 0
 
 
 def validated(model: type[Model], data: Any) -> Model:

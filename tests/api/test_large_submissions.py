@@ -292,3 +292,37 @@ async def test_decoding_a_60_mb_json_body_leaves_the_event_loop_free() -> None:
         value = await decoding
     assert len(value["prompts"]) > 50_000
     assert worst < 0.1, f"the loop waited {worst * 1000:.0f} ms at once"
+
+
+#: A body past PIECEWISE_BYTES whatever the few bytes of JSON in front of it.
+PADDING = b" " * (bodies.PIECEWISE_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [rb"\ud83d\ude00", rb"\ud800", rb"\udc00 and", rb"\\ud800", rb"\\\ud800", rb"\u00e9",
+     rb"a\ud800\ud83d\ude00"],
+)  # fmt: skip
+def test_a_large_body_s_escapes_are_read_as_orjson_reads_them(text: bytes) -> None:
+    raw = b'{"prompts": ["' + text + b'"]}' + PADDING
+    try:
+        expected: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # a lone surrogate is no character: refused, never "?"
+        with pytest.raises(RequestValidationError):
+            bodies.json_value(raw)
+    else:
+        assert bodies.json_value(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 1025 + b"]" * 1025, b"[" * 200_000, b'{"prompts": ["\xc0\xaf"]}', b'["\xed\xa0\x80"]'],
+    ids=["1025-deep", "200000-deep", "overlong-utf8", "encoded-surrogate"],
+)
+def test_a_large_body_nested_too_deep_or_not_utf8_is_a_json_decode_error(raw: bytes) -> None:
+    """Nesting past orjson's 1,024 levels made ijson grow with the depth's square (2 GB at
+    30,000 levels); bytes that are not UTF-8 escaped as a 500."""
+    with pytest.raises(RequestValidationError) as refused:
+        bodies.json_value(raw + PADDING)
+    assert refused.value.errors()[0]["type"] == "json_invalid"
+    assert bodies.json_value(b"[" * 1024 + b"]" * 1024 + PADDING) is not None
