@@ -199,8 +199,10 @@ _NOT_LATER = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
 #: Where replies are checked against their JSON Schemas: off the event loop, since a check may
-#: take up to `CHECK_LIMIT_S`.
-_CHECKS = ThreadPoolExecutor(2, thread_name_prefix="reply-check")
+#: take up to `CHECK_LIMIT_S`. Eight threads share the GIL in turns, so a reply that checks in
+#: a millisecond is checked within milliseconds even while slow ones hold other threads (and a
+#: schema that ran out of time once gets a tenth of it from then on).
+_CHECKS = ThreadPoolExecutor(8, thread_name_prefix="reply-check")
 
 
 async def checked_outcome(
