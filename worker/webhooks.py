@@ -58,7 +58,7 @@ BACKOFF_CAP_S = 3600.0
 MOST_SENDS = 64
 #: Threads that resolve webhook host names, apart from the event loop's resolver; an owner
 #: uses one at a time.
-RESOLVER_THREADS = 8
+RESOLVER_THREADS = 16
 #: An attempt's lease outlives its timeout by this much before another worker may take it.
 LEASE_MARGIN_S = 10.0
 #: Longest an idle sender waits before it looks for due deliveries again.

@@ -191,3 +191,35 @@ async def test_an_owner_s_hung_name_server_holds_one_lookup_thread_never_another
     finally:
         release.set()
         lookups.shutdown()
+
+
+async def test_an_owner_s_lookups_resume_after_a_thousand_given_up_behind_a_hung_one() -> None:
+    """Each attempt gives up at its timeout while the owner's first lookup hangs: when the name
+    server answers at last, the owner's next lookup runs at once (no chain of callbacks a
+    thousand deep to unwind, and none of those given up ever runs)."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    def lookup(name: str) -> str:
+        ran.append(name)
+        if name == "hung":
+            release.wait(30)
+        return name
+
+    lookups = OwnerLookups(2)
+    loop = asyncio.get_running_loop()
+    try:
+        hung = loop.run_in_executor(lookups.of("tenant"), lookup, "hung")
+        for n in range(1000):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0):
+                    await loop.run_in_executor(lookups.of("tenant"), lookup, f"given-up-{n}")
+        release.set()
+        assert await asyncio.wait_for(hung, 5) == "hung"
+        after = loop.run_in_executor(lookups.of("tenant"), lookup, "after")
+        assert await asyncio.wait_for(after, 5) == "after"
+        assert ran == ["hung", "after"]
+        assert not lookups.busy("tenant")
+    finally:
+        release.set()
+        lookups.shutdown()
