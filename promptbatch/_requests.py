@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
@@ -10,6 +11,14 @@ from shared.chat import BatchParams
 from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, PromptItem, PromptTemplate
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def base_url(given: str | None) -> str:
+    """The API's URL: the one given, else `PROMPTBATCH_URL` (as the command line reads it),
+    else `DEFAULT_URL`."""
+    return given or os.environ.get("PROMPTBATCH_URL") or DEFAULT_URL
+
+
 NDJSON = "application/x-ndjson"
 JSON_BODY = {"Content-Type": "application/json"}
 #: Seconds between two reads of the batch when the server has no events stream.
@@ -32,7 +41,9 @@ def submit_headers(idempotency_key: str | None) -> dict[str, str]:
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:
+    """A client's headers; its key is the one given, else `PROMPTBATCH_API_KEY`."""
     headers = {"User-Agent": "promptbatch-client"}
+    api_key = api_key or os.environ.get("PROMPTBATCH_API_KEY")
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers

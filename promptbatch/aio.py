@@ -27,7 +27,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        base_url: str = req.DEFAULT_URL,
+        base_url: str | None = None,
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
@@ -37,7 +37,7 @@ class AsyncClient:
     ) -> None:
         _retry.check_options(max_retries, retry_backoff_s)
         self.http = http or httpx.AsyncClient(
-            base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
+            base_url=req.base_url(base_url), headers=req.default_headers(api_key), timeout=timeout
         )
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s

@@ -31,7 +31,7 @@ class Client:
 
     def __init__(
         self,
-        base_url: str = req.DEFAULT_URL,
+        base_url: str | None = None,
         *,
         api_key: str | None = None,
         timeout: float = 30.0,
@@ -41,7 +41,7 @@ class Client:
     ) -> None:
         _retry.check_options(max_retries, retry_backoff_s)
         self.http = http or httpx.Client(
-            base_url=base_url, headers=req.default_headers(api_key), timeout=timeout
+            base_url=req.base_url(base_url), headers=req.default_headers(api_key), timeout=timeout
         )
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s

@@ -9,7 +9,16 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
-from promptbatch import APIError, Batch, BatchParams, Client, ItemResult, PromptItem, PromptTemplate
+from promptbatch import (
+    APIError,
+    AsyncClient,
+    Batch,
+    BatchParams,
+    Client,
+    ItemResult,
+    PromptItem,
+    PromptTemplate,
+)
 from promptbatch._requests import batch_request
 from promptbatch.display import BatchProgress
 from shared.schemas import ErrorInfo, Pacing
@@ -198,3 +207,23 @@ def test_the_progress_line_says_when_the_provider_paces_the_batch() -> None:
         "", "paced by the provider's limits", "",
         "paced by the provider's limits, 3 answered 429", "",
     ]  # fmt: skip
+
+
+async def test_the_clients_read_the_url_and_key_from_the_environment_as_the_cli_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROMPTBATCH_URL", "http://api.example:9000")
+    monkeypatch.setenv("PROMPTBATCH_API_KEY", "from-env")
+    with Client() as sync:
+        async with AsyncClient() as aio:
+            for http in (sync.http, aio.http):
+                assert str(http.base_url) == "http://api.example:9000"
+                assert http.headers["authorization"] == "Bearer from-env"
+    with Client("http://given:1", api_key="given-key") as given:
+        assert str(given.http.base_url) == "http://given:1"
+        assert given.http.headers["authorization"] == "Bearer given-key"
+    monkeypatch.delenv("PROMPTBATCH_URL")
+    monkeypatch.delenv("PROMPTBATCH_API_KEY")
+    with Client() as plain:
+        assert str(plain.http.base_url) == "http://127.0.0.1:8000"
+        assert "authorization" not in plain.http.headers
