@@ -403,7 +403,7 @@ class Sender:
                 args=[part for pair in pairs for part in pair],
             )
             moved += int(adopted)
-            if len(ids) < ADOPT_PAGE:
+            if len(ids) < ADOPT_PAGE or not int(adopted):  # the rest on a later take
                 break
         return moved
 
