@@ -166,8 +166,15 @@ def mock_api(live_api: Callable[..., str], workers: Callable[..., Proc], mock: M
     return live_api(PROMPTBATCH_PROVIDER="openai", OPENAI_BASE_URL=f"{mock.url}/v1")
 
 
+def _ignoring_sigint() -> None:
+    """In the child before it runs: SIGINT ignored, as a parent using nohup or a shell
+    script's `&` leaves it (Python then keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("parent", ["terminal", "sigint-ignored"])
 def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
-    mock_api: str, mock: MockProvider, tmp_path: Path
+    mock_api: str, mock: MockProvider, tmp_path: Path, parent: str
 ) -> None:
     url = mock_api
     gate = f"cli-{secrets.token_hex(4)}"
@@ -175,7 +182,10 @@ def test_ctrl_c_while_waiting_stops_watching_not_the_batch(
     stderr = tmp_path / "stderr.txt"
     args = [PROMPTBATCH, "submit", "prompts.txt", "--model", "mock-1", "--wait", "-o", "out.jsonl"]
     with stderr.open("w") as err:
-        watcher = subprocess.Popen(args, env=cli_env(url), cwd=tmp_path, stderr=err)
+        setup = _ignoring_sigint if parent == "sigint-ignored" else None
+        watcher = subprocess.Popen(
+            args, env=cli_env(url), cwd=tmp_path, stderr=err, preexec_fn=setup
+        )
     try:
         found = wait_until(lambda: SUBMITTED.search(stderr.read_text()), what="the submission")
         assert found is not None
