@@ -158,9 +158,15 @@ def webhook_due(owner: str) -> str:
 
 
 #: Sorted set: the owners with webhook deliveries to make, owner -> the earliest score in their
-#: `webhook_due` set (kept so by every script that changes one). Senders deal their send slots
-#: over these owners in turn, so one owner's pile of deliveries never hides another's.
+#: `webhook_due` set, or when a sender last took one of theirs if that is later (kept so by
+#: every script that changes one). Senders deal their send slots over these owners in that
+#: order: an owner just served waits behind those waiting since before, so one owner's pile
+#: of deliveries never hides another's.
 WEBHOOK_OWNERS = f"{PREFIX}:webhooks:owners"
+
+#: Hash: owner -> when a sender last took one of its webhook deliveries (epoch ms, Redis's
+#: clock), for `WEBHOOK_OWNERS`' order. An owner leaves it with its last delivery.
+WEBHOOK_SERVED = f"{PREFIX}:webhooks:served"
 
 #: Sorted set: every owner's deliveries in one, as workers before per-owner sets kept them
 #: (delivery id -> due). Workers move what an older worker still schedules here to its owner's

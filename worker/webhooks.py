@@ -81,8 +81,8 @@ DELIVERY_FIELDS = ("owner", "endpoint", "type", "msg", "body")
 SENT, DROP, RETRY = 1, 2, 3
 #: Sends one owner may have in flight at once on a worker, of its `MOST_SENDS`: an owner whose
 #: endpoints are slow or down holds no more, and the others' deliveries go on (it takes
-#: sixteen such owners at once to fill a worker's slots, and then each slot freed goes to the
-#: owner whose delivery is due first).
+#: sixteen such owners at once to fill a worker's slots, and then the slots freed go to the
+#: owners in turn: one just served waits behind those waiting since before).
 PER_OWNER_SENDS = 4
 #: An owner's due deliveries a `take` reads per send it may start for the owner: enough to
 #: reach past those that other workers lease meanwhile.
@@ -254,7 +254,7 @@ class Outbox:
                 args += [delivery_id, owner, endpoint.id, type_, event, body]
                 hashes.append(keys.webhook_delivery(delivery_id))
         due = keys.webhook_due(owner or "")
-        outbox = [keys.OUTBOX, keys.WEBHOOK_OWNERS, due]
+        outbox = [keys.OUTBOX, keys.WEBHOOK_OWNERS, keys.WEBHOOK_SERVED, due]
         scheduled = await self._schedule(keys=[*outbox, *hashes], args=args)
         return max(0, int(scheduled))
 
@@ -349,14 +349,15 @@ class Sender:
         self._wake.set()
 
     async def take(self, most: int) -> tuple[list[Delivery], float]:
-        """Lease up to `most` due deliveries, dealt over their owners in turn (the owner due
-        first, first), at most `PER_OWNER_SENDS` sending at once per owner; returns them and
-        how long until the next is due for an owner below its cap."""
+        """Lease up to `most` due deliveries, dealt over their owners in turn (the owner
+        waiting longest, since its delivery was due or since it was last served, first), at
+        most `PER_OWNER_SENDS` sending at once per owner; returns them and how long until the
+        next is due for an owner below its cap."""
         await self.adopt()
         sending = Counter(delivery.owner for delivery in self._sending.values())
         at_cap = sum(1 for n in sending.values() if n >= PER_OWNER_SENDS)
-        # The owners in the order their earliest delivery is due (a leased one scores its
-        # lease's end, after every due one), enough of them to reach past those at their cap.
+        # The owners in the order they have waited (a leased delivery scores its lease's end,
+        # after every due one), enough of them to reach past those at their cap.
         found = await self.redis.zrange(keys.WEBHOOK_OWNERS, 0, at_cap + most - 1)
         owners = [o for o in map(_text, found) if sending[o] < PER_OWNER_SENDS]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -374,6 +375,7 @@ class Sender:
         now, next_due, *taken = await self._claim(
             keys=[
                 keys.WEBHOOK_OWNERS,
+                keys.WEBHOOK_SERVED,
                 *(k for o, i in dealt for k in (keys.webhook_due(o), keys.webhook_delivery(i))),
             ],
             args=[*args, *in_flight, *(part for o, i in dealt for part in (i, o))],
@@ -398,6 +400,7 @@ class Sender:
                 keys=[
                     keys.LEGACY_WEBHOOK_DUE,
                     keys.WEBHOOK_OWNERS,
+                    keys.WEBHOOK_SERVED,
                     *(k for i, o in pairs for k in (keys.webhook_delivery(i), keys.webhook_due(o))),
                 ],
                 args=[part for pair in pairs for part in pair],
@@ -488,7 +491,7 @@ class Sender:
             delivery.id, delivery.lease, outcome, wait_ms, self.window_ms, delivery.owner
         ]  # fmt: skip
         due = keys.webhook_due(delivery.owner)
-        names = [keys.WEBHOOK_OWNERS, due, keys.webhook_delivery(delivery.id)]
+        names = [keys.WEBHOOK_OWNERS, keys.WEBHOOK_SERVED, due, keys.webhook_delivery(delivery.id)]
         return int(await self._settle(keys=names, args=args))
 
     async def close(self) -> None:

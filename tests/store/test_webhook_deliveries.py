@@ -308,3 +308,61 @@ async def test_endpoints_that_never_answer_delay_only_their_own_owners_deliverie
             writer.close()
         for server in servers:
             server.close()
+
+
+async def test_past_a_full_worker_freed_slots_go_to_the_owners_in_turn(
+    redis: Redis, store: BatchStore, settings: Settings
+) -> None:
+    """Seventeen owners whose endpoints hang fill every send slot and keep a backlog due; an
+    owner whose delivery falls due then gets one of the next slots freed, after each of them
+    has been served once more, not after their whole backlogs."""
+    endpoints = WebhookEndpoints(redis)
+    busy = [f"key_{n:032x}" for n in range(17)]
+    for owner in busy:
+        for _ in range(8):
+            await endpoints.create(owner, URL, ["batch.completed"])
+    patient = "key_" + "f" * 32
+    await endpoints.create(patient, URL, ["batch.completed"])
+    outbox = Outbox(redis, endpoints, "w", settings)
+    await outbox.join()
+    for owner in busy:
+        await _finish_a_batch(store, owner)
+    assert await outbox.read() == 17 * 8
+    sender = Sender(redis, endpoints, settings)
+    held: list[asyncio.Task[None]] = []
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    def sending(taken: list[webhooks.Delivery]) -> None:
+        for delivery in taken:  # as `run` holds them while they are sent (they hang)
+            hanging = asyncio.create_task(hang())
+            held.append(hanging)
+            sender._sending[hanging] = delivery
+
+    try:
+        taken, _ = await sender.take(webhooks.MOST_SENDS)
+        assert len(taken) == webhooks.MOST_SENDS
+        sending(taken)
+        await _finish_a_batch(store, patient)  # due now, behind 72 of the others'
+        assert await outbox.read() == 1
+        freed = 0
+        while True:
+            # One hung attempt times out: its slot is free, its delivery due again later.
+            timed_out, ended = next(iter(sender._sending.items()))
+            del sender._sending[timed_out]
+            timed_out.cancel()
+            assert await sender.settle(ended, RETRY, 30.0) == AGAIN
+            freed += 1
+            [delivery], _ = await sender.take(1)
+            sending([delivery])
+            if delivery.owner == patient:
+                break
+            assert freed < 40, "the patient owner waits for the others' whole backlogs"
+        assert freed <= 17 + 1  # at most one more turn of each of the others
+    finally:
+        for hanging in held:
+            hanging.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        sender._sending.clear()
+        await sender.close()

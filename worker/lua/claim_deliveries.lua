@@ -5,22 +5,24 @@
 -- counted and the time of its first attempt kept. One whose hash is gone (expired) leaves its
 -- set. An owner has at most ARGV[4] sends at once on the caller: its other deliveries stay
 -- due, for later, so that one owner's slow or dead endpoints cannot take every send slot.
--- KEYS: the owners with deliveries, then for each candidate its owner's due set and its hash.
+-- An owner served here waits behind the owners waiting since before (`keys.WEBHOOK_SERVED`).
+-- KEYS: the owners with deliveries, when each was last served, then for each candidate its
+--   owner's due set and its hash.
 -- ARGV: lease ms, how long a delivery's hash lives after its first attempt (ms), most to
 --   take, sends per owner, how many owners follow, then owner and sends in flight for each,
 --   then each candidate's id and owner (in KEYS order).
 -- Returns {now, when the next delivery of an owner below its cap is due (-1: none), then one
 --   {id, lease end, field, value, ...} per delivery taken}; times are epoch ms.
-local owners_key = KEYS[1]
+local owners_key, served = KEYS[1], KEYS[2]
 local now = now_ms()
 local most, cap, owners = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local sending = {}
 for i = 6, 5 + 2 * owners, 2 do sending[ARGV[i]] = tonumber(ARGV[i + 1]) end
 local first_arg = 6 + 2 * owners
 local taken, touched = {}, {}
-for c = 1, (#KEYS - 1) / 2 do
+for c = 1, (#KEYS - 2) / 2 do
   if #taken >= most then break end
-  local due, key = KEYS[2 * c], KEYS[2 * c + 1]
+  local due, key = KEYS[2 * c + 1], KEYS[2 * c + 2]
   local id, owner = ARGV[first_arg + 2 * c - 2], ARGV[first_arg + 2 * c - 1]
   local score = tonumber(redis.call('ZSCORE', due, id))
   if score and score <= now and (sending[owner] or 0) < cap then
@@ -29,6 +31,7 @@ for c = 1, (#KEYS - 1) / 2 do
       redis.call('ZREM', due, id)
     else
       sending[owner] = (sending[owner] or 0) + 1
+      redis.call('HSET', served, owner, now)
       local lease = now + tonumber(ARGV[1])
       redis.call('ZADD', due, 'XX', lease, id)
       redis.call('HINCRBY', key, 'attempts', 1)
@@ -42,7 +45,7 @@ for c = 1, (#KEYS - 1) / 2 do
     end
   end
 end
-for owner, due in pairs(touched) do rescore(owners_key, due, owner) end
+for owner, due in pairs(touched) do rescore(owners_key, served, due, owner) end
 -- The next due among the owners this caller may still send for (those at their cap wait for
 -- one of their sends to end, which wakes the caller).
 local at_cap = 0
