@@ -44,12 +44,11 @@ def sentence(
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     subject = param or "The body"
     if kind in _KINDS:
-        wanted = list(dict.fromkeys(_KINDS[str(e.get("type"))] for e in [error, *rivals]
-                                    if is_kind_error(e)))  # fmt: skip
-        what = " or ".join(wanted)
-        return "The body must be a JSON object." if param is None and what == "an object" else (
-            f"{subject} must be {what}."
-        )  # fmt: skip
+        kinds = (_KINDS[str(e.get("type"))] for e in (error, *rivals) if is_kind_error(e))
+        what = " or ".join(dict.fromkeys(kinds))  # each once, in order
+        if param is None and what == "an object":
+            return "The body must be a JSON object."
+        return f"{subject} must be {what}."
     if kind == "missing":
         return f"{subject} is required."
     if kind in ("too_short", "too_long"):
@@ -58,9 +57,9 @@ def sentence(
         return f"{subject} must hold {bound} {n} item{'' if n == 1 else 's'}."
     if kind == "string_too_short":
         n = int(ctx.get("min_length", 1))
-        return f"{subject} must not be empty." if n <= 1 else (
-            f"{subject} must be at least {n} characters long."
-        )  # fmt: skip
+        if n <= 1:
+            return f"{subject} must not be empty."
+        return f"{subject} must be at least {n} characters long."
     if kind == "string_too_long":
         return f"{subject} must be at most {ctx.get('max_length')} characters long."
     bounds = {
