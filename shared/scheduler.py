@@ -21,7 +21,9 @@ job per chunk. What the scheduler decides is what is on that queue, and in what 
   lease: only waiting jobs (and those whose worker died) are due, so arq's bounded read
   (`queue_read_limit`) always sees work to start while any waits, however many jobs run.
 
-States and the events that move them (each event one script, run atomically). A chunk:
+States and the events that move them (each event one script, run atomically; a refill that
+reaches a batch or job whose key it was not given stops there, its steps kept, and the event is
+called again with those keys, see `Scheduler`). A chunk:
 
 | from               | event (script)                                             | to           |
 |--------------------|------------------------------------------------------------|--------------|
@@ -55,15 +57,37 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import jobs, keys, lua
 
+_T = TypeVar("_T")
+
 #: Jobs an owner keeps waiting on the queue at once: enough that a burst of free slots fills
 #: in one poll, few enough that a new owner waits behind only a turn of each other owner.
 HEADS_PER_OWNER = 4
+
+#: What a call names beyond its own keys (`sched.lua`'s `reach`): the keys of the first
+#: `REACH_BATCHES` batches of the owner's rotation and of their next `REACH_CHUNKS` chunks'
+#: jobs, enough that a refill seldom reaches a key it was not given, even with other workers
+#: dispatching the owner's chunks meanwhile.
+REACH_BATCHES = 8
+REACH_CHUNKS = 8
+
+#: Calls of one event at most: each that comes back short has taken every step it could, so
+#: more are needed only for a refill passing over more than REACH_BATCHES batches that cannot
+#: take a slot; one that stops short of that leaves the rest to the owner's next event.
+_CALLS = 16
+
+#: What the scheduler's answers said, for the process's next calls: each batch's owner (which
+#: never changes) and the keys each owner's next refill may reach. Only hints: a wrong or
+#: missing one costs a call more, never a wrong step. The latest `_REMEMBERED` of each.
+_OWNERS: dict[str, str] = {}
+_REACH: dict[str, list[str]] = {}
+_REMEMBERED = 4096
 
 _SCRIPTS = ("sched_join", "sched_refill", "sched_requeue", "sched_begin", "sched_release")
 
@@ -75,14 +99,14 @@ def script(name: str) -> str:
         "shared",
         "sched",
         name,
-        QUEUE=keys.QUEUE,
-        CLOCK=keys.SCHED_CLOCK,
-        CLAIM_PREFIX=jobs.arq_in_progress(""),
+        CLAIM_T=keys.template(jobs.arq_in_progress("\0"), "\0"),
         ARQ_CLAIM=jobs.ARQ_CLAIM,
-        JOB_PREFIX=jobs.arq_job(""),
+        JOB_T=keys.template(jobs.arq_job("\0"), "\0"),
         RUN_CHUNK=jobs.RUN_CHUNK,
         JOB_EXPIRES_MS=jobs.JOB_EXPIRES_MS,
         HEADS_PER_OWNER=HEADS_PER_OWNER,
+        REACH_BATCHES=REACH_BATCHES,
+        REACH_CHUNKS=REACH_CHUNKS,
         BATCH_T=keys.template(keys.batch("\0"), "\0"),
         FEEDING_T=keys.template(keys.feeding("\0"), "\0"),
         REDO_T=keys.template(keys.redo("\0"), "\0"),
@@ -111,37 +135,81 @@ def stage(pipe: Pipeline, batch_id: str, batch_window: int) -> None:
     pipe.hset(keys.batch(batch_id), mapping={"sched_next": 0, "window": batch_window})
 
 
+def _remember(found: dict[str, _T], name: str, value: _T) -> None:
+    """Keep `value` under `name`, forgetting the oldest entry past `_REMEMBERED`."""
+    found.pop(name, None)
+    found[name] = value
+    if len(found) > _REMEMBERED:
+        del found[next(iter(found))]
+
+
 class Scheduler:
-    """The scheduler's events, each one script (`shared/lua/sched_*.lua`)."""
+    """The scheduler's events, each one script (`shared/lua/sched_*.lua`).
+
+    A script is given every key it touches: the event's own, its owner's, and the batches and
+    jobs the owner's refill may reach, which the last answer for that owner named. An answer
+    that says the refill reached a key it was not given (another process moved the owner's
+    rotation on meanwhile) is followed by a call with the keys it names: the first event of
+    an owner this process sees takes three calls, later ones one as a rule."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._scripts = {name: redis.register_script(script(name)) for name in _SCRIPTS}
         self._renew = redis.register_script(_RENEW_CLAIMS)
 
-    async def _run(self, name: str, *args: str | int) -> int:
-        return int(await self._scripts[name](keys=[keys.QUEUE], args=list(args)))
+    async def _run(
+        self, name: str, own: list[str], *args: str | int, batch_id: str = "", owner: str = ""
+    ) -> tuple[int, int]:
+        """Call a scheduler script (of the batch's event, or the owner's) until it is not
+        short; its outcome and the chunks it dispatched over all calls."""
+        dispatched = 0
+        for _ in range(_CALLS):
+            owner = owner or _OWNERS.get(batch_id, "")
+            reach = [keys.rotation(owner), keys.heads(owner), *_REACH.get(owner, [])]
+            reach = reach if owner else []
+            outcome, more, seen, short, named = await self._scripts[name](
+                keys=[keys.QUEUE, keys.SCHED_CLOCK, *own, *reach], args=list(args)
+            )
+            dispatched += int(more)
+            if seen:
+                owner = seen.decode()
+                if batch_id:
+                    _remember(_OWNERS, batch_id, owner)
+                _remember(_REACH, owner, [key.decode() for key in named])
+            if not short:
+                break
+        return int(outcome), dispatched
+
+    @staticmethod
+    def _batch_keys(batch_id: str) -> list[str]:
+        return [keys.batch(batch_id), keys.redo(batch_id), keys.feeding(batch_id)]
 
     async def join(self, batch_id: str) -> int:
         """The batch can use job slots: it joins its owner's rotation, whose heads are refilled.
         Returns how many chunks were dispatched."""
-        return await self._run("sched_join", batch_id)
+        return (
+            await self._run("sched_join", self._batch_keys(batch_id), batch_id, batch_id=batch_id)
+        )[1]
 
     async def refill(self, owner: str) -> int:
         """Give the owner's batches their turns (after some of its jobs were dropped)."""
-        return await self._run("sched_refill", owner)
+        return (await self._run("sched_refill", [], owner, owner=owner))[1]
 
     async def requeue(self, batch_id: str, chunks: Sequence[int]) -> int:
         """Chunks that ran before must run again (retry in place, lost jobs): dispatched again
         in their batch's turns. Returns how many chunks were dispatched now."""
-        return await self._run("sched_requeue", batch_id, *chunks)
+        own = self._batch_keys(batch_id)
+        return (await self._run("sched_requeue", own, batch_id, *chunks, batch_id=batch_id))[1]
 
     async def begin(self, batch_id: str, chunk: int, worker: str, lease_ms: int) -> bool:
         """A worker has started a chunk's job: its claim and lease, the job out of the due
         window, the owner's heads refilled. False if another worker holds the job (this run
         must not run)."""
         job_id = keys.job_id(batch_id, chunk)
-        return await self._run("sched_begin", job_id, batch_id, chunk, worker, lease_ms) >= 0
+        own = [jobs.arq_in_progress(job_id), *self._batch_keys(batch_id)]
+        args = (job_id, batch_id, chunk, worker, lease_ms)
+        outcome, _ = await self._run("sched_begin", own, *args, batch_id=batch_id)
+        return outcome >= 0
 
     async def release(
         self, batch_id: str, chunk: int, worker: str, due_ms: int | None = None
@@ -149,8 +217,11 @@ class Scheduler:
         """A run drained or ended (`due_ms` None), or hands its job back, due in `due_ms`.
         False if the run no longer holds the job's claim (nothing changed then)."""
         job_id = keys.job_id(batch_id, chunk)
+        own = [jobs.arq_in_progress(job_id), *self._batch_keys(batch_id)]
         due = -1 if due_ms is None else due_ms
-        return bool(await self._run("sched_release", job_id, batch_id, chunk, worker, due))
+        args = (job_id, batch_id, chunk, worker, due)
+        outcome, _ = await self._run("sched_release", own, *args, batch_id=batch_id)
+        return bool(outcome)
 
     async def renew(self, worker: str, lease_ms: int, job_ids: Sequence[str]) -> list[bool]:
         """Renew a worker's claims and their jobs' queue scores (`renew_claims.lua`); False

@@ -5,15 +5,16 @@
 -- the chunk feeds its batch, and the owner's heads are refilled.
 -- A claim already in another worker's name (this worker stalled between arq's claim and this
 -- script, and the job was taken over meanwhile) is left alone: this run must not run.
--- ARGV: the job, its batch, its chunk, the worker, the lease ms. Returns 1, 0 when the batch
+-- ARGV: the job, its batch, its chunk, the worker, the lease ms. Outcome: 1, 0 when the batch
 -- is gone, -1 when another worker holds the job.
 local job, batch, chunk, worker, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local holder = redis.call('GET', CLAIM_PREFIX .. job)
-if holder and holder ~= ARQ_CLAIM and holder ~= worker then return -1 end
-redis.call('SET', CLAIM_PREFIX .. job, worker, 'PX', lease)
+local claim = given(CLAIM_T, job) or error('the job\'s claim was not given')
+local holder = redis.call('GET', claim)
+if holder and holder ~= ARQ_CLAIM and holder ~= worker then return answer(-1, 0, nil) end
+redis.call('SET', claim, worker, 'PX', lease)
 redis.call('ZADD', QUEUE, 'XX', now + lease, job)  -- XX: a job no longer queued stays so
 local owner = owner_of(batch)
-if not owner then return 0 end
-redis.call('SREM', key(HEADS_T, owner), job)
-run_feeds(batch, chunk, owner)
-return 1
+if not owner then return answer(0, 0, nil) end
+local heads = given(HEADS_T, owner)
+if heads then redis.call('SREM', heads, job) end
+return answer(1, run_feeds(batch, chunk, owner), owner)

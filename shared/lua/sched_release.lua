@@ -4,20 +4,18 @@
 -- back, due in that many ms (SIGTERM: at once; a Redis outage: later), and the chunk feeds its
 -- batch still; else (-1) it stops feeding. Then the batch rejoins its owner's rotation, whose
 -- heads are refilled.
--- ARGV: the job, its batch, its chunk, the worker, due_ms. Returns 1 if released, else 0.
+-- ARGV: the job, its batch, its chunk, the worker, due_ms. Outcome: 1 if released, else 0.
 local job, batch, chunk, worker, due = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local holder = redis.call('GET', CLAIM_PREFIX .. job)
-if holder and holder ~= worker then return 0 end
+local claim = given(CLAIM_T, job) or error('the job\'s claim was not given')
+local holder = redis.call('GET', claim)
+if holder and holder ~= worker then return answer(0, 0, nil) end
 if due >= 0 then
   redis.call('ZADD', QUEUE, 'XX', now + due, job)  -- XX: a job no longer queued stays so
 end
 local owner = owner_of(batch)
-if not owner then return 1 end
-if due < 0 then
-  redis.call('SREM', key(FEEDING_T, batch), chunk)
-  join(batch, owner)
-  refill(owner)
-else
-  run_feeds(batch, chunk, owner)
-end
-return 1
+if not owner then return answer(1, 0, nil) end
+if due >= 0 then return answer(1, run_feeds(batch, chunk, owner), owner) end
+local feeding, rotation = given(FEEDING_T, batch), given(ROTATION_T, owner)
+if feeding then redis.call('SREM', feeding, chunk) end
+if rotation then join(batch, rotation) end
+return answer(1, refill(owner), owner)

@@ -129,15 +129,14 @@ def test_importing_the_client_loads_no_server_module() -> None:
     assert done.stdout.strip() == ""
 
 
-#: Scripts that still name arq's per-job keys inside Lua: the scheduler picks a batch's next
-#: chunk inside the script, so its job's keys are not known before it runs (issue 22 notes).
-_NAMES_JOB_KEYS = {"sched.lua", "sched_begin.lua", "sched_release.lua"}
 #: A key built in the script: `redis.call('GET', ARGV[1] .. id)`, or `CLAIM_PREFIX .. id`.
+#: (A script may name a key from a template only through a check that it was given: the
+#: scheduler's `given`; `tests/store/test_script_keys.py` watches every script run.)
 _BUILT_KEY = re.compile(r"redis\.call\('\w+', [^,)]*\.\.|\b[A-Z]+_(?:BEFORE|PREFIX)\s*\.\.")
 
 
-def test_every_lua_script_but_the_scheduler_s_is_given_the_keys_it_touches() -> None:
+def test_no_lua_script_builds_a_key_it_touches() -> None:
     scripts = sorted(ROOT.glob("*/lua/*.lua"))
     assert len(scripts) > 20
     building = {p.name for p in scripts if _BUILT_KEY.search(p.read_text(encoding="utf-8"))}
-    assert building <= _NAMES_JOB_KEYS, building - _NAMES_JOB_KEYS
+    assert building == set()

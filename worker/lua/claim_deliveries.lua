@@ -31,7 +31,8 @@ for c = 1, (#KEYS - 2) / 2 do
       redis.call('ZREM', due, id)
     else
       sending[owner] = (sending[owner] or 0) + 1
-      redis.call('HSET', served, owner, now)
+      -- Served a millisecond on: behind an owner whose delivery fell due this same one.
+      redis.call('HSET', served, owner, now + 1)
       local lease = now + tonumber(ARGV[1])
       redis.call('ZADD', due, 'XX', lease, id)
       redis.call('HINCRBY', key, 'attempts', 1)
