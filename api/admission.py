@@ -177,13 +177,24 @@ class Admitted:
                 await self.limits.give_upload(self.owner, token)
 
     async def store(
-        self, store: BatchStore, plan: BatchPlan, settings: Settings
+        self,
+        store: BatchStore,
+        plan: BatchPlan,
+        settings: Settings,
+        also: Callable[[Pipeline, str], None] | None = None,
     ) -> tuple[Batch, bool]:
-        """Store and queue the batch; returns it and whether it is new."""
+        """Store and queue the batch (with what `also` adds to its transaction); returns it and
+        whether it is new."""
+        settle = self.limits.settle(self.admission)
+
+        def both(pipe: Pipeline, batch_id: str) -> None:
+            for step in (settle, also):
+                if step is not None:
+                    step(pipe, batch_id)
+
         batch, created = await submit(
-            store, plan, settings, owner=self.owner, idempotency=self.idempotency,
-            also=self.limits.settle(self.admission),
-        )  # fmt: skip
+            store, plan, settings, owner=self.owner, idempotency=self.idempotency, also=both
+        )
         if not created:  # the same request, concurrently: the other one's batch
             await self.limits.release(self.admission)
         return batch, created

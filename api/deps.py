@@ -12,6 +12,7 @@ from api.hub import EventHub
 from api.streams import StreamSlots
 from shared.batches import is_batch_id
 from shared.errors import NotFound
+from shared.files import Files
 from shared.settings import Settings
 from shared.store import BatchStore
 from shared.webhooks import WebhookEndpoints
@@ -27,6 +28,7 @@ class AppState(TypedDict):
     limits: Limits
     streams: StreamSlots
     webhooks: WebhookEndpoints
+    files: Files
 
 
 # The getters are `async def` although they only read the request's state: FastAPI runs a
@@ -59,6 +61,10 @@ async def get_webhooks(request: Request) -> WebhookEndpoints:
     return cast(WebhookEndpoints, request.state.webhooks)
 
 
+async def get_files(request: Request) -> Files:
+    return cast(Files, request.state.files)
+
+
 async def get_batch_id(batch_id: Annotated[str, Path(examples=[EXAMPLE_ID])]) -> str:
     """The `{batch_id}` of the path; one that is not of a batch id's form is a 404 at once,
     before any Redis call."""
@@ -78,3 +84,4 @@ EventsDep = Annotated[EventHub, Depends(get_events)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
 StreamsDep = Annotated[StreamSlots, Depends(get_streams)]
 WebhooksDep = Annotated[WebhookEndpoints, Depends(get_webhooks)]
+FilesDep = Annotated[Files, Depends(get_files)]

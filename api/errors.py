@@ -1,4 +1,6 @@
-"""One error shape for every failure: `{"error": {"type", "message", "param"}}`."""
+"""One error shape for every failure: `{"error": {"type", "message", "param"}}`; under
+`/openai/v1` OpenAI's (`code` too) with OpenAI's status codes (400 for a request it cannot
+take, where `/v1` answers 422), so that the OpenAI SDK raises its own exceptions."""
 
 from __future__ import annotations
 
@@ -24,15 +26,28 @@ log = logging.getLogger("promptbatch.api")
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
+#: Where OpenAI's Files and Batch API is served (`api/routes/openai.py`).
+OPENAI_PREFIX = "/openai/v1"
+
+
 def error_response(
-    status: int, type_: str, message: str, param: str | None = None, headers: Any = None
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None = None,
+    headers: Any = None,
+    request: Request | None = None,
 ) -> JSONResponse:
+    if request is not None and request.scope["path"].startswith(OPENAI_PREFIX + "/"):
+        status = 400 if status == 422 else status
+        error = {"message": message, "type": type_, "param": param, "code": None}
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
     body = ErrorBody(error=ErrorDetail(type=type_, message=message, param=param))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def app_error_response(exc: AppError) -> JSONResponse:
-    return error_response(exc.status_code, exc.type, exc.message, exc.param, exc.headers)
+def app_error_response(exc: AppError, request: Request | None = None) -> JSONResponse:
+    return error_response(exc.status_code, exc.type, exc.message, exc.param, exc.headers, request)
 
 
 def _param(loc: Sequence[int | str]) -> str | None:
@@ -44,9 +59,9 @@ def _param(loc: Sequence[int | str]) -> str | None:
     return text or None
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return app_error_response(exc)
+    return app_error_response(exc, request)
 
 
 #: How pydantic names the branches of a union in an error's loc: a type (`str`,
@@ -84,7 +99,7 @@ def _without_branches(loc: tuple[Any, ...], locs: Sequence[tuple[Any, ...]]) -> 
     return tuple(part for i, part in enumerate(loc) if not _is_branch(loc, i, locs))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = _first_error(errors)
@@ -95,7 +110,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         message = f"Unknown field {param!r}."
     else:
         message = sentence(first, param, _rivals(errors, tuple(first.get("loc", ()))))
-    return error_response(422, "invalid_request_error", message, param)
+    return error_response(422, "invalid_request_error", message, param, request=request)
 
 
 def _rivals(errors: Sequence[Any], loc: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -115,7 +130,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = exc.headers
     if exc.status_code == 405:
         headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
-    return error_response(exc.status_code, type_, str(exc.detail), headers=headers)
+    return error_response(exc.status_code, type_, str(exc.detail), headers=headers, request=request)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -131,11 +146,11 @@ def _allowed(request: Request) -> list[str]:
     ]
 
 
-async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unreachable: %s", type(exc).__name__)
     return error_response(
         503, "service_unavailable", "Redis is unreachable; try again shortly.",
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": "5"}, request=request,
     )  # fmt: skip
 
 

@@ -107,7 +107,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
                 param=f"line[{settings.max_prompts + 1}]",
             )
     batch_id = new_batch_id()
-    pages = _LinePages(upload.file, settings)
+    pages = LinePages(upload.file, settings)
     try:
         while page := await run_in_threadpool(pages.next_page):
             await store.stage_items(batch_id, page)
@@ -176,7 +176,7 @@ def release(entries: list[Any]) -> None:
         del entries[-PAGE:]
 
 
-class _LinePages:
+class LinePages:
     """An upload's request lines, a page of encoded items at a time (`next_page`, run in a
     thread; an empty page at the end)."""
 

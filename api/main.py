@@ -17,8 +17,9 @@ from api.errors import install_error_handlers
 from api.hub import EventHub
 from api.middleware import BodyLimit, QuietErrors
 from api.openapi import install_openapi
-from api.routes import batches, health, metrics, webhooks
+from api.routes import batches, health, metrics, openai_surface, webhooks
 from api.streams import StreamSlots
+from shared.files import Files
 from shared.settings import Settings, get_settings
 from shared.store import BatchStore
 from shared.webhooks import WebhookEndpoints
@@ -75,6 +76,7 @@ def _lifespan(
             streams=StreamSlots(redis, resolved.max_streams_per_key),
             events=events,
             webhooks=WebhookEndpoints(redis),
+            files=Files(redis, resolved.file_ttl_s),
         )
         try:
             yield state
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(QuietErrors)  # added last: the outermost, it sees every error
     app.include_router(batches.router)
     app.include_router(webhooks.router)
+    app.include_router(openai_surface.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     return app

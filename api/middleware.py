@@ -15,8 +15,15 @@ from shared.settings import Settings
 log = logging.getLogger("promptbatch.api")
 
 
+#: The route that takes file uploads (`PROMPTBATCH_MAX_FILE_BYTES`), and the room a multipart
+#: form may take around its file.
+FILES_PATH = "/openai/v1/files"
+FORM_BYTES = 64 * 1024
+
+
 class BodyLimit:
-    """Refuse a request body over `PROMPTBATCH_MAX_BODY_BYTES` with 413, for any route.
+    """Refuse a request body over `PROMPTBATCH_MAX_BODY_BYTES` with 413, for any route but a file
+    upload (`PROMPTBATCH_MAX_FILE_BYTES`).
 
     A declared Content-Length over the limit is refused before anything is read; otherwise
     bytes are counted as they arrive (chunked bodies too), and reading stops at the first
@@ -32,6 +39,9 @@ class BodyLimit:
             return
         settings: Settings = scope["state"]["settings"]
         limit = settings.max_body_bytes
+        if scope["path"] == FILES_PATH and scope["method"] == "POST":
+            # An upload of a file up to its own limit, with room for the form around it.
+            limit = settings.max_file_bytes + FORM_BYTES
 
         async def refuse() -> None:  # built only when needed: a response costs ~0.1 ms
             refusal = PayloadTooLarge(

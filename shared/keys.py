@@ -217,6 +217,26 @@ def job_id(batch_id: str, chunk: int) -> str:
     return f"{batch_id}:{chunk}"
 
 
+# -- files of the OpenAI surface (shared/files.py) ----------------------------------------------
+# A file's two keys share the hash tag `{<file id>}`; both expire with the file.
+
+
+def file(file_id: str) -> str:
+    """Hash: an uploaded file's fields (owner, filename, purpose, bytes, lines, times)."""
+    return f"{PREFIX}:{{{file_id}}}:file"
+
+
+def file_pieces(file_id: str) -> str:
+    """List: an uploaded file's bytes, in pieces of whole lines of about a megabyte."""
+    return f"{PREFIX}:{{{file_id}}}:pieces"
+
+
+def files(owner: str) -> str:
+    """Sorted set: an owner's file ids, scored by when each was made (epoch ms); an entry
+    whose file expired is pruned when a listing meets it."""
+    return f"{PREFIX}:files:{owner}"
+
+
 # -- the scheduler (shared/scheduler.py) ---------------------------------------------------------
 # An owner's two keys share the hash tag `{<owner>}`; both empty out (and so vanish) by themselves.
 

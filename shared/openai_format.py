@@ -225,10 +225,23 @@ class ChatCompletion(BaseModel):
     usage: CompletionUsage
 
 
+class ProviderError(BaseModel):
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorAnswer(BaseModel):
+    """The body of a provider's 4xx answer."""
+
+    error: ProviderError
+
+
 class OutputResponse(BaseModel):
     status_code: int
     request_id: str
-    body: ChatCompletion
+    body: ChatCompletion | ErrorAnswer
 
 
 class OutputError(BaseModel):
@@ -248,11 +261,18 @@ class OutputLine(BaseModel):
 def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
     """The item as OpenAI writes it in a batch output file; None while it is still pending
     (an OpenAI output file holds finished requests only). A failed item is an error line,
-    except a reply that is not the JSON asked for: the provider answered, and OpenAI writes
-    that answer as it came (promptbatch's own results mark it `invalid_output`)."""
+    except where the provider answered: its 4xx refusal is the response, with its status, and
+    a reply that is not the JSON asked for is written as it came (promptbatch's own results
+    mark it `invalid_output`), as OpenAI writes both."""
     if item.status == "pending":
         return None
     line_id = f"batch_req_{batch.id.removeprefix('batch_')}_{item.index}"
+    request_id = f"req_{batch.id.removeprefix('batch_')}_{item.index}"
+    status = _PROVIDER_STATUS.get(item.error.type) if item.error is not None else None
+    if item.status == "failed" and item.error is not None and status is not None:
+        refused = ErrorAnswer(error=ProviderError(message=item.error.message, code=item.error.type))
+        response = OutputResponse(status_code=status, request_id=request_id, body=refused)
+        return OutputLine(id=line_id, custom_id=item.custom_id, response=response, error=None)
     if item.status != "succeeded" and not _answered(item):
         code = item.error.type if item.error else f"batch_{item.status}"
         message = item.error.message if item.error else f"The request was {item.status}."
@@ -268,11 +288,20 @@ def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
         choices=[Choice(message=reply, finish_reason=item.finish_reason or "stop")],
         usage=CompletionUsage.of(item.usage),
     )
-    response = OutputResponse(
-        status_code=200, request_id=f"req_{batch.id.removeprefix('batch_')}_{item.index}",
-        body=completion,
-    )  # fmt: skip
+    response = OutputResponse(status_code=200, request_id=request_id, body=completion)
     return OutputLine(id=line_id, custom_id=item.custom_id, response=response, error=None)
+
+
+#: A failed item's error type when the provider refused the request with a 4xx: its status
+#: (`worker/llm.py` names them). The line carries the provider's answer, as OpenAI's do.
+_PROVIDER_STATUS = {
+    "invalid_request": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "permission_denied": 403,
+    "model_not_found": 404,
+    "rate_limited": 429,
+}
 
 
 def _answered(item: ItemResult) -> bool:

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     rate_limit_per_min: int = Field(default=0, ge=0)
     #: Most prompts one key may have not yet final across its batches (0 = no limit).
     max_queued_prompts: int = Field(default=0, ge=0)
+    #: Largest file `POST /openai/v1/files` takes, in bytes and in request lines.
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_file_lines: int = Field(default=50_000, ge=1)
+    #: How long an uploaded file is kept unless deleted first (default 30 days).
+    file_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     #: Large submissions (staged a page at a time) one key may have in progress at once.
     max_uploads_per_key: int = Field(default=4, ge=1)
     #: Open event streams per key, across every API process (429 with Retry-After beyond).

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.openai_format import output_line
+from shared.openai_format import ChatCompletion, output_line
 from shared.schemas import Batch, ItemResult
 from shared.settings import Settings
 from tests.conftest import api_client
@@ -183,6 +183,7 @@ async def test_structured_output_is_parsed_and_a_reply_that_is_not_json_fails_on
     line = output_line(ItemResult.model_validate(cut), Batch.model_validate(done))
     assert line is not None  # in OpenAI's format, the provider's answer as it came
     assert line.response is not None
+    assert isinstance(line.response.body, ChatCompletion)
     assert line.response.body.choices[0].finish_reason == "length"
     assert line.response.body.choices[0].message.content == cut["output"]
     chatty, wrong = items[1], items[2]
@@ -253,7 +254,9 @@ async def test_a_reply_cut_at_max_tokens_says_length_in_both_result_formats(
     batch = Batch.model_validate(done)
     lines = [output_line(ItemResult.model_validate(i), batch) for i in items]
     reasons = [
-        line.response.body.choices[0].finish_reason for line in lines if line and line.response
+        line.response.body.choices[0].finish_reason
+        for line in lines
+        if line and line.response and isinstance(line.response.body, ChatCompletion)
     ]
     assert reasons == ["length", "stop"]
 
@@ -293,6 +296,7 @@ async def test_tool_calls_refusals_and_token_details_come_back_as_the_provider_s
     line = output_line(ItemResult.model_validate(tool), batch)
     assert line is not None
     assert line.response is not None
+    assert isinstance(line.response.body, ChatCompletion)
     assert line.response.body.choices[0].message.tool_calls == tool["tool_calls"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from shared.chat import dump_messages
 from shared.errors import InvalidRequest
-from shared.openai_format import batch_from_request_lines, output_line
+from shared.openai_format import ChatCompletion, batch_from_request_lines, output_line
 from shared.schemas import Batch, ErrorInfo, ItemResult, RequestCounts, Usage
 from tests.helpers import prompt_items
 
@@ -189,7 +189,7 @@ def test_a_succeeded_item_is_a_chat_completion_response() -> None:
 def test_failed_and_cancelled_items_are_errors_and_pending_ones_are_left_out() -> None:
     failed = ItemResult(
         index=0, custom_id="a", status="failed",
-        error=ErrorInfo(type="invalid_request", message="Prompt too long."),
+        error=ErrorInfo(type="timeout", message="The provider did not answer in time."),
     )  # fmt: skip
     cancelled = ItemResult(index=1, custom_id="b", status="cancelled")
     pending = ItemResult(index=2, custom_id="c", status="pending")
@@ -199,11 +199,27 @@ def test_failed_and_cancelled_items_are_errors_and_pending_ones_are_left_out() -
     assert failed_line.response is None
     assert failed_line.error is not None
     assert (failed_line.error.code, failed_line.error.message) == (
-        "invalid_request", "Prompt too long.",
+        "timeout", "The provider did not answer in time.",
     )  # fmt: skip
     assert cancelled_line.error is not None
     assert cancelled_line.error.code == "batch_cancelled"
     assert output_line(pending, batch()) is None
+
+
+def test_a_request_the_provider_refused_is_its_answer_with_its_status() -> None:
+    refused = ItemResult(
+        index=0, custom_id="a", status="failed",
+        error=ErrorInfo(type="invalid_request", message="Prompt too long."),
+    )  # fmt: skip
+    line = output_line(refused, batch())
+    assert line is not None
+    assert line.error is None
+    assert line.response is not None
+    assert line.response.status_code == 400
+    assert line.response.body.model_dump() == {"error": {
+        "message": "Prompt too long.", "type": "invalid_request_error", "param": None,
+        "code": "invalid_request",
+    }}  # fmt: skip
 
 
 def test_an_output_line_says_what_the_provider_said() -> None:
@@ -232,6 +248,7 @@ def test_a_reply_cut_at_max_tokens_says_length() -> None:
     line = output_line(item, batch())
     assert line is not None
     assert line.response is not None
+    assert isinstance(line.response.body, ChatCompletion)
     assert line.response.body.choices[0].finish_reason == "length"
 
 
@@ -244,5 +261,6 @@ def test_a_reply_refused_as_invalid_output_is_still_the_providers_response() -> 
     assert line is not None
     assert line.error is None
     assert line.response is not None
+    assert isinstance(line.response.body, ChatCompletion)
     choice = line.response.body.choices[0]
     assert (choice.message.content, choice.finish_reason) == ('{"genre": "sci', "length")

@@ -1,0 +1,195 @@
+"""The OpenAI Files and Batch API's work, for `api/routes/openai.py`: a file upload read and
+checked a page at a time, a batch made from a stored file as an upload is made, and a batch's
+output and error files made from its results as they are read."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import IO
+
+from fastapi.concurrency import run_in_threadpool
+from redis.asyncio.client import Pipeline
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from api.admission import Limits, admit
+from api.ingest import (
+    SPOOL_MEMORY_BYTES,
+    LinePages,
+    Upload,
+    create_staged,
+    stage_plan,
+    stage_upload,
+)
+from api.planning import completion_window
+from shared import keys
+from shared.errors import InvalidRequest
+from shared.files import Files, StoredFile
+from shared.openai_format import output_line
+from shared.openai_objects import (
+    CHAT_COMPLETIONS,
+    OUTPUT,
+    BatchCreateRequest,
+    OpenAIBatch,
+    openai_batch,
+)
+from shared.schemas import Batch, BatchCreate
+from shared.settings import Settings
+from shared.store import BatchStore
+
+#: Batch hash fields of a batch made through `/openai/v1`: its input file and endpoint.
+INPUT_FILE_FIELD, ENDPOINT_FIELD = "openai_input_file_id", "openai_endpoint"
+
+
+@dataclass
+class FileUpload:
+    """A `POST /files` form: the file's bytes (spooled), its name and purpose."""
+
+    file: IO[bytes]
+    filename: str
+    purpose: str
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.file.close)
+
+
+async def read_file_form(request: Request) -> FileUpload:
+    """The multipart form of `POST /files`, its file spooled (to disk past a few MB) as it
+    arrives; its size is bounded by the body limit (`PROMPTBATCH_MAX_FILE_BYTES`)."""
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"The body is not a multipart form: {exc.message}") from None
+    upload, purpose = form.get("file"), form.get("purpose")
+    try:
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("The form has no file: send it as the field `file`.", param="file")
+        if purpose != "batch":
+            raise InvalidRequest(
+                f"purpose must be 'batch' (files here are batch input); got {str(purpose)[:32]!r}.",
+                param="purpose",
+            )
+    except BaseException:
+        await form.close()
+        raise
+    return FileUpload(upload.file, (upload.filename or "upload.jsonl")[:256], purpose)
+
+
+async def check_lines(upload: FileUpload, settings: Settings) -> tuple[int, int]:
+    """Every request line of the upload checked, a page at a time in a thread, as a batch
+    would take it (InvalidRequest names the first wrong line); its size and line count.
+    Lines are counted first: a file of more than `PROMPTBATCH_MAX_FILE_LINES` is refused
+    without reading one."""
+    size, lines = await asyncio.to_thread(_measure, upload.file)
+    if lines > settings.max_file_lines:
+        raise InvalidRequest(
+            f"A file holds at most {settings.max_file_lines} request lines; got {lines}.",
+            param="file",
+        )
+    pages = LinePages(upload.file, settings)
+    while await run_in_threadpool(pages.next_page):
+        pass
+    if pages.count == 0:
+        raise InvalidRequest("The file has no request lines.", param="file")
+    await asyncio.to_thread(upload.file.seek, 0)
+    return size, pages.count
+
+
+def _measure(file: IO[bytes]) -> tuple[int, int]:
+    """Bytes and non-blank lines of `file`, which is left at its start."""
+    file.seek(0)
+    size = lines = 0
+    for line in file:
+        size += len(line)
+        lines += bool(line.strip())
+    file.seek(0)
+    return size, lines
+
+
+async def _spooled(files: Files, stored: StoredFile) -> Upload:
+    """A stored file as an upload, its pieces spooled from Redis (to disk past a few MB)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
+    digest = hashlib.sha256()
+    try:
+        async for piece in files.pieces(stored.id):
+            await asyncio.to_thread(spool.write, piece)
+            digest.update(piece)
+        await asyncio.to_thread(spool.seek, 0)
+    except BaseException:
+        await asyncio.to_thread(spool.close)
+        raise
+    return Upload(spool, stored.lines, digest.hexdigest())
+
+
+async def create_batch(
+    request: BatchCreateRequest,
+    owner: str,
+    files: Files,
+    store: BatchStore,
+    limits: Limits,
+    settings: Settings,
+) -> Batch:
+    """An ordinary batch of the input file's request lines, admitted, staged a page at a time
+    and stored as a large upload is."""
+    if request.endpoint != CHAT_COMPLETIONS:
+        raise InvalidRequest(
+            f"endpoint must be {CHAT_COMPLETIONS!r}; got {request.endpoint[:64]!r}.",
+            param="endpoint",
+        )
+    window = completion_window(request.completion_window)
+    metadata = BatchCreate.model_validate({"prompts": ["x"], "metadata": request.metadata}).metadata
+    stored = await files.get(request.input_file_id, owner)
+    gate = await admit(limits, store, settings, owner, stored.lines)
+    assert not isinstance(gate, Batch)  # no Idempotency-Key here: never a repeat
+
+    def record(pipe: Pipeline, batch_id: str) -> None:
+        fields = {INPUT_FILE_FIELD: stored.id, ENDPOINT_FIELD: request.endpoint}
+        pipe.hset(keys.batch(batch_id), mapping=fields)
+
+    async with gate.staging(large=True):
+        upload = await _spooled(files, stored)
+        try:
+            plan = await stage_upload(upload, store, settings)
+        finally:
+            await upload.close()
+        plan = replace(
+            plan, metadata=metadata,
+            completion_window=None if window is None else window[0],
+            completion_window_s=None if window is None else window[1],
+        )  # fmt: skip
+        plan = await stage_plan(plan, store)
+        batch, _ = await create_staged(
+            plan, store, partial(gate.store, store, plan, settings, record)
+        )
+    return batch
+
+
+async def batch_view(store: BatchStore, batch: Batch) -> OpenAIBatch:
+    """The batch as OpenAI's Batch object."""
+    found = await store.redis.hmget(keys.batch(batch.id), [INPUT_FILE_FIELD, ENDPOINT_FIELD])  # type: ignore[misc]
+    input_file_id, endpoint = (None if raw is None else raw.decode() for raw in found)
+    return openai_batch(batch, input_file_id, endpoint)
+
+
+async def result_lines(store: BatchStore, batch: Batch, kind: str) -> AsyncIterator[bytes]:
+    """A batch's output file (`OUTPUT`: the requests answered 200) or error file (the rest:
+    the provider's 4xx answers, and the requests that failed, were cancelled or expired), in
+    input order, a page of results at a time."""
+    async for page in await store.result_pages(batch.id):
+        lines = []
+        for item in page:
+            line = output_line(item, batch)
+            if line is None:
+                continue
+            answered = line.response is not None and line.response.status_code == 200
+            if answered == (kind == OUTPUT):
+                lines.append(line.model_dump_json() + "\n")
+        if lines:
+            yield "".join(lines).encode()
