@@ -19,6 +19,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from api.admission import Limits, admit
+from api.bodies import gc_paused
 from api.ingest import (
     SPOOL_MEMORY_BYTES,
     LinePages,
@@ -29,7 +30,7 @@ from api.ingest import (
 )
 from api.planning import completion_window
 from shared import keys
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.files import Files, StoredFile
 from shared.openai_format import output_line
 from shared.openai_objects import (
@@ -39,7 +40,7 @@ from shared.openai_objects import (
     OpenAIBatch,
     openai_batch,
 )
-from shared.schemas import Batch, BatchCreate
+from shared.schemas import Batch
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -85,17 +86,22 @@ async def read_file_form(request: Request) -> FileUpload:
 async def check_lines(upload: FileUpload, settings: Settings) -> tuple[int, int]:
     """Every request line of the upload checked, a page at a time in a thread, as a batch
     would take it (InvalidRequest names the first wrong line); its size and line count.
-    Lines are counted first: a file of more than `PROMPTBATCH_MAX_FILE_LINES` is refused
-    without reading one."""
+    Bytes and lines are counted first: a file past `PROMPTBATCH_MAX_FILE_BYTES` (413) or
+    `PROMPTBATCH_MAX_FILE_LINES` (400) is refused without reading a line."""
     size, lines = await asyncio.to_thread(_measure, upload.file)
+    if size > settings.max_file_bytes:  # the body's limit leaves room for the form around it
+        raise PayloadTooLarge(
+            f"A file is at most {settings.max_file_bytes} bytes; got {size}.", param="file"
+        )
     if lines > settings.max_file_lines:
         raise InvalidRequest(
             f"A file holds at most {settings.max_file_lines} request lines; got {lines}.",
             param="file",
         )
     pages = LinePages(upload.file, settings)
-    while await run_in_threadpool(pages.next_page):
-        pass
+    with gc_paused():  # each page's objects would set off full collections, loop and all
+        while await run_in_threadpool(pages.next_page):
+            pass
     if pages.count == 0:
         raise InvalidRequest("The file has no request lines.", param="file")
     await asyncio.to_thread(upload.file.seek, 0)
@@ -144,7 +150,6 @@ async def create_batch(
             param="endpoint",
         )
     window = completion_window(request.completion_window)
-    metadata = BatchCreate.model_validate({"prompts": ["x"], "metadata": request.metadata}).metadata
     stored = await files.get(request.input_file_id, owner)
     gate = await admit(limits, store, settings, owner, stored.lines)
     assert not isinstance(gate, Batch)  # no Idempotency-Key here: never a repeat
@@ -156,11 +161,12 @@ async def create_batch(
     async with gate.staging(large=True):
         upload = await _spooled(files, stored)
         try:
-            plan = await stage_upload(upload, store, settings)
+            with gc_paused():  # as `check_lines`
+                plan = await stage_upload(upload, store, settings)
         finally:
             await upload.close()
         plan = replace(
-            plan, metadata=metadata,
+            plan, metadata=request.metadata,
             completion_window=None if window is None else window[0],
             completion_window_s=None if window is None else window[1],
         )  # fmt: skip

@@ -269,6 +269,7 @@ class Bench:
             ("first result", self.first_result),
             ("submit", partial(scale.submit_time, self, self.sizes.scale)),
             ("large body", partial(scale.big_body, self, self.sizes.scale)),
+            ("openai file", partial(scale.openai_file, self, self.sizes.scale)),
             ("offline", partial(scale.offline, self, self.sizes.scale)),
             ("memory", self.memory),
             ("storage", self.storage),

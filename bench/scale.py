@@ -41,9 +41,12 @@ class ScaleSizes:
     submit: tuple[int, int] = (50_000, 9)  # prompts, POSTs
     big: tuple[int, int, int] = (50_000, 1200, 3)  # prompts, bytes each, POSTs
     million: int = 1_000_000
+    openai_file: tuple[int, int] = (50_000, 2000)  # request lines, bytes each
 
 
-SMOKE = ScaleSizes(offline=(500, 1), submit=(200, 2), big=(200, 1200, 1), million=2000)
+SMOKE = ScaleSizes(
+    offline=(500, 1), submit=(200, 2), big=(200, 1200, 1), million=2000, openai_file=(200, 2000)
+)
 
 
 async def offline(bench: Bench, sizes: ScaleSizes) -> None:
@@ -110,6 +113,42 @@ async def big_body(bench: Bench, sizes: ScaleSizes) -> None:
             service=statistics.median(times), target="(reported)", met=True, runs=posts,
         ))  # fmt: skip
         bench.rows.append(_held_row(f"POSTs of {what}", held))
+
+
+async def openai_file(bench: Bench, sizes: ScaleSizes) -> None:
+    """An OpenAI Batch input file of 100 MB uploaded to `/openai/v1/files` (multipart, as the
+    OpenAI SDK sends it), then a batch made of it: the API's memory growth and the longest its
+    event loop was held meanwhile."""
+    count, size = sizes.openai_file
+    payload = openai_batch_file(count, chat_items(count, size))
+    api = bench.stack.api
+    await reset_peak(api.proc.pid)
+    before = await rss_mb(api.proc.pid)
+    async with loop_watch(api.url) as held:
+        began = time.perf_counter()
+        uploaded = await bench.http.post(
+            "/openai/v1/files", files={"file": ("big.jsonl", payload)}, data={"purpose": "batch"}
+        )
+        uploaded.raise_for_status()
+        file_id = uploaded.json()["id"]
+        up = time.perf_counter() - began
+        began = time.perf_counter()
+        created = await bench.http.post("/openai/v1/batches", json={
+            "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        })  # fmt: skip
+        created.raise_for_status()
+        made = time.perf_counter() - began
+    grown = await rss_mb(api.proc.pid, "VmHWM") - before
+    await bench.http.delete(f"/v1/batches/{created.json()['id']}")
+    await bench.http.delete(f"/openai/v1/files/{file_id}")
+    what = f"a {len(payload) / 1e6:.0f} MB OpenAI Batch file ({count:,} lines)"
+    bench.rows.append(Row(
+        name=f"OpenAI surface: upload of {what}, then a batch of it; the API's memory growth",
+        unit="MB", service=grown, target="≤ 150 MB", met=grown <= 150, runs=1,
+        extra=f"upload {up:.1f} s, create {made:.1f} s",
+    ))  # fmt: skip
+    bench.rows.append(_held_row(f"the upload and create of {what}", held))
 
 
 def _held_row(during: str, held: LoopHold) -> Row:

@@ -84,6 +84,7 @@ class Files:
                 pipe.pexpire(keys.file(file_id), self.ttl_ms)
                 pipe.pexpire(pieces, self.ttl_ms)
                 pipe.zadd(keys.files(owner), {file_id: now_ms})
+                pipe.pexpire(keys.files(owner), self.ttl_ms)  # gone with the newest file
                 await pipe.execute()
         except BaseException:
             with contextlib.suppress(RedisError):  # else they expire with their TTL

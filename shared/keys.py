@@ -233,7 +233,8 @@ def file_pieces(file_id: str) -> str:
 
 def files(owner: str) -> str:
     """Sorted set: an owner's file ids, scored by when each was made (epoch ms); an entry
-    whose file expired is pruned when a listing meets it."""
+    whose file expired is pruned when a listing meets it, and the set expires with the
+    owner's newest file."""
     return f"{PREFIX}:files:{owner}"
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.files import FILE_PREFIX, StoredFile
-from shared.schemas import Batch, BatchStatus
+from shared.schemas import Batch, BatchStatus, Metadata
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
@@ -60,7 +60,7 @@ class BatchCreateRequest(BaseModel):
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: str = Field(min_length=1, max_length=64)
     completion_window: str = Field(min_length=1, max_length=16)
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
 
 
 class BatchError(BaseModel):

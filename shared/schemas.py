@@ -127,6 +127,18 @@ CompletionWindow = Annotated[
 ]
 
 
+#: A batch's metadata: up to 16 pairs, keys of up to 64 characters and values of up to 512
+#: (OpenAI's bounds).
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=512)],
+    ]
+    | None,
+    Field(max_length=16),
+]
+
+
 class BatchCreate(_Strict):
     prompts: list[PromptEntry] | None = Field(default=None, min_length=1)
     #: In place of `prompts`: a template filled from each row of `inputs`.
@@ -143,14 +155,7 @@ class BatchCreate(_Strict):
     #: days). When it passes no new call starts, calls in flight finish and are kept, and the
     #: items left end `expired` (`batch_expired`); the batch ends `expired`. None: no window.
     completion_window: CompletionWindow | None = None
-    #: Up to 16 pairs, keys of up to 64 characters and values of up to 512 (OpenAI's bounds).
-    metadata: (
-        dict[
-            Annotated[str, StringConstraints(max_length=64)],
-            Annotated[str, StringConstraints(max_length=512)],
-        ]
-        | None
-    ) = Field(default=None, max_length=16)
+    metadata: Metadata = None
 
 
 class Usage(BaseModel):

@@ -62,16 +62,23 @@ _UPLOAD = {
 
 @router.post("/files", response_model=FileObject, openapi_extra={"requestBody": _UPLOAD})
 async def create_file(
-    request: Request, owner: OwnerDep, files: FilesDep, settings: SettingsDep
+    request: Request, owner: OwnerDep, files: FilesDep, limits: LimitsDep, settings: SettingsDep
 ) -> FileObject:
     """Upload a JSONL of batch request lines (`purpose=batch`): each line is checked as a
-    batch would take it, a page at a time; a wrong one is a 400 naming its line."""
-    upload = await read_file_form(request)
+    batch would take it, a page at a time; a wrong one is a 400 naming its line. An upload
+    holds one of its key's upload slots (429 beyond `PROMPTBATCH_MAX_UPLOADS_PER_KEY`)."""
+    token = await limits.take_upload(owner)
     try:
-        size, lines = await check_lines(upload, settings)
-        stored = await files.put(owner, upload.filename, upload.purpose, upload.file, size, lines)
+        upload = await read_file_form(request)
+        try:
+            size, lines = await check_lines(upload, settings)
+            stored = await files.put(
+                owner, upload.filename, upload.purpose, upload.file, size, lines
+            )
+        finally:
+            await upload.close()
     finally:
-        await upload.close()
+        await limits.give_upload(owner, token)
     return FileObject.of(stored)
 
 
