@@ -206,11 +206,25 @@ class LinePages:
         return encode_page(page)
 
 
+#: Longest request line read (a line is read whole before it is parsed, so bounded first).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
 def _numbered(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, its bytes) of every line; lines end at b"\\n" only (JSON allows
-    U+2028 and U+2029 raw inside strings)."""
-    for number, line in enumerate(file, start=1):
+    U+2028 and U+2029 raw inside strings). A line over `MAX_LINE_BYTES` is refused unread."""
+    number = 0
+    while line := file.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) - line.endswith(b"\n") > MAX_LINE_BYTES:
+            raise too_long_line(number)
         yield number, line.rstrip(b"\n")
+
+
+def too_long_line(number: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"Line {number} is longer than {MAX_LINE_BYTES} bytes.", param=f"line[{number}]"
+    )
 
 
 async def counted_prompts(upload: Upload) -> int:

@@ -6,6 +6,7 @@ import logging
 import traceback
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import app_error_response, error_response
@@ -47,7 +48,7 @@ class BodyLimit:
             refusal = PayloadTooLarge(
                 f"The request body is larger than the limit of {limit} bytes."
             )
-            await app_error_response(refusal)(scope, receive, send)
+            await app_error_response(refusal, Request(scope))(scope, receive, send)
 
         if _declared_length(scope) > limit:
             await refuse()

@@ -21,16 +21,18 @@ from starlette.requests import Request
 from api.admission import Limits, admit
 from api.bodies import gc_paused
 from api.ingest import (
+    MAX_LINE_BYTES,
     SPOOL_MEMORY_BYTES,
     LinePages,
     Upload,
     create_staged,
     stage_plan,
     stage_upload,
+    too_long_line,
 )
 from api.planning import completion_window
 from shared import keys
-from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.errors import InvalidRequest, NotFound, PayloadTooLarge
 from shared.files import Files, StoredFile
 from shared.openai_format import output_line
 from shared.openai_objects import (
@@ -46,6 +48,8 @@ from shared.store import BatchStore
 
 #: Batch hash fields of a batch made through `/openai/v1`: its input file and endpoint.
 INPUT_FILE_FIELD, ENDPOINT_FIELD = "openai_input_file_id", "openai_endpoint"
+#: When a cancel was asked for (epoch ms; `shared/lua/cancel.lua` sets it).
+CANCELLED_FIELD = "cancel_requested_at"
 
 
 @dataclass
@@ -55,6 +59,8 @@ class FileUpload:
     file: IO[bytes]
     filename: str
     purpose: str
+    #: How long to keep it (`expires_after[seconds]`), when the form says.
+    ttl_s: int | None = None
 
     async def close(self) -> None:
         await asyncio.to_thread(self.file.close)
@@ -63,6 +69,11 @@ class FileUpload:
 async def read_file_form(request: Request) -> FileUpload:
     """The multipart form of `POST /files`, its file spooled (to disk past a few MB) as it
     arrives; its size is bounded by the body limit (`PROMPTBATCH_MAX_FILE_BYTES`)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest(
+            "Send the file as a multipart form (Content-Type: multipart/form-data), with the "
+            "fields `file` and `purpose`."
+        )
     parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8)
     try:
         form = await parser.parse()
@@ -77,10 +88,34 @@ async def read_file_form(request: Request) -> FileUpload:
                 f"purpose must be 'batch' (files here are batch input); got {str(purpose)[:32]!r}.",
                 param="purpose",
             )
+        ttl_s = _expires_after(
+            form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+        )
     except BaseException:
         await form.close()
         raise
-    return FileUpload(upload.file, (upload.filename or "upload.jsonl")[:256], purpose)
+    return FileUpload(upload.file, (upload.filename or "upload.jsonl")[:256], purpose, ttl_s)
+
+
+#: The bounds OpenAI puts on a file's `expires_after.seconds` (an hour to 30 days).
+_EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)
+
+
+def _expires_after(anchor: object, seconds: object) -> int | None:
+    """A file's `expires_after` (`anchor` `created_at`, `seconds` within OpenAI's bounds)."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(
+            "expires_after.anchor must be 'created_at'.", param="expires_after.anchor"
+        )
+    low, high = _EXPIRES_AFTER_S
+    if not (isinstance(seconds, str) and seconds.isdigit() and low <= int(seconds) <= high):
+        raise InvalidRequest(
+            f"expires_after.seconds must be a whole number from {low} to {high}.",
+            param="expires_after.seconds",
+        )
+    return int(seconds)
 
 
 async def check_lines(upload: FileUpload, settings: Settings) -> tuple[int, int]:
@@ -109,10 +144,14 @@ async def check_lines(upload: FileUpload, settings: Settings) -> tuple[int, int]
 
 
 def _measure(file: IO[bytes]) -> tuple[int, int]:
-    """Bytes and non-blank lines of `file`, which is left at its start."""
+    """Bytes and non-blank lines of `file`, which is left at its start; a line over
+    `MAX_LINE_BYTES` is refused unread."""
     file.seek(0)
-    size = lines = 0
-    for line in file:
+    size = lines = number = 0
+    while line := file.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) - line.endswith(b"\n") > MAX_LINE_BYTES:
+            raise too_long_line(number)
         size += len(line)
         lines += bool(line.strip())
     file.seek(0)
@@ -123,10 +162,14 @@ async def _spooled(files: Files, stored: StoredFile) -> Upload:
     """A stored file as an upload, its pieces spooled from Redis (to disk past a few MB)."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
     digest = hashlib.sha256()
+    size = 0
     try:
         async for piece in files.pieces(stored.id):
             await asyncio.to_thread(spool.write, piece)
             digest.update(piece)
+            size += len(piece)
+        if size != stored.bytes:  # deleted, or expired, while it was read
+            raise NotFound(f"No such File object: {stored.id}", param="input_file_id")
         await asyncio.to_thread(spool.seek, 0)
     except BaseException:
         await asyncio.to_thread(spool.close)
@@ -150,7 +193,10 @@ async def create_batch(
             param="endpoint",
         )
     window = completion_window(request.completion_window)
-    stored = await files.get(request.input_file_id, owner)
+    try:
+        stored = await files.get(request.input_file_id, owner)
+    except NotFound as exc:
+        raise NotFound(exc.message, param="input_file_id") from None
     gate = await admit(limits, store, settings, owner, stored.lines)
     assert not isinstance(gate, Batch)  # no Idempotency-Key here: never a repeat
 
@@ -179,9 +225,11 @@ async def create_batch(
 
 async def batch_view(store: BatchStore, batch: Batch) -> OpenAIBatch:
     """The batch as OpenAI's Batch object."""
-    found = await store.redis.hmget(keys.batch(batch.id), [INPUT_FILE_FIELD, ENDPOINT_FIELD])  # type: ignore[misc]
-    input_file_id, endpoint = (None if raw is None else raw.decode() for raw in found)
-    return openai_batch(batch, input_file_id, endpoint)
+    fields = [INPUT_FILE_FIELD, ENDPOINT_FIELD, CANCELLED_FIELD]
+    found = await store.redis.hmget(keys.batch(batch.id), fields)  # type: ignore[misc]
+    input_file_id, endpoint, cancelled_ms = (None if raw is None else raw.decode() for raw in found)
+    cancelling_at = None if cancelled_ms is None else int(cancelled_ms) // 1000
+    return openai_batch(batch, input_file_id, endpoint, cancelling_at)
 
 
 async def result_lines(store: BatchStore, batch: Batch, kind: str) -> AsyncIterator[bytes]:

@@ -22,10 +22,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
 
 #: About how many bytes each stored piece holds (it ends at the end of a line).
 PIECE_BYTES = 1024 * 1024
+
+#: The longest a file may ask to be kept (`expires_after`, OpenAI's bound: 30 days).
+_LONGEST_MS = 30 * 24 * 3600 * 1000
 
 #: The prefix of every file id, as OpenAI's.
 FILE_PREFIX = "file-"
@@ -59,38 +62,70 @@ class Files:
         self.ttl_ms = ttl_s * 1000
 
     async def put(
-        self, owner: str, filename: str, purpose: str, source: IO[bytes], size: int, lines: int
+        self,
+        owner: str,
+        filename: str,
+        purpose: str,
+        source: IO[bytes],
+        size: int,
+        lines: int,
+        ttl_s: int | None = None,
     ) -> StoredFile:
-        """Store `source` (read from its start, in a thread) as a new file of `owner`."""
-        file_id = FILE_PREFIX + secrets.token_hex(12)
-        pieces = keys.file_pieces(file_id)
+        """Store `source` (read from its start, in a thread) as a new file of `owner`, kept
+        `ttl_s` (else the configured TTL)."""
+        ttl_ms = self.ttl_ms if ttl_s is None else ttl_s * 1000
         now_ms = time.time_ns() // 1_000_000
+        # Ids sort as they were made (a listing's cursor stays good after its file is gone).
+        file_id = f"{FILE_PREFIX}{now_ms:012x}{secrets.token_hex(8)}"
+        pieces = keys.file_pieces(file_id)
         stored = StoredFile(
             id=file_id, owner=owner, bytes=size, lines=lines, created_at=now_ms // 1000,
-            expires_at=(now_ms + self.ttl_ms) // 1000, filename=filename, purpose=purpose,
+            expires_at=(now_ms + ttl_ms) // 1000, filename=filename, purpose=purpose,
         )  # fmt: skip
         try:
             await asyncio.to_thread(source.seek, 0)
             while piece := await asyncio.to_thread(_piece, source):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.rpush(pieces, piece)
-                    pipe.pexpire(pieces, self.ttl_ms)
+                    pipe.pexpire(pieces, ttl_ms)
                     await pipe.execute()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(keys.file(file_id), mapping={
                     "owner": owner, "bytes": size, "lines": lines, "created_at": stored.created_at,
                     "expires_at": stored.expires_at, "filename": filename, "purpose": purpose,
                 })  # fmt: skip
-                pipe.pexpire(keys.file(file_id), self.ttl_ms)
-                pipe.pexpire(pieces, self.ttl_ms)
-                pipe.zadd(keys.files(owner), {file_id: now_ms})
-                pipe.pexpire(keys.files(owner), self.ttl_ms)  # gone with the newest file
+                pipe.pexpire(keys.file(file_id), ttl_ms)
+                pipe.pexpire(pieces, ttl_ms)
+                pipe.zadd(keys.files(owner), {file_id: 0})
+                # Gone after the owner's longest-lived file (none outlives 30 days or the TTL).
+                pipe.pexpire(keys.files(owner), max(self.ttl_ms, _LONGEST_MS))
                 await pipe.execute()
         except BaseException:
             with contextlib.suppress(RedisError):  # else they expire with their TTL
                 await asyncio.shield(self.redis.delete(pieces))
             raise
         return stored
+
+    async def make_room(self, owner: str, size: int, most_bytes: int, most_files: int) -> None:
+        """Refuse a file of `size` bytes that would take the owner past `most_bytes` or
+        `most_files` stored (InvalidRequest); expired files' entries are dropped meanwhile."""
+        index = keys.files(owner)
+        ids = await self.redis.zrange(index, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in ids:
+                pipe.hget(keys.file(raw.decode()), "bytes")
+            sizes = await pipe.execute()
+        gone = [raw for raw, held in zip(ids, sizes, strict=True) if held is None]
+        if gone:
+            await self.redis.zrem(index, *gone)
+        held = sum(int(found) for found in sizes if found is not None)
+        if len(ids) - len(gone) >= most_files or held + size > most_bytes:
+            raise InvalidRequest(
+                f"This key's files hold {held} bytes in {len(ids) - len(gone)} files; it may "
+                f"hold {most_bytes} bytes in {most_files} files. Delete some first "
+                "(DELETE /openai/v1/files/{id}).",
+                param="file",
+            )
 
     async def get(self, file_id: str, owner: str | None) -> StoredFile:
         """The file, if it is there and `owner`'s (None: anyone's); else NotFound."""
@@ -123,26 +158,20 @@ class Files:
         order: Literal["asc", "desc"] = "desc",
         purpose: str | None = None,
     ) -> tuple[list[StoredFile], bool]:
-        """A page of the owner's files by creation (`after` a file id), and whether more
-        follow. Entries whose file has expired are dropped as they are met."""
-        index = keys.files(owner)
-        rank = -1
-        if after is not None:
-            found = await (self.redis.zrank if order == "asc" else self.redis.zrevrank)(
-                index, after
-            )
-            if found is None:
-                return [], False
-            rank = int(found)
+        """A page of the owner's files by creation (`after` a file id, which need not be there
+        any more), and whether more follow. Entries whose file has expired are dropped as they
+        are met."""
+        index, desc = keys.files(owner), order == "desc"
+        cursor = ("+" if desc else "-") if after is None else f"({after}"
         page: list[StoredFile] = []
-        start = rank + 1
         while len(page) <= limit:
-            span = (
-                await self.redis.zrange(index, start, start + limit, desc=order == "desc")
-            )  # fmt: skip
+            if desc:
+                span = await self.redis.zrevrangebylex(index, cursor, "-", 0, limit + 1)
+            else:
+                span = await self.redis.zrangebylex(index, cursor, "+", 0, limit + 1)
             if not span:
                 break
-            start += len(span)
+            cursor = f"({span[-1].decode()}"
             async with self.redis.pipeline(transaction=False) as pipe:
                 for raw in span:
                     pipe.hgetall(keys.file(raw.decode()))
@@ -156,7 +185,6 @@ class Files:
                     page.append(stored)
             if gone:
                 await self.redis.zrem(index, *gone)
-                start -= len(gone)
         return page[:limit], len(page) > limit
 
 

@@ -232,9 +232,9 @@ def file_pieces(file_id: str) -> str:
 
 
 def files(owner: str) -> str:
-    """Sorted set: an owner's file ids, scored by when each was made (epoch ms); an entry
-    whose file expired is pruned when a listing meets it, and the set expires with the
-    owner's newest file."""
+    """Sorted set: an owner's file ids, all scored 0 so that they sort by name, which is by
+    when each was made; an entry whose file expired is pruned when a listing meets it, and
+    the set expires when the last file uploaded to it would have (30 days, or the TTL)."""
     return f"{PREFIX}:files:{owner}"
 
 

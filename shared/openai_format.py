@@ -60,6 +60,11 @@ def json_lines(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, Any]
             raise InvalidRequest(
                 f"Line {number} is not valid JSON: {exc.msg}.", param=f"line[{number}]"
             ) from None
+        except (ValueError, RecursionError):  # an integer of thousands of digits, deep nesting
+            raise InvalidRequest(
+                f"Line {number} is JSON too deep or with too long a number to read.",
+                param=f"line[{number}]",
+            ) from None
 
 
 def is_request_line(value: Any) -> bool:

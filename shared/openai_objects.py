@@ -61,6 +61,21 @@ class BatchCreateRequest(BaseModel):
     endpoint: str = Field(min_length=1, max_length=64)
     completion_window: str = Field(min_length=1, max_length=16)
     metadata: Metadata = None
+    #: Taken, and not applied: a batch's results live `PROMPTBATCH_RESULT_TTL_S` after it ends.
+    output_expires_after: dict[str, int | str] | None = None
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error under `/openai/v1`, as OpenAI's."""
+
+    error: OpenAIErrorDetail
 
 
 class BatchError(BaseModel):
@@ -135,6 +150,7 @@ class OpenAIBatch(BaseModel):
     cancelled_at: int | None
     request_counts: BatchRequestCounts
     metadata: dict[str, str] | None
+    model: str | None
     usage: BatchUsage
 
 
@@ -160,11 +176,14 @@ def result_file(file_id: str) -> tuple[str, str] | None:
     return batch_id, kind
 
 
-def openai_batch(batch: Batch, input_file_id: str | None, endpoint: str | None) -> OpenAIBatch:
-    """The batch as OpenAI's Batch object."""
+def openai_batch(
+    batch: Batch, input_file_id: str | None, endpoint: str | None, cancelling_at: int | None
+) -> OpenAIBatch:
+    """The batch as OpenAI's Batch object (`cancelling_at`: when a cancel was asked for)."""
     counts = batch.request_counts
     final = batch.status in ("completed", "failed", "cancelled", "expired")
     ended = _seconds(batch.finished_at)
+    # OpenAI's `failed` is every request that ended without a reply: failed, cancelled, expired.
     unanswered = counts.failed + counts.cancelled + counts.expired
     errors = None
     if batch.error is not None:
@@ -176,7 +195,9 @@ def openai_batch(batch: Batch, input_file_id: str | None, endpoint: str | None) 
         input_file_id=input_file_id,
         completion_window=batch.completion_window or "24h",
         status=_STATUSES[batch.status],
-        output_file_id=result_file_id(batch.id, OUTPUT) if final else None,
+        output_file_id=result_file_id(batch.id, OUTPUT)
+        if final and counts.succeeded + counts.failed
+        else None,
         error_file_id=result_file_id(batch.id, ERRORS) if final and unanswered else None,
         created_at=int(batch.created_at.timestamp()),
         in_progress_at=_seconds(batch.started_at or batch.created_at),
@@ -185,12 +206,13 @@ def openai_batch(batch: Batch, input_file_id: str | None, endpoint: str | None) 
         completed_at=ended if batch.status == "completed" else None,
         failed_at=ended if batch.status == "failed" else None,
         expired_at=_seconds(batch.expired_at),
-        cancelling_at=None,
+        cancelling_at=cancelling_at,
         cancelled_at=ended if batch.status == "cancelled" else None,
         request_counts=BatchRequestCounts(
-            total=counts.total, completed=counts.succeeded, failed=counts.failed
+            total=counts.total, completed=counts.succeeded, failed=unanswered
         ),
         metadata=batch.metadata,
+        model=batch.model,
         usage=BatchUsage(
             input_tokens=batch.usage.input_tokens,
             input_tokens_details=InputTokensDetails(cached_tokens=batch.usage.cached_tokens),

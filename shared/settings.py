@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     max_file_lines: int = Field(default=50_000, ge=1)
     #: How long an uploaded file is kept unless deleted first (default 30 days).
     file_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    #: What one key's files may hold in Redis at once: bytes, and files.
+    max_file_storage_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    max_files_per_key: int = Field(default=1000, ge=1)
     #: Large submissions (staged a page at a time) one key may have in progress at once.
     max_uploads_per_key: int = Field(default=4, ge=1)
     #: Open event streams per key, across every API process (429 with Retry-After beyond).

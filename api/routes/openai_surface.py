@@ -23,14 +23,14 @@ from shared.openai_objects import (
     FileObject,
     OpenAIBatch,
     OpenAIBatchList,
+    OpenAIErrorBody,
     result_file,
 )
-from shared.schemas import ErrorBody
 
 JSONL = "application/jsonl"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 503)
+    code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 413, 429, 503)
 }
 
 router = APIRouter(
@@ -72,8 +72,11 @@ async def create_file(
         upload = await read_file_form(request)
         try:
             size, lines = await check_lines(upload, settings)
+            await files.make_room(
+                owner, size, settings.max_file_storage_bytes, settings.max_files_per_key
+            )
             stored = await files.put(
-                owner, upload.filename, upload.purpose, upload.file, size, lines
+                owner, upload.filename, upload.purpose, upload.file, size, lines, upload.ttl_s
             )
         finally:
             await upload.close()
@@ -218,7 +221,11 @@ async def get_openai_batch(
     return await batch_view(store, await store.get(_batch_id(batch_id), owner))
 
 
-@router.post("/batches/{batch_id}/cancel", response_model=OpenAIBatch)
+@router.post(
+    "/batches/{batch_id}/cancel",
+    response_model=OpenAIBatch,
+    responses={409: {"model": OpenAIErrorBody, "description": "The batch has ended."}},
+)
 async def cancel_openai_batch(
     batch_id: OpenAIBatchId,
     owner: OwnerDep,

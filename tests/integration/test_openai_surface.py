@@ -151,7 +151,8 @@ async def test_a_batch_made_at_v1_is_an_openai_batch_and_lists_page_by_page(
         output = lines_of((await client.files.content(viewed.output_file_id or "")).text)
         page = await client.batches.list(limit=1)
         every = [batch.id async for batch in client.batches.list(limit=1)]
-        files = [file.id async for file in client.files.list()]
+        other = await client.files.create(file=("b.jsonl", jsonl(["b"])), purpose="batch")
+        files = [file.id async for file in client.files.list(limit=1)]  # page by page
         deleted = await client.files.delete(uploaded.id)
         with pytest.raises(openai.NotFoundError):
             await client.files.retrieve(uploaded.id)
@@ -163,16 +164,18 @@ async def test_a_batch_made_at_v1_is_an_openai_batch_and_lists_page_by_page(
     assert [batch.id for batch in page.data] == [second]
     assert page.has_more
     assert every == [second, first.id]
-    assert files == [uploaded.id]
+    assert files == [other.id, uploaded.id]
     assert (deleted.id, deleted.deleted) == (uploaded.id, True)
     assert [(i["custom_id"], i["status"]) for i in native_items] == [("r0", "succeeded")]
 
 
 async def test_another_key_gets_404s_and_a_malformed_file_is_refused_naming_its_line(
-    redis_url: str, mock: MockProvider
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
 ) -> None:
+    openai_worker(workers, mock)
     async with sdk_clients(redis_url, mock) as (client, other, _):
-        uploaded = await client.files.create(file=("a.jsonl", jsonl(["a"])), purpose="batch")
+        content = jsonl(["a", "b [[status=400]]"])
+        uploaded = await client.files.create(file=("a.jsonl", content), purpose="batch")
         created = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
@@ -190,6 +193,11 @@ async def test_another_key_gets_404s_and_a_malformed_file_is_refused_naming_its_
             with pytest.raises(openai.NotFoundError):
                 await call
         assert [batch.id async for batch in other.batches.list()] == []
+        done = await poll_final(client, created.id)
+        for result_file in (done.output_file_id, done.error_file_id):
+            assert result_file is not None
+            with pytest.raises(openai.NotFoundError):
+                await other.files.content(result_file)
         bad = jsonl(["a"]) + b'{"custom_id": "r1", "method": "POST"}\n'
         with pytest.raises(openai.BadRequestError) as refused:
             await client.files.create(file=("bad.jsonl", bad), purpose="batch")
@@ -229,6 +237,9 @@ async def test_a_cancelled_batch_keeps_what_ran_and_its_error_file_names_the_res
 
     assert cancelling.status in ("cancelling", "cancelled")
     assert done.status == "cancelled" == native_view["status"]
+    assert done.cancelling_at is not None
+    assert done.cancelled_at is not None
+    assert done.created_at <= done.cancelling_at <= done.cancelled_at
     assert done.request_counts is not None
     assert len(output) == done.request_counts.completed >= 2  # what ran is kept
     assert len(errors) >= 30
