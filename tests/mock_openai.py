@@ -45,6 +45,8 @@ early retries, calls refused by the limits (`rate_limited`) and the `limits`; `G
 lists the request bodies received (the newest 100,000); `POST /_reset` clears all those and
 refills the buckets, but keeps the limits.
 
+OpenAI's Files and Batch API is served too (`tests/mock_batches.py`).
+
 Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200] [--rpm N --tpm N --burst-s S]`.
 """
 
@@ -68,6 +70,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.mock_batches import BatchApi
+from tests.mock_batches import routes as batch_routes
 
 DIRECTIVE = re.compile(r"\[\[(\w+)(?:=([\w:.\-]+))?\]\]")
 MAX_RECORDED = 100_000
@@ -454,7 +459,21 @@ async def _wait(request: Request, event: asyncio.Event) -> bool:
     return True
 
 
+def _line_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A Batch API line's answer: as the chat endpoint answers it, less waiting and failing
+    at random (`[[status=N]]` is that answer; the rest a completion)."""
+    prompt = _prompt(body.get("messages", []))
+    directives = dict(DIRECTIVE.findall(prompt))
+    if "status" in directives:
+        status = int(directives["status"])
+        answer = _error(status, f"mock provider refused this prompt with {status}")
+        return status, json.loads(bytes(answer.body))
+    return 200, _completion(body, prompt, directives)
+
+
 def create_app(state: MockState) -> Starlette:
+    batch_api = BatchApi(answer=_line_answer)
+
     async def chat(request: Request) -> JSONResponse:
         payload = await request.json()
         state.requests.append(payload)
@@ -538,6 +557,7 @@ def create_app(state: MockState) -> Starlette:
         state.not_before.clear()
         state.statuses.clear()
         state.requests.clear()
+        batch_api.reset()
         return JSONResponse({"ok": True})
 
     async def limits(request: Request) -> JSONResponse:
@@ -570,6 +590,7 @@ def create_app(state: MockState) -> Starlette:
             Route("/_limits", limits, methods=["POST"]),
             Route("/_gates/{name}", open_gate, methods=["POST"]),
             Route("/healthz", health),
+            *batch_routes(batch_api),
         ]
     )
 
