@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import langsmith
 import langsmith.utils
@@ -26,8 +26,9 @@ from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Function, func
 from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys, workers
@@ -53,6 +54,8 @@ from worker.webhooks import Outbox, Sender
 
 log = logging.getLogger("promptbatch.worker")
 
+T = TypeVar("T")
+
 #: Longest pause between a worker's retries of a Redis command while Redis is away.
 REDIS_BACKOFF_CAP_S = 2.0
 
@@ -66,6 +69,36 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
         raise Retry(defer=later.defer_s) from later.__cause__
 
 
+class WindowRetry(RedisRetry):
+    """Retry a failed Redis command with backoff until `window_s` has passed since its first
+    failure: a window of time, not a count of attempts, since a refused connect fails at once
+    and a timed-out one only after its timeout (a count of 6 rode out 6 s of a restart, or
+    24). The last wait ends with the window, and one last attempt is made then."""
+
+    __slots__ = ("_window_s",)
+
+    def __init__(self, backoff: AbstractBackoff, window_s: float) -> None:
+        super().__init__(backoff, retries=-1)
+        self._window_s = window_s
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
+    ) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures, first = 0, 0.0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                first = first or time.monotonic()
+                await fail(error)
+                left_s = self._window_s - (time.monotonic() - first)
+                if left_s <= 0:
+                    raise error
+                await asyncio.sleep(min(self._backoff.compute(failures), left_s))
+
+
 def arq_redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings for a worker: REDIS_URL, plus retries with backoff so that the
     worker rides out a Redis restart (at most `redis_retry_s`) instead of dying."""
@@ -73,9 +106,7 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     rs.conn_timeout = max(1, round(settings.redis_timeout_s))
     rs.conn_retries = 0  # the retry policy below already covers the first connection
     backoff = ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=0.05)
-    # An attempt takes up to its connect timeout, then waits up to the backoff's cap.
-    attempt_s = rs.conn_timeout + REDIS_BACKOFF_CAP_S
-    rs.retry = RedisRetry(backoff, retries=max(1, math.floor(settings.redis_retry_s / attempt_s)))
+    rs.retry = WindowRetry(backoff, settings.redis_retry_s)
     # OSError: a refused or timed-out connect (redis-py retries those inside `connect`);
     # ConnectionError covers a dropped connection and the LOADING reply after a restart.
     rs.retry_on_error = [OSError, RedisConnectionError, RedisTimeoutError]

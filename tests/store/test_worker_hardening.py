@@ -18,6 +18,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from pydantic import PrivateAttr
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.lifecycle import submit
 from shared import jobs, keys, scheduler
@@ -25,7 +26,7 @@ from shared.metrics import WorkerMetrics
 from shared.settings import TRACING_VARS
 from shared.store import BatchStore
 from tests.conftest import make_settings
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.store.conftest import make_plan
 from tests.store.workers import arq_worker, worker_ctx
 from worker import main
@@ -180,3 +181,22 @@ async def test_leases_are_renewed_while_a_metrics_flush_is_stalled(
         logger = logging.getLogger("promptbatch")
         for handler in logger.handlers[len(handlers) :]:
             logger.removeHandler(handler)
+
+
+async def test_the_worker_rides_out_redis_for_its_retry_window_when_refused_at_once() -> None:
+    """A refused connect fails at once: the worker's client keeps trying for its retry window
+    (here 2 s), as a count of attempts sized for connects that time out did not (it gave up
+    after one retry, within a tenth of a second, and a Redis restart of a few seconds sent a
+    chunk's calls in flight round again)."""
+    port = free_port()  # nothing listens there
+    settings = make_settings(f"redis://127.0.0.1:{port}/0", worker_redis_retry_s=2)
+    rs = main.arq_redis_settings(settings)
+    client = Redis(
+        host="127.0.0.1", port=port, retry=rs.retry, retry_on_error=rs.retry_on_error,
+        socket_connect_timeout=rs.conn_timeout,
+    )  # fmt: skip
+    began = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        await client.ping()
+    await client.aclose()
+    assert 1.0 <= time.monotonic() - began <= 5.0
