@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from api.items import resolve_item
+from api.planning import batch_mode
 from shared.batches import BatchPlan, ItemRecord, new_batch_id
 from shared.chat import BatchParams
 from shared.errors import InvalidRequest
@@ -124,6 +125,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
         max_concurrency=settings.default_concurrency,
         metadata=None,
         provider=settings.resolved_provider,
+        mode=batch_mode(None, None, settings),
         staged=Staged(batch_id, pages.count),
     )
 

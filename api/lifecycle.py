@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from redis.asyncio import Redis
@@ -55,9 +55,12 @@ async def submit(
         if also is not None:
             also(pipe, batch_id)
 
+    # A provider batch takes a chunk's items (the provider's own limit on lines is its size).
+    chunk_size = settings.provider_batch_max_lines if plan.mode == "provider_batch" else None
     batch, created = await store.create(
-        plan, chunk_size=settings.chunk_size, owner=owner, stage=stage, idempotency=idempotency
-    )
+        plan, chunk_size=chunk_size or settings.chunk_size, owner=owner, stage=stage,
+        idempotency=idempotency,
+    )  # fmt: skip
     if created:
         try:
             await scheduler.Scheduler(store.redis).join(batch.id)
@@ -78,7 +81,10 @@ async def cancel(
     spec = await store.spec(batch_id)
     if spec is not None:
         close = partial(store.cancel_pending, spec)
-        chunks = range(spec.chunks)
+        chunks: Sequence[int] = range(spec.chunks)
+        if spec.mode == "provider_batch":
+            begun = set(await scheduler.at_provider(redis, batch_id, chunks))
+            chunks = [chunk for chunk in chunks if chunk not in begun]
         await scheduler.close_idle(redis, batch_id, chunks, close, lease_s)
         await scheduler.Scheduler(redis).join(batch_id)  # its dropped head: the others' turns
     return await store.get(batch_id)
@@ -127,6 +133,9 @@ async def retry(
             # arq ends such a run by deleting its job: it would take the retry's with it.
             raise Conflict(f"Batch {batch_id} is still stopping its runs; retry it shortly.")
     chunks = await store.retry(batch_id, include or (), owner)
+    if spec is not None and spec.mode == "provider_batch" and chunks:
+        # Their items go to the provider again: as new provider batches, planned anew.
+        await redis.delete(*(keys.handoff(batch_id, chunk) for chunk in chunks))
     retried = await store.get(batch_id)  # as the retry left it, before its chunks are queued
     await scheduler.Scheduler(redis).requeue(batch_id, chunks)
     return retried
@@ -144,6 +153,8 @@ async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
         with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
             await store.request_cancel(batch_id)
     await store.remove(batch_id)
+    if spec.mode == "provider_batch":
+        await redis.delete(*(keys.handoff(batch_id, chunk) for chunk in range(spec.chunks)))
     job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
     await scheduler.drop_jobs(redis, job_ids)
     # A head of its own may have been dropped: its owner's other batches take the turn.

@@ -1,6 +1,6 @@
-"""The OpenAI Files and Batch API's work, for `api/routes/openai.py`: a file upload read and
-checked a page at a time, a batch made from a stored file as an upload is made, and a batch's
-output and error files made from its results as they are read."""
+"""The OpenAI Files and Batch API's work, for `api/routes/openai_surface.py`: a file upload read
+and checked a page at a time, a batch made from a stored file as an upload is made, and a
+batch's output and error files made from its results as they are read."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from api.ingest import (
     stage_upload,
     too_long_line,
 )
-from api.planning import completion_window
+from api.planning import batch_mode, completion_window
 from shared import keys
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge
 from shared.files import Files, StoredFile
@@ -193,6 +193,7 @@ async def create_batch(
             param="endpoint",
         )
     window = completion_window(request.completion_window)
+    mode = batch_mode(request.mode, None, settings)
     try:
         stored = await files.get(request.input_file_id, owner)
     except NotFound as exc:
@@ -212,7 +213,7 @@ async def create_batch(
         finally:
             await upload.close()
         plan = replace(
-            plan, metadata=request.metadata,
+            plan, metadata=request.metadata, mode=mode,
             completion_window=None if window is None else window[0],
             completion_window_s=None if window is None else window[1],
         )  # fmt: skip

@@ -7,7 +7,7 @@ from api.items import check_params, resolve_items
 from api.templates import render_rows
 from shared.batches import BatchPlan
 from shared.errors import InvalidRequest
-from shared.schemas import MAX_COMPLETION_WINDOW_S, BatchCreate
+from shared.schemas import MAX_COMPLETION_WINDOW_S, BatchCreate, Mode
 from shared.settings import Settings
 
 #: Seconds in each unit a `completion_window` string may end with.
@@ -35,6 +35,7 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
             f"system is longer than {settings.max_prompt_chars} characters.", param="system"
         )
     window = completion_window(request.completion_window)
+    mode = batch_mode(request.mode, request.max_total_tokens, settings)
     system = request.system
     if request.template is not None and request.inputs is not None:
         rendered = render_rows(
@@ -56,9 +57,32 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
         metadata=request.metadata,
         max_total_tokens=request.max_total_tokens,
         provider=settings.resolved_provider,
+        mode=mode,
         completion_window=None if window is None else window[0],
         completion_window_s=None if window is None else window[1],
     )
+
+
+def batch_mode(asked: Mode | None, max_total_tokens: int | None, settings: Settings) -> Mode:
+    """The batch's mode (`PROMPTBATCH_DEFAULT_MODE` unless it asks): `provider_batch` needs a
+    provider with a Batch API (`openai`: any OpenAI-compatible server with `/v1/files` and
+    `/v1/batches`), and no `max_total_tokens` (a provider batch cannot stop midway)."""
+    mode = asked or settings.default_mode
+    if mode == "direct":
+        return mode
+    if settings.resolved_provider != "openai":
+        raise InvalidRequest(
+            f"mode 'provider_batch' hands the batch to the provider's Batch API; the "
+            f"'{settings.resolved_provider}' provider has none (use 'direct').",
+            param="mode",
+        )
+    if max_total_tokens is not None:
+        raise InvalidRequest(
+            "max_total_tokens cannot stop a provider batch midway: leave it out, or use "
+            "mode 'direct'.",
+            param="max_total_tokens",
+        )
+    return mode
 
 
 def completion_window(value: int | str | None) -> tuple[str, int] | None:

@@ -85,10 +85,23 @@ class BatchProgress:
 
     def _paced(self, batch: Batch) -> str:
         """`paced by the provider's limits` while the batch's calls wait for their turn or are
-        answered 429 (either grew since the last snapshot), with the 429s so far."""
+        answered 429 (either grew since the last snapshot), with the 429s so far; for a batch
+        handed to the provider's Batch API, what the provider says of it."""
+        if batch.provider_batches:
+            return at_provider(batch)
         before = self._pacing
         self._pacing = (batch.pacing.wait_s, batch.pacing.provider_429s)
         if self._pacing[0] < before[0] + PACED_S and self._pacing[1] <= before[1]:
             return ""
         answered = self._pacing[1]
         return "paced by the provider's limits" + (f", {answered} answered 429" if answered else "")
+
+
+def at_provider(batch: Batch) -> str:
+    """`at the provider: in_progress, 1,200 of 3,000`: its provider batches' statuses, and
+    how many of their requests the provider has answered."""
+    parts = batch.provider_batches
+    statuses = ", ".join(sorted({part.status for part in parts}))
+    answered = sum(part.request_counts.completed + part.request_counts.failed for part in parts)
+    total = sum(part.request_counts.total for part in parts)
+    return f"at the provider: {statuses}, {answered:,} of {total:,}"

@@ -9,7 +9,6 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 from redis.asyncio.client import Pipeline
@@ -18,15 +17,14 @@ from redis.exceptions import WatchError
 from shared import keys
 from shared.chat import BatchParams
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.model import PAGE, ModelPart, decode, from_ms, pacing_of, usage_of
+from shared.model import PAGE, ModelPart, batch_from_fields, decode
 from shared.schemas import (
-    FINAL_ITEM_STATUSES,
     Batch,
     BatchList,
     BatchStatus,
     ErrorInfo,
+    Mode,
     Provider,
-    RequestCounts,
 )
 from shared.staging import Staged, encode_page, push_page, watch_staged
 
@@ -47,6 +45,7 @@ class BatchPlan:
     metadata: dict[str, str] | None
     provider: Provider
     max_total_tokens: int | None = None
+    mode: Mode = "direct"
     #: The completion window as shown (`"24h"`) and in seconds; its deadline is set at store.
     completion_window: str | None = None
     completion_window_s: int | None = None
@@ -88,6 +87,7 @@ class BatchSpec:
     deadline_ms: int | None = None
     window: int = 1  #: how many of its chunks may feed it at once (`shared/scheduler.py`)
     owner: str = keys.PUBLIC_OWNER
+    mode: Mode = "direct"
 
     def overdue(self, now_ms: int | None = None) -> bool:
         """Whether the completion window has ended (by this host's clock, unless given)."""
@@ -204,6 +204,8 @@ class Batches(ModelPart):
             "total": plan.count,
             "chunk_size": chunk_size,
         }
+        if plan.mode != "direct":
+            fields["mode"] = plan.mode
         if plan.system is not None:
             fields["system"] = plan.system
         if plan.metadata is not None:
@@ -306,6 +308,7 @@ class Batches(ModelPart):
             chunk_size=int(f["chunk_size"]),
             window=int(f.get("window", 1)),
             owner=f.get("owner", keys.PUBLIC_OWNER),
+            mode=cast(Mode, f.get("mode", "direct")),
         )
 
     async def mark_started(self, batch_id: str) -> bool:
@@ -369,30 +372,3 @@ def _earlier_batch_id(stored: bytes, idempotency: Idempotency) -> str:
         reused = "This Idempotency-Key was used with a different request body."
         raise Conflict(reused, param="Idempotency-Key")
     return batch_id
-
-
-def batch_from_fields(f: Mapping[str, str]) -> Batch:
-    """The batch object of a batch hash's fields."""
-    total = int(f["total"])
-    final = {name: int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES}
-    metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
-    status = cast(BatchStatus, f["status"])
-    return Batch(
-        id=f["id"],
-        status=status,
-        model=f["model"],
-        provider=cast(Provider, f["provider"]),
-        created_at=cast(datetime, from_ms(f["created_at"])),
-        started_at=from_ms(f.get("started_at")),
-        finished_at=from_ms(f.get("finished_at")),
-        expires_at=from_ms(f.get("expires_at")),
-        request_counts=RequestCounts(total=total, pending=total - sum(final.values()), **final),
-        usage=usage_of(f),
-        max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
-        completion_window=f.get("completion_window"),
-        deadline_at=from_ms(f.get("deadline_ms")),
-        expired_at=from_ms(f.get("finished_at")) if status == "expired" else None,
-        pacing=pacing_of(f),
-        metadata=metadata,
-        error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
-    )

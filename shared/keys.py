@@ -217,6 +217,18 @@ def job_id(batch_id: str, chunk: int) -> str:
     return f"{batch_id}:{chunk}"
 
 
+# -- batches handed to the provider's Batch API (worker/handoff.py) ---------------------------
+
+
+def handoff(batch_id: str, chunk: int) -> str:
+    """Hash: a chunk of a `provider_batch` batch at the provider: `parts` (JSON: the item index
+    ranges of its provider batches), and for part `<p>` its `<p>:nonce` (written before its
+    provider batch is created, which carries it in its metadata), `<p>:file` and `<p>:batch`
+    (the provider's ids, once known), `<p>:done` (its results written). Shares the batch's hash
+    tag; expires with the batch's results, and is cleared when a retry runs the chunk again."""
+    return f"{PREFIX}:{{{batch_id}}}:handoff:{chunk}"
+
+
 # -- files of the OpenAI surface (shared/files.py) ----------------------------------------------
 # A file's two keys share the hash tag `{<file id>}`; both expire with the file.
 

@@ -37,6 +37,9 @@ from shared.schemas import (
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
 
 FINAL_STATUSES = tuple(s for s in BATCH_STATUSES if s in FINAL_BATCH_STATUSES)
+#: The prefix of the stats fields counting provider batches by status (`<prefix><status>`).
+PROVIDER_BATCHES = "provider_batches:"
+
 #: The statuses of batches the scheduler gives job slots to.
 RUNNABLE_STATUSES = ("queued", "in_progress")
 
@@ -173,7 +176,21 @@ class _Snapshot(Collector):
         )
         yield self._responses()
         yield self._latency()
+        yield self._provider_batches()
         yield from self._fleet()
+
+    def _provider_batches(self) -> Metric:
+        """Batches handed to the provider's Batch API, by the status the provider last gave
+        (`worker/handoff.py` moves each from status to status)."""
+        family = GaugeMetricFamily(
+            "promptbatch_provider_batches",
+            "Provider batches (mode provider_batch), by their status at the provider.",
+            labels=["status"],
+        )
+        for name in sorted(self.stats):
+            if name.startswith(PROVIDER_BATCHES):
+                family.add_metric([name.removeprefix(PROVIDER_BATCHES)], self._n(name))
+        return family
 
     def _fleet(self) -> Iterator[Metric]:
         fleet = self.fleet

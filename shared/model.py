@@ -3,15 +3,28 @@ the batch scripts (`shared/lua/`), and the decoding of what Redis answers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from shared import keys, lua
-from shared.schemas import Pacing, Usage
+from shared.schemas import (
+    FINAL_ITEM_STATUSES,
+    Batch,
+    BatchStatus,
+    ErrorInfo,
+    Mode,
+    Pacing,
+    Provider,
+    ProviderBatch,
+    RequestCounts,
+    Usage,
+)
 
 #: Items pushed per RPUSH and read per page: big enough to save round trips, small enough
 #: that no single Redis command blocks the server for long.
@@ -100,3 +113,41 @@ def pacing_of(fields: Mapping[str, str]) -> Pacing:
     """How the provider's limits shaped a batch, as summed into its hash."""
     paced_s = int(fields.get("paced_ms", 0)) / 1000
     return Pacing(wait_s=paced_s, provider_429s=int(fields.get("rate_limited", 0)))
+
+
+#: The prefix of a batch hash's fields that hold its provider batches, one each, as last polled
+#: (`provider_batch:<chunk>.<part>`, a `ProviderBatch`'s JSON; written by `worker/handoff.py`).
+PROVIDER_BATCH_FIELD = "provider_batch:"
+
+
+def batch_from_fields(f: Mapping[str, str]) -> Batch:
+    """The batch object of a batch hash's fields."""
+    total = int(f["total"])
+    final = {name: int(f.get(name, 0)) for name in FINAL_ITEM_STATUSES}
+    metadata: Any = json.loads(f["metadata"]) if "metadata" in f else None
+    status = cast(BatchStatus, f["status"])
+    return Batch(
+        id=f["id"],
+        status=status,
+        model=f["model"],
+        provider=cast(Provider, f["provider"]),
+        created_at=cast(datetime, from_ms(f["created_at"])),
+        started_at=from_ms(f.get("started_at")),
+        finished_at=from_ms(f.get("finished_at")),
+        expires_at=from_ms(f.get("expires_at")),
+        request_counts=RequestCounts(total=total, pending=total - sum(final.values()), **final),
+        usage=usage_of(f),
+        max_total_tokens=int(f["max_total_tokens"]) if "max_total_tokens" in f else None,
+        completion_window=f.get("completion_window"),
+        deadline_at=from_ms(f.get("deadline_ms")),
+        expired_at=from_ms(f.get("finished_at")) if status == "expired" else None,
+        pacing=pacing_of(f),
+        mode=cast(Mode, f.get("mode", "direct")),
+        provider_batches=[
+            ProviderBatch.model_validate_json(value)
+            for name, value in sorted(f.items())
+            if name.startswith(PROVIDER_BATCH_FIELD)
+        ],
+        metadata=metadata,
+        error=ErrorInfo.model_validate_json(f["error"]) if "error" in f else None,
+    )

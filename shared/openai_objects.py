@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.files import FILE_PREFIX, StoredFile
-from shared.schemas import Batch, BatchStatus, Metadata
+from shared.schemas import Batch, BatchStatus, Metadata, Mode
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 
@@ -63,6 +63,8 @@ class BatchCreateRequest(BaseModel):
     metadata: Metadata = None
     #: Taken, and not applied: a batch's results live `PROMPTBATCH_RESULT_TTL_S` after it ends.
     output_expires_after: dict[str, int | str] | None = None
+    #: promptbatch's own (an extra body field): `direct` or `provider_batch`.
+    mode: Mode | None = None
 
 
 class OpenAIErrorDetail(BaseModel):

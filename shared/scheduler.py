@@ -294,6 +294,17 @@ async def close_idle(
     return idle
 
 
+async def at_provider(redis: Redis, batch_id: str, chunks: Sequence[int]) -> list[int]:
+    """The chunks of a `provider_batch` batch whose hand-off has begun (`worker/handoff.py`): a
+    close must leave them to their runs, which cancel their provider batches and keep what
+    those finished (within `PROMPTBATCH_PROVIDER_POLL_S`)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for chunk in chunks:
+            pipe.exists(keys.handoff(batch_id, chunk))
+        found = await pipe.execute()
+    return [chunk for chunk, begun in zip(chunks, found, strict=True) if begun]
+
+
 async def due_jobs(redis: Redis, now_ms: int) -> int:
     """Jobs waiting for a slot: due on the queue (running ones are scored at their lease's end)."""
     return int(await redis.zcount(keys.QUEUE, "-inf", now_ms))

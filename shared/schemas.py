@@ -41,6 +41,8 @@ FINAL_ITEM_STATUSES: tuple[FinalItemStatus, ...] = get_args(FinalItemStatus)
 
 #: Where a batch's calls go: an OpenAI-compatible endpoint, or the offline model.
 Provider = Literal["openai", "offline"]
+#: How a batch runs: its calls made by the workers, or handed to the provider's Batch API.
+Mode = Literal["direct", "provider_batch"]
 
 MAX_CUSTOM_ID = 256
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CUSTOM_ID)]
@@ -148,6 +150,9 @@ class BatchCreate(_Strict):
     system: str | None = None
     params: BatchParams = Field(default_factory=BatchParams)
     max_concurrency: int | None = Field(default=None, ge=1)
+    #: `direct` (calls made here) or `provider_batch` (handed to the provider's Batch API);
+    #: default `PROMPTBATCH_DEFAULT_MODE`.
+    mode: Mode | None = None
     #: A token budget: once the batch's usage reaches it no new call starts, and the items
     #: not started end `cancelled` (`budget_exceeded`).
     max_total_tokens: int | None = Field(default=None, ge=1)
@@ -205,6 +210,20 @@ class Pacing(BaseModel):
     provider_429s: int = 0
 
 
+class ProviderBatchCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class ProviderBatch(BaseModel):
+    """One of the provider batches a batch handed to the provider's Batch API runs as."""
+
+    id: str
+    status: str
+    request_counts: ProviderBatchCounts = Field(default_factory=ProviderBatchCounts)
+
+
 class ErrorInfo(BaseModel):
     type: str
     message: str
@@ -216,6 +235,9 @@ class Batch(BaseModel):
     status: BatchStatus
     model: str
     provider: Provider
+    mode: Mode = "direct"
+    #: A batch in `provider_batch` mode: its provider batches as last polled.
+    provider_batches: list[ProviderBatch] = Field(default_factory=list)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.schemas import Provider
+from shared.schemas import Mode, Provider
 
 
 class SettingsError(RuntimeError):
@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     rate_limit_per_min: int = Field(default=0, ge=0)
     #: Most prompts one key may have not yet final across its batches (0 = no limit).
     max_queued_prompts: int = Field(default=0, ge=0)
+    #: How a batch runs when it does not say: its calls made here (`direct`), or handed to the
+    #: provider's own Batch API (`provider_batch`, half the price, within a day).
+    default_mode: Mode = "direct"
+    #: Most lines and bytes of one provider batch (a batch's items split into as many).
+    provider_batch_max_lines: int = Field(default=50_000, ge=1)
+    provider_batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    #: How often a provider batch is polled (less often while it is slow to move).
+    provider_poll_s: float = Field(default=60.0, gt=0)
     #: Largest file `POST /openai/v1/files` takes, in bytes and in request lines.
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     max_file_lines: int = Field(default=50_000, ge=1)
@@ -172,6 +180,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PROMPTBATCH_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a "
                 "local OpenAI-compatible server"
+            )
+        if self.default_mode == "provider_batch" and self.resolved_provider != "openai":
+            raise ValueError(
+                "PROMPTBATCH_DEFAULT_MODE=provider_batch needs a provider with a Batch API "
+                "(PROMPTBATCH_PROVIDER=openai)"
             )
         return self
 

@@ -170,6 +170,14 @@ class MockProvider:
     def reset(self) -> None:
         httpx.post(f"{self.url}/_reset").raise_for_status()
 
+    def batch_api(self, **settings: int | float | bool | str | None) -> dict[str, Any]:
+        """Change the mock's Batch API settings (`tests/mock_batches.py`; `reset()` sets them
+        back); returns them, with the batches created and the times each line was answered."""
+        response = httpx.post(f"{self.url}/_batch_api", json=settings)
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
     def set_limits(self, **fields: int | float | bool) -> dict[str, Any]:
         """Change the mock's rate limits (`rpm`, `tpm`, `burst_s`, `headers`; any subset).
 

@@ -15,25 +15,30 @@ a batch handed to a provider's Batch API can be tested end to end.
 - With `expire`, a batch in progress ends `expired` with half its lines answered; a cancel
   while in progress ends `cancelled` (through `cancelling`) with half of them answered. The
   others are in the error file with `batch_expired` / `batch_cancelled`.
-- `POST /_batch_api` sets `max_lines`, `phase_s`, `enqueued_token_limit`, `expire` (any subset);
+- With `hold` `upload` or `create`, that step's answer is held back after its work is done;
+  with `content`, a result file is sent halfway and held: until `hold` is set again (a test
+  kills the worker meanwhile). `GET /v1/files` lists the files.
+- `POST /_batch_api` sets `max_lines`, `phase_s`, `enqueued_token_limit`, `expire`, `hold`;
   `GET /_batch_api` says them, with how many batches were created and how many times each
-  line (by its `custom_id`) was answered; `POST /_reset` clears those.
+  line (by its `custom_id`) was answered; `POST /_reset` clears those and sets the settings
+  back to their defaults.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 #: Answers a chat request body: (HTTP status, response body).
@@ -102,6 +107,11 @@ class BatchApi:
     phase_s: float = 0.0
     enqueued_token_limit: int = 0
     expire: bool = False
+    #: A step whose answer is held back after its work is done (`upload`, `create`), or held
+    #: halfway (`content`: half of a file's lines sent), until `hold` is set again.
+    hold: str | None = None
+    held: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     files: dict[str, StoredFile] = field(default_factory=dict)
     batches: dict[str, MockBatch] = field(default_factory=dict)
     created: int = 0
@@ -111,11 +121,26 @@ class BatchApi:
         return {
             "max_lines": self.max_lines, "phase_s": self.phase_s,
             "enqueued_token_limit": self.enqueued_token_limit, "expire": self.expire,
+            "hold": self.hold,
         }  # fmt: skip
 
+    def set(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
+        if name == "hold":  # what was held goes on; what comes next is held if it says so
+            self.released.set()
+            self.released = asyncio.Event()
+
     def reset(self) -> None:
-        self.created = 0
+        self.created = self.held = 0
         self.runs.clear()
+        self.max_lines, self.phase_s, self.enqueued_token_limit, self.expire = 50_000, 0.0, 0, False
+        self.set("hold", None)
+
+    async def holding(self, step: str) -> None:
+        """Wait here while `step` is held (a kill of the client is what the test waits for)."""
+        if self.hold == step:
+            self.held += 1
+            await self.released.wait()
 
     def store(self, content: bytes, filename: str, purpose: str) -> StoredFile:
         stored = StoredFile(f"file-{secrets.token_hex(12)}", content, filename, purpose,
@@ -227,7 +252,14 @@ def routes(api: BatchApi) -> list[Route]:
                 return _error(400, "send a file with purpose 'batch'", "file")
             content = await upload.read()
             stored = api.store(content, upload.filename or "upload.jsonl", purpose)
+        await api.holding("upload")
         return JSONResponse(stored.object())
+
+    async def list_files(request: Request) -> JSONResponse:
+        purpose = request.query_params.get("purpose")
+        found = [f.object() for f in reversed(api.files.values()) if purpose in (None, f.purpose)]
+        return JSONResponse({"object": "list", "data": found, "has_more": False,
+                             "first_id": None, "last_id": None})  # fmt: skip
 
     def _file(request: Request) -> StoredFile | None:
         return api.files.get(request.path_params["file_id"])
@@ -240,7 +272,16 @@ def routes(api: BatchApi) -> list[Route]:
         found = _file(request)
         if found is None:
             return _error(404, "no such file")
-        return Response(found.content, media_type="application/jsonl")
+        if api.hold != "content" or found.purpose != "batch_output":
+            return Response(found.content, media_type="application/jsonl")
+        lines = found.content.splitlines(keepends=True)
+
+        async def halfway() -> AsyncIterator[bytes]:
+            yield b"".join(lines[: len(lines) // 2])
+            await api.holding("content")
+            yield b"".join(lines[len(lines) // 2 :])
+
+        return StreamingResponse(halfway(), media_type="application/jsonl")
 
     async def delete_file(request: Request) -> JSONResponse:
         found = api.files.pop(request.path_params["file_id"], None)
@@ -263,6 +304,7 @@ def routes(api: BatchApi) -> list[Route]:
         batch.times.update(created=now, expires=now + 24 * 3600)
         api.batches[batch.id] = batch
         api.created += 1
+        await api.holding("create")
         return JSONResponse(batch.object())
 
     def _acting(step: Callable[[MockBatch], None]) -> Callable[[Request], Any]:
@@ -297,11 +339,13 @@ def routes(api: BatchApi) -> list[Route]:
             for name, value in (await request.json()).items():
                 if name not in api.settings():
                     return _error(400, f"unknown setting {name!r}")
-                setattr(api, name, value)
-        return JSONResponse({**api.settings(), "created": api.created, "runs": dict(api.runs)})
+                api.set(name, value)
+        counts = {"created": api.created, "held": api.held, "runs": dict(api.runs)}
+        return JSONResponse({**api.settings(), **counts})
 
     return [
         Route("/v1/files", create_file, methods=["POST"]),
+        Route("/v1/files", list_files, methods=["GET"]),
         Route("/v1/files/{file_id}", get_file, methods=["GET"]),
         Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
         Route("/v1/files/{file_id}/content", file_content),

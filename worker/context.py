@@ -47,6 +47,7 @@ class WorkerContext(TypedDict):
     store: BatchStore
     http: openai.DefaultAioHttpClient
     models: dict[Provider, BaseChatModel]
+    batch_api: openai.AsyncOpenAI | None  # the provider's Batch API (`worker/handoff.py`)
     worker_id: str
     limiters: Limiters
     pacer: Pacer

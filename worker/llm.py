@@ -123,6 +123,20 @@ def build_models(
     return models
 
 
+def build_batch_api(settings: Settings) -> openai.AsyncOpenAI | None:
+    """The client of the provider's Files and Batch API (`provider_batch` mode), if the
+    openai provider is configured."""
+    if settings.openai_api_key is None and settings.openai_base_url is None:
+        return None
+    key = settings.openai_api_key
+    return openai.AsyncOpenAI(
+        api_key=key.get_secret_value() if key is not None else "not-needed",
+        base_url=settings.openai_base_url,
+        timeout=settings.request_timeout_s,
+        max_retries=settings.max_retries,
+    )
+
+
 def pin_signature(model_type: type[BaseChatModel]) -> None:
     """LangChain inspects a chat model's `_agenerate` on every call (to see whether it takes a
     `run_manager`): `inspect.signature` of it, about 10% of the offline model's CPU per item.
@@ -316,6 +330,16 @@ _STATUS_TYPES = {
     408: "timeout",
     429: "rate_limited",
 }
+
+
+def refusal_error(status: object, body: dict[str, Any]) -> ErrorInfo:
+    """A request the provider answered with an error status in a batch's error file: named as
+    `error_info` names a call's, with the provider's own message."""
+    error = body.get("error")
+    said = error.get("message") if isinstance(error, dict) else None
+    kind = _STATUS_TYPES.get(status, "provider_error") if isinstance(status, int) else None
+    message = said if isinstance(said, str) and said else f"The provider answered {status}."
+    return ErrorInfo(type=kind or "provider_error", message=message)
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

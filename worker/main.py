@@ -46,7 +46,7 @@ from shared.webhooks import WebhookEndpoints
 from worker import tasks
 from worker.concurrency import Limiters
 from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
-from worker.llm import build_models
+from worker.llm import build_batch_api, build_models
 from worker.pacing import Pacer, ProviderSaid, model_of
 from worker.scheduler import Leases, reconcile, take_turn
 from worker.watch import BatchWatch
@@ -150,6 +150,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         attempts=Attempts(store),
         http=http,
         models=build_models(settings, http),
+        batch_api=build_batch_api(settings),
         worker_id=worker_id,
         limiters=Limiters(ctx["redis"], worker_id, ttl_s=settings.worker_alive_s),
         pacer=pacer,
@@ -210,6 +211,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await workers.forget(wctx["redis"], wctx["worker_id"])
     if "http" in ctx:
         await wctx["http"].aclose()
+    if ctx.get("batch_api") is not None:
+        await wctx["batch_api"].close()  # type: ignore[union-attr]
 
 
 def _every(

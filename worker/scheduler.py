@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.scheduler import Scheduler, close_idle, live_jobs
+from shared.scheduler import Scheduler, at_provider, close_idle, live_jobs
 from shared.store import BatchStore
 
 log = logging.getLogger("promptbatch.worker")
@@ -195,6 +195,9 @@ async def close_stopped(
         close, how = partial(store.expire_pending, spec), "expired"
     else:
         return False
+    if spec.mode == "provider_batch":  # those at the provider end in their own runs
+        begun = set(await at_provider(redis, batch_id, chunks))
+        chunks = [chunk for chunk in chunks if chunk not in begun]
     idle = await close_idle(redis, batch_id, chunks, close, lease_s)
     if idle:
         log.info("batch %s: the items of chunks %s %s", batch_id, idle, how)

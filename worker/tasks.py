@@ -22,6 +22,7 @@ from shared.scheduler import close_idle
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
+from worker.handoff import Handoff
 from worker.llm import (
     batch_kwargs,
     call_kwargs,
@@ -62,6 +63,10 @@ class _HandBack(Exception):
     """This worker lacks the batch's provider and another alive worker has it."""
 
 
+class _PollLater(Exception):
+    """A chunk at the provider's Batch API is still running there: run it again later."""
+
+
 class ChunkStopped(Exception):
     """This run must start no more provider calls (its claim was lost, or its batch stopped)."""
 
@@ -92,6 +97,8 @@ async def run_chunk(ctx: dict[str, Any], batch_id: str, chunk: int) -> dict[str,
     except _HandBack:
         log.info("batch %s chunk %d: its provider is not on this worker; handed back",
                  batch_id, chunk)  # fmt: skip
+        raise RunLater(None) from None
+    except _PollLater:
         raise RunLater(None) from None
     except RedisError as exc:
         # Redis stayed away longer than the client's retries: run the chunk again later;
@@ -136,6 +143,8 @@ async def _run_attempt(
         await store.fail(batch_id, ErrorInfo(type="provider_unavailable", message=reason))
         log.error("batch %s: provider %s on no worker alive", batch_id, spec.provider)
         return {"written": 0}
+    if spec.mode == "provider_batch":
+        return await _hand_off(ctx, spec, chunk, run)
     if spec.status == "cancelling":
         closed = await store.cancel_pending(spec, chunk)
         await _close_rest(ctx, spec)
@@ -171,6 +180,24 @@ async def _run_attempt(
         log.info(
             "batch %s chunk %d: window ended; %d items expired", spec.id, chunk, counts["expired"]
         )
+    return counts
+
+
+async def _hand_off(ctx: WorkerContext, spec: BatchSpec, chunk: int, run: Run) -> dict[str, int]:
+    """A step of the chunk at the provider's Batch API (`worker/handoff.py`); until it is done,
+    the job is handed back to be run again (`Handoff.next_look_ms`). Once done, the
+    items the provider never answered end as the batch did: cancelled, or expired."""
+    store = ctx["store"]
+    await store.mark_started(spec.id)
+    handoff = Handoff(cast(dict[str, Any], ctx), spec, chunk)
+    if not await handoff.step():
+        run.due_ms = await handoff.next_look_ms()
+        raise _PollLater
+    counts = {"written": 0}
+    if spec.status == "cancelling":
+        counts["cancelled"] = await store.cancel_pending(spec, chunk)
+    elif spec.overdue() or await store.pending_items(spec.id, *spec.chunk_bounds(chunk)):
+        counts["expired"] = await store.expire_pending(spec, chunk)  # the provider's window
     return counts
 
 

@@ -21,7 +21,7 @@ from promptbatch import (
 )
 from promptbatch._requests import batch_request
 from promptbatch.display import BatchProgress
-from shared.schemas import ErrorInfo, Pacing
+from shared.schemas import ErrorInfo, Pacing, ProviderBatch, ProviderBatchCounts
 from tests.client.snapshots import snapshot
 
 
@@ -207,6 +207,22 @@ def test_the_progress_line_says_when_the_provider_paces_the_batch() -> None:
         "", "paced by the provider's limits", "",
         "paced by the provider's limits, 3 answered 429", "",
     ]  # fmt: skip
+
+
+def test_the_progress_line_says_what_the_provider_says_of_a_handed_off_batch() -> None:
+    console = Console(record=True, width=200, force_terminal=False)
+    bar = BatchProgress(console)
+    batch = snapshot("in_progress", 0, total=3000)
+    batch.mode = "provider_batch"
+    batch.provider_batches = [
+        ProviderBatch(id=f"batch_{n}", status=status,
+                      request_counts=ProviderBatchCounts(total=1500, completed=done, failed=1))
+        for n, (status, done) in enumerate((("in_progress", 700), ("validating", 498)))
+    ]  # fmt: skip
+    with bar:
+        bar.update(batch)
+    said = bar._progress.tasks[0].fields["paced"]
+    assert said == "at the provider: in_progress, validating, 1,200 of 3,000"
 
 
 async def test_the_clients_read_the_url_and_key_from_the_environment_as_the_cli_does(

@@ -1,0 +1,338 @@
+"""A chunk of a batch handed to the provider's own Batch API (`"mode": "provider_batch"`): half
+the price, within the provider's completion window, with promptbatch's results, order, cancel,
+retry and crash safety kept.
+
+A provider-mode batch's chunks are `PROMPTBATCH_PROVIDER_BATCH_MAX_LINES` items each; a chunk is
+one provider batch, or several when its lines pass `PROMPTBATCH_PROVIDER_BATCH_MAX_BYTES` (its
+*parts*). A run of the chunk's job takes each part one step on and, until every part is done,
+hands the job back to be run again after `PROMPTBATCH_PROVIDER_POLL_S`: no job slot is held
+while the provider works (that may take a day).
+
+Never paid twice: each step is recorded in Redis (`keys.handoff`) before the next is taken.
+- The parts (item index ranges) are planned once, so a resumed run uploads the same lines.
+- A part's nonce is recorded before its provider batch is created, and the provider batch
+  carries it in its metadata: a run that finds a nonce but no batch id (the worker before it
+  died right after the create) looks for a provider batch with that nonce among the newest
+  ones and creates one only if there is none.
+- An uploaded file whose id was recorded is used again.
+- Each result line is written into its own item, matched by our own custom id (`i<index>`),
+  never by order (the provider shuffles them); an item is written once, so a run that dies
+  while reading is resumed by one that reads the files again and writes only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from typing import IO, Any, cast
+
+import openai
+from langchain_core.messages import AIMessage
+from langchain_openai import ChatOpenAI
+from openai import AsyncOpenAI
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.batches import BatchSpec
+from shared.metrics import PROVIDER_BATCHES
+from shared.model import PROVIDER_BATCH_FIELD, decode
+from shared.results import ItemOutcome, PendingItem
+from shared.schemas import ErrorInfo, ProviderBatch, ProviderBatchCounts
+from shared.settings import Settings
+from worker.llm import batch_kwargs, call_kwargs, checked_outcome, refusal_error, to_messages
+
+log = logging.getLogger("promptbatch.worker")
+
+#: A provider batch that will change no more.
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: How a provider refuses a batch for its enqueued-token quota: submitted again later.
+QUEUE_FULL = "token_limit_exceeded"
+#: Results written to Redis at a time.
+WRITE_EVERY = 500
+#: Metadata keys a provider batch carries (OpenAI allows 16 of up to 64 characters).
+META_BATCH, META_PART, META_NONCE = "promptbatch_batch", "promptbatch_part", "promptbatch_nonce"
+#: The longest a chunk waits between looks, in `PROMPTBATCH_PROVIDER_POLL_S`.
+MOST_BACKOFF = 8
+#: How many of the provider's newest batches are looked through for a part's nonce.
+LOOK_BACK = 500
+
+
+def custom_id(index: int) -> str:
+    """Our own custom id of an item's request line: user ids never collide."""
+    return f"i{index}"
+
+
+def request_line(model: ChatOpenAI, spec: BatchSpec, item: PendingItem) -> bytes:
+    """The item's request as an OpenAI Batch input line: the body ChatOpenAI would send for it
+    (its messages, the batch's params with its own over them)."""
+    kwargs = batch_kwargs(model, spec.model, spec.params)
+    if item.params:
+        kwargs |= call_kwargs(model, item.params)
+    body = model._get_request_payload(to_messages(spec.system, item.prompt), **kwargs)
+    body.pop("stream", None)
+    body |= body.pop("extra_body", None) or {}
+    line = {"custom_id": custom_id(item.index), "method": "POST",
+            "url": "/v1/chat/completions", "body": body}  # fmt: skip
+    return json.dumps(line, ensure_ascii=False).encode() + b"\n"
+
+
+def plan_parts(sizes: Sequence[tuple[int, int]], most_bytes: int) -> list[tuple[int, int]]:
+    """Index ranges [first, last] of (index, line bytes), in order, none past `most_bytes`
+    (a line alone may be)."""
+    parts: list[tuple[int, int]] = []
+    held = 0
+    for index, size in sizes:
+        if parts and held + size <= most_bytes:
+            parts[-1] = (parts[-1][0], index)
+            held += size
+        else:
+            parts.append((index, index))
+            held = size
+    return parts
+
+
+def reply_of(model: ChatOpenAI, body: dict[str, Any]) -> AIMessage:
+    """A `chat.completion` body as the message ChatOpenAI would have returned for it."""
+    result = model._create_chat_result(body)
+    generation = result.generations[0]
+    message = cast(AIMessage, generation.message)
+    message.response_metadata = {**(generation.generation_info or {}),
+                                 **message.response_metadata}  # fmt: skip
+    return message
+
+
+class Handoff:
+    """One chunk of a provider-mode batch at the provider: its state, and its steps."""
+
+    def __init__(self, ctx: dict[str, Any], spec: BatchSpec, chunk: int) -> None:
+        self.ctx, self.spec, self.chunk = ctx, spec, chunk
+        self.redis: Redis = ctx["redis"]
+        self.api: AsyncOpenAI = ctx["batch_api"]
+        self.model: ChatOpenAI = ctx["models"][spec.provider]
+        self.settings: Settings = ctx["settings"]
+        self.key = keys.handoff(spec.id, chunk)
+        self.state: dict[str, str] = {}
+        self.moved = False  # whether a provider batch moved on since the last look
+
+    async def step(self) -> bool:
+        """Take every part one step on; True once all are done (their items written, or left
+        pending for the caller to end: cancelled or expired)."""
+        store = self.ctx["store"]
+        start, end = self.spec.chunk_bounds(self.chunk)
+        pending = {item.index: item for item in await store.pending_items(self.spec.id, start, end)}
+        self.state = decode(await self.redis.hgetall(self.key))  # type: ignore[misc]
+        if "parts" not in self.state:
+            await self._plan(list(pending.values()))
+        parts = json.loads(self.state["parts"])
+        stopping = self.spec.status == "cancelling" or self.spec.overdue()
+        done = True
+        for part, (first, last) in enumerate(parts):
+            if self.state.get(f"{part}:done"):
+                continue
+            remote_id = self.state.get(f"{part}:batch")
+            if remote_id is None:
+                if stopping:  # never handed over: its items are ended by the caller
+                    await self._record(part, "done", "1")
+                    continue
+                remote_id = await self._hand_over(part, [i for i in pending.values()
+                                                         if first <= i.index <= last])  # fmt: skip
+            if not await self._poll(part, remote_id, stopping, pending):
+                done = False
+        return done
+
+    async def next_look_ms(self) -> int:
+        """When to look again: after `PROMPTBATCH_PROVIDER_POLL_S`, doubled for each look in a
+        row that found nothing moved (up to eight times): a provider batch that sits in its
+        queue for hours is not asked every minute."""
+        if self.moved:
+            await self.redis.hset(self.key, "quiet", "0")  # type: ignore[misc]
+            quiet = 0
+        else:
+            quiet = int(await self.redis.hincrby(self.key, "quiet", 1))  # type: ignore[misc]
+        times = min(MOST_BACKOFF, 1 << min(quiet, 3))
+        return round(self.settings.provider_poll_s * 1000 * times)
+
+    async def _plan(self, pending: list[PendingItem]) -> None:
+        sizes = await asyncio.to_thread(
+            lambda: [(item.index, len(request_line(self.model, self.spec, item)))
+                     for item in pending]
+        )  # fmt: skip
+        parts = plan_parts(sizes, self.settings.provider_batch_max_bytes)
+        await self.redis.hsetnx(self.key, "parts", json.dumps(parts))  # type: ignore[misc]
+        await self.redis.pexpire(self.key, self.ctx["store"].result_ttl_ms or 30 * 24 * 3600_000)
+        self.state = decode(await self.redis.hgetall(self.key))  # type: ignore[misc]
+
+    async def _record(self, part: int, name: str, value: str) -> None:
+        await self.redis.hset(self.key, f"{part}:{name}", value)  # type: ignore[misc]
+        self.state[f"{part}:{name}"] = value
+
+    async def _hand_over(self, part: int, items: list[PendingItem]) -> str:
+        """The part's provider batch: found by its nonce, or created (its lines uploaded first).
+        The nonce is recorded before the create, the batch's id right after."""
+        nonce = self.state.get(f"{part}:nonce")
+        resumed = nonce is not None  # a worker before this one got this far, then died
+        if nonce is None:
+            fresh = secrets.token_hex(8)
+            await self.redis.hsetnx(self.key, f"{part}:nonce", fresh)  # type: ignore[misc]
+            nonce = (await self.redis.hget(self.key, f"{part}:nonce")).decode()  # type: ignore[misc]
+        else:
+            found = await self._find(nonce)
+            if found is not None:
+                await self._record(part, "batch", found)
+                return found
+        file_id = self.state.get(f"{part}:file")
+        if file_id is None:
+            if resumed:
+                await self._drop_orphans(nonce)
+            file_id = await self._upload(part, nonce, items)
+            await self._record(part, "file", file_id)
+        created = await self.api.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={META_BATCH: self.spec.id, META_PART: f"{self.chunk}.{part}",
+                      META_NONCE: nonce},
+        )  # fmt: skip
+        await self._record(part, "batch", created.id)
+        log.info("batch %s chunk %d part %d: handed to the provider as %s (%d lines)",
+                 self.spec.id, self.chunk, part, created.id, len(items))  # fmt: skip
+        return created.id
+
+    async def _find(self, nonce: str) -> str | None:
+        """A provider batch already made for this nonce (by a worker that died before it could
+        record its id), among the provider's newest."""
+        seen = 0
+        async for remote in self.api.batches.list(limit=100):
+            if (remote.metadata or {}).get(META_NONCE) == nonce:
+                return remote.id
+            seen += 1
+            if seen >= LOOK_BACK:
+                break
+        return None
+
+    async def _drop_orphans(self, nonce: str) -> None:
+        """Delete the files a worker uploaded for this nonce and died before recording: they
+        would never be used (their names carry the nonce)."""
+        async for uploaded in self.api.files.list(purpose="batch"):
+            if nonce in uploaded.filename:
+                await self.api.files.delete(uploaded.id)
+
+    async def _upload(self, part: int, nonce: str, items: list[PendingItem]) -> str:
+        """The part's lines as an input file at the provider (spooled, then streamed up)."""
+        spool = await asyncio.to_thread(self._spool, items)
+        try:
+            name = f"promptbatch-{self.spec.id}-{self.chunk}.{part}-{nonce}.jsonl"
+            uploaded = await self.api.files.create(file=(name, spool), purpose="batch")
+        finally:
+            await asyncio.to_thread(spool.close)
+        return uploaded.id
+
+    def _spool(self, items: list[PendingItem]) -> IO[bytes]:
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115
+        for item in items:
+            spool.write(request_line(self.model, self.spec, item))
+        spool.seek(0)
+        return spool
+
+    async def _poll(
+        self, part: int, remote_id: str, stopping: bool, pending: dict[int, PendingItem]
+    ) -> bool:
+        """Look at the part's provider batch; True once it is final and its results written."""
+        remote = await self.api.batches.retrieve(remote_id)
+        await self._show(part, remote)
+        if remote.status not in FINAL:
+            if stopping and remote.status != "cancelling":
+                await self.api.batches.cancel(remote_id)
+            return False
+        errors = [e for e in (remote.errors.data if remote.errors else None) or []]
+        if remote.status == "failed" and any(e.code == QUEUE_FULL for e in errors):
+            # The provider's queue is full: the same lines go again, as a new provider batch.
+            await self.redis.hdel(self.key, f"{part}:batch", f"{part}:nonce")  # type: ignore[misc]
+            log.info("batch %s chunk %d part %d: the provider's token queue is full; "
+                     "submitted again later", self.spec.id, self.chunk, part)  # fmt: skip
+            return False
+        if remote.status == "failed":
+            message = "; ".join(e.message or e.code or "" for e in errors) or "failed"
+            error = ErrorInfo(type="provider_error",
+                              message=f"The provider refused the batch: {message}")  # fmt: skip
+            first, last = json.loads(self.state["parts"])[part]
+            refused = [(item, ItemOutcome(status="failed", error=error))
+                       for index, item in pending.items() if first <= index <= last]  # fmt: skip
+            await self.ctx["store"].record_many(self.spec, refused)
+        for file_id in (remote.output_file_id, remote.error_file_id):
+            if file_id:
+                await self._read(file_id, pending)
+        await self._record(part, "done", "1")
+        if remote.input_file_id:
+            try:
+                await self.api.files.delete(remote.input_file_id)
+            except openai.APIError as exc:  # a file left at the provider, not a result lost
+                log.warning("batch %s: input file not deleted (%s)", self.spec.id,
+                            type(exc).__name__)  # fmt: skip
+        return True
+
+    async def _show(self, part: int, remote: Any) -> None:
+        """The part's provider batch as the batch object shows it (`provider_batches`)."""
+        counts = remote.request_counts
+        said = ProviderBatchCounts()
+        if counts is not None:
+            said = ProviderBatchCounts(
+                total=counts.total, completed=counts.completed, failed=counts.failed
+            )
+        shown = ProviderBatch(id=remote.id, status=remote.status, request_counts=said)
+        field, value = f"{PROVIDER_BATCH_FIELD}{self.chunk:06d}.{part:03d}", shown.model_dump_json()
+        before = await self.redis.hget(keys.batch(self.spec.id), field)  # type: ignore[misc]
+        if before is not None and before.decode() == value:
+            return
+        self.moved = True
+        was = None if before is None else ProviderBatch.model_validate_json(before).status
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.batch(self.spec.id), field, value)
+            if was != shown.status:  # `/metrics` counts provider batches by status
+                pipe.hincrby(keys.STATS, PROVIDER_BATCHES + shown.status, 1)
+                if was is not None:
+                    pipe.hincrby(keys.STATS, PROVIDER_BATCHES + was, -1)
+            await pipe.execute()
+
+    async def _read(self, file_id: str, pending: dict[int, PendingItem]) -> None:
+        """Write each line of a result file into its own item (matched by custom id); an item
+        written already is left as it is."""
+        batch: list[tuple[PendingItem, ItemOutcome]] = []
+        async for line in self._lines(file_id):
+            item = pending.get(_index(line.get("custom_id")))
+            response = line.get("response")
+            if item is None or not isinstance(response, dict):
+                continue  # not ours, written already, or never run (ended by the caller)
+            batch.append((item, await self._outcome(item, response)))
+            if len(batch) >= WRITE_EVERY:
+                await self.ctx["store"].record_many(self.spec, batch)
+                batch = []
+        if batch:
+            await self.ctx["store"].record_many(self.spec, batch)
+
+    async def _lines(self, file_id: str) -> AsyncIterator[dict[str, Any]]:
+        async with self.api.files.with_streaming_response.content(file_id) as response:
+            async for text in response.iter_lines():
+                if text.strip():
+                    yield json.loads(text)
+
+    async def _outcome(self, item: PendingItem, response: dict[str, Any]) -> ItemOutcome:
+        status, body = response.get("status_code"), response.get("body") or {}
+        if status != 200:
+            return ItemOutcome(status="failed", error=refusal_error(status, body))
+        fmt = (item.params or {}).get("response_format", self.spec.params.response_format)
+        try:
+            return await checked_outcome(reply_of(self.model, body), fmt)
+        except Exception as exc:  # the type only: a reply may quote the prompt
+            message = f"The provider's answer could not be read ({type(exc).__name__})."
+            return ItemOutcome(status="failed",
+                               error=ErrorInfo(type="invalid_output", message=message))  # fmt: skip
+
+
+def _index(value: object) -> int:
+    """An item index of our own custom id (`i<index>`), or -1."""
+    if isinstance(value, str) and value.startswith("i") and value[1:].isdigit():
+        return int(value[1:])
+    return -1
