@@ -14,7 +14,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared import keys, scheduler
-from shared.batches import BatchPlan, Idempotency
+from shared.batches import BatchPlan, BatchSpec, Idempotency
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.retries import RETRIED, RETRYABLE
 from shared.schemas import FINAL_BATCH_STATUSES, Batch
@@ -83,8 +83,9 @@ async def cancel(
         close = partial(store.cancel_pending, spec)
         chunks: Sequence[int] = range(spec.chunks)
         if spec.mode == "provider_batch":
-            begun = set(await scheduler.at_provider(redis, batch_id, chunks))
-            chunks = [chunk for chunk in chunks if chunk not in begun]
+            begun = await scheduler.at_provider(redis, batch_id, chunks)
+            await scheduler.due_now(redis, [keys.job_id(batch_id, chunk) for chunk in begun])
+            chunks = [chunk for chunk in chunks if chunk not in set(begun)]
         await scheduler.close_idle(redis, batch_id, chunks, close, lease_s)
         await scheduler.Scheduler(redis).join(batch_id)  # its dropped head: the others' turns
     return await store.get(batch_id)
@@ -127,6 +128,8 @@ async def retry(
     it, its retried items pending."""
     await store.get(batch_id, owner)  # another owner's batch is NotFound, before anything else
     spec = await store.spec(batch_id)
+    if spec is not None and spec.mode == "provider_batch":
+        await _none_at_provider(redis, spec, "retry")
     if spec is not None and spec.status in FINAL_BATCH_STATUSES:
         job_ids = [keys.job_id(batch_id, chunk) for chunk in range(spec.chunks)]
         if any(await scheduler.claimed(redis, job_ids)):
@@ -149,6 +152,8 @@ async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
     spec = await store.spec(batch_id)
     if spec is None:
         raise NotFound(f"No batch {batch_id}.")
+    if spec.mode == "provider_batch":
+        await _none_at_provider(redis, spec, "delete")
     if spec.status not in FINAL_BATCH_STATUSES:
         with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile
             await store.request_cancel(batch_id)
@@ -159,3 +164,17 @@ async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
     await scheduler.drop_jobs(redis, job_ids)
     # A head of its own may have been dropped: its owner's other batches take the turn.
     await scheduler.Scheduler(redis).refill(spec.owner)
+
+
+async def _none_at_provider(redis: Redis, spec: BatchSpec, action: str) -> None:
+    """Conflict while a provider batch of this batch may still run at the provider: deleting
+    or retrying then would lose the only record of it, and it would run on, paid for."""
+    for chunk in await scheduler.at_provider(redis, spec.id, range(spec.chunks)):
+        state = await redis.hgetall(keys.handoff(spec.id, chunk))  # type: ignore[misc]
+        fields = {name.decode() for name in state}
+        parts = {name.split(":")[0] for name in fields if ":" in name}
+        if any(f"{part}:done" not in fields for part in parts if f"{part}:nonce" in fields):
+            raise Conflict(
+                f"Batch {spec.id} is still at the provider's Batch API; cancel it first "
+                f"(POST /v1/batches/{spec.id}/cancel) and {action} it once it has ended."
+            )

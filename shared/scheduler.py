@@ -55,6 +55,7 @@ reconciler) is `worker/scheduler.py`.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from typing import TypeVar
@@ -212,14 +213,21 @@ class Scheduler:
         return outcome >= 0
 
     async def release(
-        self, batch_id: str, chunk: int, worker: str, due_ms: int | None = None
+        self,
+        batch_id: str,
+        chunk: int,
+        worker: str,
+        due_ms: int | None = None,
+        *,
+        feeds: bool = True,
     ) -> bool:
-        """A run drained or ended (`due_ms` None), or hands its job back, due in `due_ms`.
-        False if the run no longer holds the job's claim (nothing changed then)."""
+        """A run drained or ended (`due_ms` None), or hands its job back, due in `due_ms`, its
+        chunk still feeding its batch unless not `feeds` (a chunk waiting at the provider's
+        Batch API). False if the run no longer holds the job's claim (nothing changed then)."""
         job_id = keys.job_id(batch_id, chunk)
         own = [jobs.arq_in_progress(job_id), *self._batch_keys(batch_id)]
         due = -1 if due_ms is None else due_ms
-        args = (job_id, batch_id, chunk, worker, due)
+        args = (job_id, batch_id, chunk, worker, due, int(feeds))
         outcome, _ = await self._run("sched_release", own, *args, batch_id=batch_id)
         return bool(outcome)
 
@@ -303,6 +311,16 @@ async def at_provider(redis: Redis, batch_id: str, chunks: Sequence[int]) -> lis
             pipe.exists(keys.handoff(batch_id, chunk))
         found = await pipe.execute()
     return [chunk for chunk, begun in zip(chunks, found, strict=True) if begun]
+
+
+async def due_now(redis: Redis, job_ids: Sequence[str]) -> None:
+    """Make queued jobs that no worker runs due at once (a run that waits to look at the
+    provider again, when its batch was cancelled). A running one is left as it is."""
+    running = await claimed(redis, job_ids)
+    now_ms = time.time_ns() // 1_000_000
+    waiting = {job: now_ms for job, taken in zip(job_ids, running, strict=True) if not taken}
+    if waiting:
+        await redis.zadd(keys.QUEUE, waiting, xx=True)
 
 
 async def due_jobs(redis: Redis, now_ms: int) -> int:

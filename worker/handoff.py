@@ -23,10 +23,12 @@ Never paid twice: each step is recorded in Redis (`keys.handoff`) before the nex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import IO, Any, cast
 
@@ -44,6 +46,7 @@ from shared.results import ItemOutcome, PendingItem
 from shared.schemas import ErrorInfo, ProviderBatch, ProviderBatchCounts
 from shared.settings import Settings
 from worker.llm import batch_kwargs, call_kwargs, checked_outcome, refusal_error, to_messages
+from worker.scheduler import Run
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -59,6 +62,15 @@ META_BATCH, META_PART, META_NONCE = "promptbatch_batch", "promptbatch_part", "pr
 MOST_BACKOFF = 8
 #: How many of the provider's newest batches are looked through for a part's nonce.
 LOOK_BACK = 500
+
+
+class ChunkLost(Exception):
+    """Another worker holds the chunk now (this run stalled past its lease): stop here."""
+
+
+def refused_for_good(exc: openai.APIStatusError) -> bool:
+    """A 4xx the provider will answer again (not 408, 409 or 429, which are "later")."""
+    return 400 <= exc.status_code < 500 and exc.status_code not in (408, 409, 429)
 
 
 def custom_id(index: int) -> str:
@@ -108,8 +120,8 @@ def reply_of(model: ChatOpenAI, body: dict[str, Any]) -> AIMessage:
 class Handoff:
     """One chunk of a provider-mode batch at the provider: its state, and its steps."""
 
-    def __init__(self, ctx: dict[str, Any], spec: BatchSpec, chunk: int) -> None:
-        self.ctx, self.spec, self.chunk = ctx, spec, chunk
+    def __init__(self, ctx: dict[str, Any], spec: BatchSpec, chunk: int, run: Run) -> None:
+        self.ctx, self.spec, self.chunk, self.run = ctx, spec, chunk, run
         self.redis: Redis = ctx["redis"]
         self.api: AsyncOpenAI = ctx["batch_api"]
         self.model: ChatOpenAI = ctx["models"][spec.provider]
@@ -117,16 +129,14 @@ class Handoff:
         self.key = keys.handoff(spec.id, chunk)
         self.state: dict[str, str] = {}
         self.moved = False  # whether a provider batch moved on since the last look
+        self._pending: dict[int, PendingItem] | None = None
 
     async def step(self) -> bool:
         """Take every part one step on; True once all are done (their items written, or left
         pending for the caller to end: cancelled or expired)."""
-        store = self.ctx["store"]
-        start, end = self.spec.chunk_bounds(self.chunk)
-        pending = {item.index: item for item in await store.pending_items(self.spec.id, start, end)}
         self.state = decode(await self.redis.hgetall(self.key))  # type: ignore[misc]
         if "parts" not in self.state:
-            await self._plan(list(pending.values()))
+            await self._plan(list((await self.pending()).values()))
         parts = json.loads(self.state["parts"])
         stopping = self.spec.status == "cancelling" or self.spec.overdue()
         done = True
@@ -134,15 +144,33 @@ class Handoff:
             if self.state.get(f"{part}:done"):
                 continue
             remote_id = self.state.get(f"{part}:batch")
+            if remote_id is None and f"{part}:nonce" in self.state:
+                # A worker before this one may have made it and died before saying so.
+                remote_id = await self._find(self.state[f"{part}:nonce"])
+                if remote_id is not None:
+                    await self._record(part, "batch", remote_id)
             if remote_id is None:
                 if stopping:  # never handed over: its items are ended by the caller
+                    await self._drop_upload(part)
                     await self._record(part, "done", "1")
                     continue
-                remote_id = await self._hand_over(part, [i for i in pending.values()
-                                                         if first <= i.index <= last])  # fmt: skip
-            if not await self._poll(part, remote_id, stopping, pending):
+                items = [i for i in (await self.pending()).values() if first <= i.index <= last]
+                remote_id = await self._hand_over(part, items)
+                if remote_id is None:  # refused by the provider: its items failed
+                    await self._record(part, "done", "1")
+                    continue
+            if not await self._poll(part, remote_id, stopping):
                 done = False
         return done
+
+    async def pending(self) -> dict[int, PendingItem]:
+        """The chunk's items without a result, by index (read when first needed: a look at a
+        provider batch that is still running reads none)."""
+        if self._pending is None:
+            start, end = self.spec.chunk_bounds(self.chunk)
+            found = await self.ctx["store"].pending_items(self.spec.id, start, end)
+            self._pending = {item.index: item for item in found}
+        return self._pending
 
     async def next_look_ms(self) -> int:
         """When to look again: after `PROMPTBATCH_PROVIDER_POLL_S`, doubled for each look in a
@@ -154,7 +182,10 @@ class Handoff:
         else:
             quiet = int(await self.redis.hincrby(self.key, "quiet", 1))  # type: ignore[misc]
         times = min(MOST_BACKOFF, 1 << min(quiet, 3))
-        return round(self.settings.provider_poll_s * 1000 * times)
+        wait_ms = round(self.settings.provider_poll_s * 1000 * times)
+        if self.spec.deadline_ms is not None:  # look again when the batch's window ends
+            wait_ms = max(0, min(wait_ms, self.spec.deadline_ms - time.time_ns() // 1_000_000))
+        return wait_ms
 
     async def _plan(self, pending: list[PendingItem]) -> None:
         sizes = await asyncio.to_thread(
@@ -170,35 +201,63 @@ class Handoff:
         await self.redis.hset(self.key, f"{part}:{name}", value)  # type: ignore[misc]
         self.state[f"{part}:{name}"] = value
 
-    async def _hand_over(self, part: int, items: list[PendingItem]) -> str:
-        """The part's provider batch: found by its nonce, or created (its lines uploaded first).
-        The nonce is recorded before the create, the batch's id right after."""
+    async def _hand_over(self, part: int, items: list[PendingItem]) -> str | None:
+        """The part's provider batch, created (its lines uploaded first); None if the provider
+        refused it for good (its items failed). The nonce is recorded before the create; the
+        create is made once (no retry: a retry could make a second batch), and a create that
+        failed is looked for by its nonce on the next step before another is made."""
         nonce = self.state.get(f"{part}:nonce")
-        resumed = nonce is not None  # a worker before this one got this far, then died
         if nonce is None:
-            fresh = secrets.token_hex(8)
-            await self.redis.hsetnx(self.key, f"{part}:nonce", fresh)  # type: ignore[misc]
+            await self.redis.hsetnx(self.key, f"{part}:nonce", secrets.token_hex(8))  # type: ignore[misc]
             nonce = (await self.redis.hget(self.key, f"{part}:nonce")).decode()  # type: ignore[misc]
-        else:
-            found = await self._find(nonce)
-            if found is not None:
-                await self._record(part, "batch", found)
-                return found
-        file_id = self.state.get(f"{part}:file")
-        if file_id is None:
-            if resumed:
-                await self._drop_orphans(nonce)
-            file_id = await self._upload(part, nonce, items)
-            await self._record(part, "file", file_id)
-        created = await self.api.batches.create(
-            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
-            metadata={META_BATCH: self.spec.id, META_PART: f"{self.chunk}.{part}",
-                      META_NONCE: nonce},
-        )  # fmt: skip
-        await self._record(part, "batch", created.id)
+        elif f"{part}:file" not in self.state:
+            await self._drop_orphans(nonce)  # uploaded by a worker that died before saying so
+        await self._still_ours()
+        try:
+            file_id = self.state.get(f"{part}:file")
+            if file_id is None:
+                file_id = await self._upload(part, nonce, items)
+                await self._record(part, "file", file_id)
+            await self._still_ours()
+            created = await self.api.with_options(max_retries=0).batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+                metadata={META_BATCH: self.spec.id, META_PART: f"{self.chunk}.{part}",
+                          META_NONCE: nonce},
+            )  # fmt: skip
+        except openai.APIStatusError as exc:
+            if not refused_for_good(exc):
+                raise
+            await self._fail(part, items, f"The provider refused the batch's file: {exc.message}")
+            return None
+        if not await self.redis.hsetnx(self.key, f"{part}:batch", created.id):  # type: ignore[misc]
+            # Another run made one too (its lease had lapsed): keep the first, cancel this one.
+            await self.api.batches.cancel(created.id)
+            first = await self.redis.hget(self.key, f"{part}:batch")  # type: ignore[misc]
+            return str(first.decode())
+        self.state[f"{part}:batch"] = created.id
         log.info("batch %s chunk %d part %d: handed to the provider as %s (%d lines)",
                  self.spec.id, self.chunk, part, created.id, len(items))  # fmt: skip
         return created.id
+
+    async def _still_ours(self) -> None:
+        """Before anything is paid for: the run still holds its chunk (a run that stalled past
+        its lease waits for a renewal to say, and stops if another worker has it)."""
+        await self.ctx["leases"].held(self.run)
+        if self.run.lost.is_set():
+            raise ChunkLost
+
+    async def _fail(self, part: int, items: list[PendingItem], message: str) -> None:
+        error = ErrorInfo(type="provider_error", message=message)
+        await self.ctx["store"].record_many(
+            self.spec, [(item, ItemOutcome(status="failed", error=error)) for item in items]
+        )
+
+    async def _drop_upload(self, part: int) -> None:
+        """Delete the part's uploaded file at the provider, if one was recorded."""
+        file_id = self.state.get(f"{part}:file")
+        if file_id is not None:
+            with contextlib.suppress(openai.NotFoundError):
+                await self.api.files.delete(file_id)
 
     async def _find(self, nonce: str) -> str | None:
         """A provider batch already made for this nonce (by a worker that died before it could
@@ -236,9 +295,7 @@ class Handoff:
         spool.seek(0)
         return spool
 
-    async def _poll(
-        self, part: int, remote_id: str, stopping: bool, pending: dict[int, PendingItem]
-    ) -> bool:
+    async def _poll(self, part: int, remote_id: str, stopping: bool) -> bool:
         """Look at the part's provider batch; True once it is final and its results written."""
         remote = await self.api.batches.retrieve(remote_id)
         await self._show(part, remote)
@@ -255,15 +312,13 @@ class Handoff:
             return False
         if remote.status == "failed":
             message = "; ".join(e.message or e.code or "" for e in errors) or "failed"
-            error = ErrorInfo(type="provider_error",
-                              message=f"The provider refused the batch: {message}")  # fmt: skip
             first, last = json.loads(self.state["parts"])[part]
-            refused = [(item, ItemOutcome(status="failed", error=error))
-                       for index, item in pending.items() if first <= index <= last]  # fmt: skip
-            await self.ctx["store"].record_many(self.spec, refused)
+            items = [item for index, item in (await self.pending()).items()
+                     if first <= index <= last]  # fmt: skip
+            await self._fail(part, items, f"The provider refused the batch: {message}")
         for file_id in (remote.output_file_id, remote.error_file_id):
             if file_id:
-                await self._read(file_id, pending)
+                await self._read(file_id, await self.pending())
         await self._record(part, "done", "1")
         if remote.input_file_id:
             try:
@@ -313,10 +368,16 @@ class Handoff:
             await self.ctx["store"].record_many(self.spec, batch)
 
     async def _lines(self, file_id: str) -> AsyncIterator[dict[str, Any]]:
+        """A result file's lines, streamed; one that is not a JSON object is passed over (its
+        item stays pending, and ends as the batch does)."""
         async with self.api.files.with_streaming_response.content(file_id) as response:
             async for text in response.iter_lines():
-                if text.strip():
-                    yield json.loads(text)
+                try:
+                    line = json.loads(text) if text.strip() else None
+                except ValueError:
+                    line = None
+                if isinstance(line, dict):
+                    yield line
 
     async def _outcome(self, item: PendingItem, response: dict[str, Any]) -> ItemOutcome:
         status, body = response.get("status_code"), response.get("body") or {}

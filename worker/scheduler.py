@@ -42,6 +42,9 @@ class Run:
     #: When the run ends: None to let go of the job (arq finishes it), else hand it back, due
     #: in this many ms (arq keeps it queued).
     due_ms: int | None = None
+    #: Whether a job handed back still takes a place in its batch's window (not while its
+    #: chunk waits at the provider's Batch API).
+    feeds: bool = True
     _drained: bool = False
 
 
@@ -86,7 +89,9 @@ class Leases:
                 del self._held[job_id]
             if not run.lost.is_set():
                 try:
-                    await self.scheduler.release(batch_id, chunk, self.owner, run.due_ms)
+                    await self.scheduler.release(
+                        batch_id, chunk, self.owner, run.due_ms, feeds=run.feeds
+                    )
                 except RedisError as exc:  # its job comes due when the lease ends anyway
                     log.warning("job %s: not released (%s)", job_id, type(exc).__name__)
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from redis.exceptions import RedisError
@@ -22,7 +23,7 @@ from shared.scheduler import close_idle
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
-from worker.handoff import Handoff
+from worker.handoff import ChunkLost, Handoff
 from worker.llm import (
     batch_kwargs,
     call_kwargs,
@@ -189,9 +190,20 @@ async def _hand_off(ctx: WorkerContext, spec: BatchSpec, chunk: int, run: Run) -
     items the provider never answered end as the batch did: cancelled, or expired."""
     store = ctx["store"]
     await store.mark_started(spec.id)
-    handoff = Handoff(cast(dict[str, Any], ctx), spec, chunk)
-    if not await handoff.step():
+    handoff = Handoff(cast(dict[str, Any], ctx), spec, chunk, run)
+    try:
+        done = await handoff.step()
+    except ChunkLost:
+        return {"written": 0}  # another worker has the chunk: `run_chunk` leaves it to it
+    except (openai.APIConnectionError, openai.APIStatusError) as exc:
+        # The provider is away or busy ("later"): look again, backing off; never the batch's end.
+        status = getattr(exc, "status_code", None)
+        log.warning("batch %s chunk %d: the provider's Batch API answered %s; looking again later",
+                    spec.id, chunk, status or type(exc).__name__)  # fmt: skip
+        done = False
+    if not done:
         run.due_ms = await handoff.next_look_ms()
+        run.feeds = False  # at the provider: the batch's other chunks may go meanwhile
         raise _PollLater
     counts = {"written": 0}
     if spec.status == "cancelling":

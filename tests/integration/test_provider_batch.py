@@ -205,3 +205,66 @@ async def test_the_openai_surface_takes_mode_as_an_extra_body_field(
     assert (done["mode"], done["status"]) == ("provider_batch", "completed")
     assert mock.batch_api()["created"] == 1
     assert mock.stats()["calls"] == 0
+
+
+async def test_a_completion_window_shorter_than_the_provider_s_cancels_it_and_expires_the_rest(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    settings = handing_off(redis_url, mock, workers, phase_s=2.0)  # 2 s a phase at the provider
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=[f"item {n}" for n in range(100)],
+                             mode="provider_batch", completion_window=3)  # fmt: skip
+        done = await wait_final(client, batch["id"], timeout_s=60)
+        items = await all_results(client, batch["id"])
+
+    assert done["status"] == "expired"
+    assert [b["status"] for b in done["provider_batches"]] == ["cancelled"]
+    counts = done["request_counts"]
+    assert (counts["succeeded"], counts["expired"], counts["pending"]) == (50, 50, 0)
+    kept = [item for item in items if item["status"] == "succeeded"]
+    assert all(item["output"] == f"mock reply to: item {item['index']}" for item in kept)
+
+
+async def test_a_provider_that_answers_500_for_a_while_is_looked_at_again_not_the_batch_s_end(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    settings = handing_off(redis_url, mock, workers, fail_polls=5)
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=["a", "b"], mode="provider_batch")
+        done = await wait_final(client, batch["id"], timeout_s=60)
+    assert done["status"] == "completed"
+    assert mock.batch_api()["created"] == 1
+
+
+async def test_a_batch_s_chunks_wait_at_the_provider_side_by_side_not_one_after_another(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    """At max_concurrency 1 a batch's window is one chunk; a chunk waiting at the provider
+    takes no place in it, so its three provider batches are made at once (one after another
+    would take the provider's three phases of a second each per batch)."""
+    settings = handing_off(redis_url, mock, workers, phase_s=1.0)
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=[f"item {n}" for n in range(3 * MAX_LINES)],
+                             mode="provider_batch", max_concurrency=1)  # fmt: skip
+        wait_until(lambda: mock.batch_api()["created"] == 3, what="three provider batches")
+        shown = (await client.get(f"/v1/batches/{batch['id']}")).json()["provider_batches"]
+        done = await wait_final(client, batch["id"], timeout_s=60)
+    assert "completed" not in [b["status"] for b in shown]  # all three made before any ended
+    assert done["status"] == "completed"
+
+
+async def test_a_batch_at_the_provider_is_deleted_only_once_it_has_ended(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    settings = handing_off(redis_url, mock, workers, phase_s=1.0)
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=["a", "b"], mode="provider_batch")
+        wait_until(lambda: mock.batch_api()["created"] == 1, what="the provider batch")
+        refused = await client.delete(f"/v1/batches/{batch['id']}")
+        await client.post(f"/v1/batches/{batch['id']}/cancel")
+        done = await wait_final(client, batch["id"], timeout_s=60)
+        deleted = await client.delete(f"/v1/batches/{batch['id']}")
+    assert refused.status_code == 409
+    assert "still at the provider" in refused.json()["error"]["message"]
+    assert [b["status"] for b in done["provider_batches"]] == ["cancelled"]
+    assert deleted.status_code == 204
