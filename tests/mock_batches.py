@@ -15,7 +15,8 @@ a batch handed to a provider's Batch API can be tested end to end.
 - With `expire`, a batch in progress ends `expired` with half its lines answered; a cancel
   while in progress ends `cancelled` (through `cancelling`) with half of them answered. The
   others are in the error file with `batch_expired` / `batch_cancelled`.
-- With `hold` `upload` or `create`, that step's answer is held back after its work is done;
+- With `hold` `upload`, `create` or `poll` (a look at a batch), that step's answer is held back
+  after its work is done;
   with `content`, a result file is sent halfway and held: until `hold` is set again (a test
   kills the worker meanwhile). `GET /v1/files` lists the files.
 - With `fail_polls` N, the next N looks at a batch are answered 500.
@@ -322,6 +323,8 @@ def routes(api: BatchApi) -> list[Route]:
             if api.fail_polls > 0 and request.method == "GET":
                 api.fail_polls -= 1
                 return _error(500, "the provider is busy")
+            if request.method == "GET":
+                await api.holding("poll")
             step(found)
             return JSONResponse(found.object())
 

@@ -54,13 +54,14 @@ log = logging.getLogger("promptbatch.worker")
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 #: How a provider refuses a batch for its enqueued-token quota: submitted again later.
 QUEUE_FULL = "token_limit_exceeded"
-#: Results written to Redis at a time.
-WRITE_EVERY = 500
+#: Results written to Redis at a time (each line is parsed on the loop: a hundred take
+#: milliseconds, and the write between them lets the loop's other work in).
+WRITE_EVERY = 100
 #: Metadata keys a provider batch carries (OpenAI allows 16 of up to 64 characters).
 META_BATCH, META_PART, META_NONCE = "promptbatch_batch", "promptbatch_part", "promptbatch_nonce"
 #: The longest a chunk waits between looks, in `PROMPTBATCH_PROVIDER_POLL_S`.
 MOST_BACKOFF = 8
-#: How many of the provider's newest batches are looked through for a part's nonce.
+#: How many of the provider's newest batches (and files) are looked through for a nonce.
 LOOK_BACK = 500
 
 
@@ -274,9 +275,13 @@ class Handoff:
     async def _drop_orphans(self, nonce: str) -> None:
         """Delete the files a worker uploaded for this nonce and died before recording: they
         would never be used (their names carry the nonce)."""
+        seen = 0
         async for uploaded in self.api.files.list(purpose="batch"):
             if nonce in uploaded.filename:
                 await self.api.files.delete(uploaded.id)
+            seen += 1
+            if seen >= LOOK_BACK:  # the newest files: an upload of moments ago is among them
+                break
 
     async def _upload(self, part: int, nonce: str, items: list[PendingItem]) -> str:
         """The part's lines as an input file at the provider (spooled, then streamed up)."""

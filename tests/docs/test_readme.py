@@ -27,10 +27,10 @@ URL = "http://127.0.0.1:8000"
 #: The blocks left out, by the reason the README gives: none needs anything but the stack.
 LEFT_OUT = [
     "starts the stack, and the tests, themselves (tests/docs starts make run's script)",
+    "needs a real provider with a Batch API (the offline model has none: a 422 naming mode)",
     "starts the stack itself, with other settings",
     "needs a Docker engine (and the third command a real provider key)",
     "takes about 15 minutes (tests/bench runs it at toy sizes)",
-    "needs a real provider with a Batch API (the offline model has none: a 422 naming mode)",
 ]
 #: Error types an example's answer must never carry (a 409 `conflict` is one the README shows).
 WRONG = ("invalid_request_error", "not_found", "internal_error", "unsupported_media_type",

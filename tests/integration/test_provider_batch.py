@@ -76,13 +76,14 @@ FAST_LEASE = {
 }
 
 
-@pytest.mark.parametrize("step", ["upload", "create", "content"])
+@pytest.mark.parametrize("step", ["upload", "create", "poll", "content"])
 async def test_a_worker_killed_at_any_step_is_resumed_without_paying_twice(
     redis_url: str, mock: MockProvider, workers: Callable[..., Proc], step: str
 ) -> None:
     """Killed during the upload, right after the provider batch was created (before its id was
-    recorded), or while its results were read: another worker finishes the batch, and the
-    provider saw one batch per part, each line once, and no upload left unused."""
+    recorded), while polling, or while its results were read: another worker finishes the
+    batch, and the provider saw one batch per part, each line once, and no upload left
+    unused."""
     mock.batch_api(max_lines=MAX_LINES, hold=step)
     first = openai_worker(workers, mock, **FAST_LEASE)
     settings = openai_settings(redis_url, mock).model_copy(
@@ -268,3 +269,25 @@ async def test_a_batch_at_the_provider_is_deleted_only_once_it_has_ended(
     assert "still at the provider" in refused.json()["error"]["message"]
     assert [b["status"] for b in done["provider_batches"]] == ["cancelled"]
     assert deleted.status_code == 204
+
+
+async def test_a_chunk_past_the_provider_s_bytes_goes_as_several_provider_batches(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    mock.batch_api(max_lines=MAX_LINES)
+    openai_worker(workers, mock, PROMPTBATCH_PROVIDER_POLL_S="0.05",
+                  PROMPTBATCH_PROVIDER_BATCH_MAX_BYTES="2000")  # fmt: skip
+    settings = openai_settings(redis_url, mock).model_copy(
+        update={"provider_batch_max_lines": MAX_LINES}
+    )
+    prompts = [f"item {n} " + "word " * 40 for n in range(20)]  # about 400 bytes a line
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=prompts, mode="provider_batch")
+        done = await wait_final(client, batch["id"], timeout_s=60)
+        items = await all_results(client, batch["id"])
+    at_provider = mock.batch_api()
+
+    assert done["status"] == "completed"
+    assert at_provider["created"] == len(done["provider_batches"]) >= 4  # 20 lines, 4 or so a file
+    assert [item["output"] for item in items] == [f"mock reply to: {p}" for p in prompts]
+    assert sorted(at_provider["runs"].values()) == [1] * 20
