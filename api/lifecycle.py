@@ -152,7 +152,7 @@ async def delete(store: BatchStore, redis: Redis, batch_id: str, owner: str | No
     spec = await store.spec(batch_id)
     if spec is None:
         raise NotFound(f"No batch {batch_id}.")
-    if spec.mode == "provider_batch":
+    if spec.mode == "provider_batch" and spec.status not in FINAL_BATCH_STATUSES:
         await _none_at_provider(redis, spec, "delete")
     if spec.status not in FINAL_BATCH_STATUSES:
         with contextlib.suppress(Conflict, NotFound):  # it may have finished meanwhile

@@ -19,9 +19,9 @@ a batch handed to a provider's Batch API can be tested end to end.
   after its work is done;
   with `content`, a result file is sent halfway and held: until `hold` is set again (a test
   kills the worker meanwhile). `GET /v1/files` lists the files.
-- With `fail_polls` N, the next N looks at a batch are answered 500.
+- With `fail_polls` N, the next N looks at a batch are answered `poll_status` (500).
 - `POST /_batch_api` sets `max_lines`, `phase_s`, `enqueued_token_limit`, `expire`, `hold`,
-  `fail_polls`;
+  `fail_polls`, `poll_status`;
   `GET /_batch_api` says them, with how many batches were created and how many times each
   line (by its `custom_id`) was answered; `POST /_reset` clears those and sets the settings
   back to their defaults.
@@ -114,8 +114,10 @@ class BatchApi:
     #: halfway (`content`: half of a file's lines sent), until `hold` is set again.
     hold: str | None = None
     held: int = 0
-    #: Looks at a batch answered 500 before the next ones are answered (a provider busy).
+    #: Looks at a batch answered `poll_status` (a provider busy: 500) before the next ones are
+    #: answered.
     fail_polls: int = 0
+    poll_status: int = 500
     released: asyncio.Event = field(default_factory=asyncio.Event)
     files: dict[str, StoredFile] = field(default_factory=dict)
     batches: dict[str, MockBatch] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class BatchApi:
         return {
             "max_lines": self.max_lines, "phase_s": self.phase_s,
             "enqueued_token_limit": self.enqueued_token_limit, "expire": self.expire,
-            "hold": self.hold, "fail_polls": self.fail_polls,
+            "hold": self.hold, "fail_polls": self.fail_polls, "poll_status": self.poll_status,
         }  # fmt: skip
 
     def set(self, name: str, value: Any) -> None:
@@ -139,7 +141,7 @@ class BatchApi:
         self.created = self.held = 0
         self.runs.clear()
         self.max_lines, self.phase_s, self.enqueued_token_limit, self.expire = 50_000, 0.0, 0, False
-        self.fail_polls = 0
+        self.fail_polls, self.poll_status = 0, 500
         self.set("hold", None)
 
     async def holding(self, step: str) -> None:
@@ -322,7 +324,7 @@ def routes(api: BatchApi) -> list[Route]:
                 return _error(404, "no such batch")
             if api.fail_polls > 0 and request.method == "GET":
                 api.fail_polls -= 1
-                return _error(500, "the provider is busy")
+                return _error(api.poll_status, f"the provider answers {api.poll_status}")
             if request.method == "GET":
                 await api.holding("poll")
             step(found)

@@ -66,7 +66,12 @@ LOOK_BACK = 500
 
 
 class ChunkLost(Exception):
-    """Another worker holds the chunk now (this run stalled past its lease): stop here."""
+    """Another worker holds the chunk now (this run stalled past its lease), or its batch is
+    gone: stop here."""
+
+
+class LookAgain(Exception):
+    """The batch was cancelled or its window ended while this step ran: step again at once."""
 
 
 def refused_for_good(exc: openai.APIStatusError) -> bool:
@@ -147,9 +152,9 @@ class Handoff:
             remote_id = self.state.get(f"{part}:batch")
             if remote_id is None and f"{part}:nonce" in self.state:
                 # A worker before this one may have made it and died before saying so.
-                remote_id = await self._find(self.state[f"{part}:nonce"])
-                if remote_id is not None:
-                    await self._record(part, "batch", remote_id)
+                found = await self._find(self.state[f"{part}:nonce"])
+                if found is not None:
+                    remote_id = await self._keep(part, "batch", found)
             if remote_id is None:
                 if stopping:  # never handed over: its items are ended by the caller
                     await self._drop_upload(part)
@@ -163,6 +168,11 @@ class Handoff:
             if not await self._poll(part, remote_id, stopping):
                 done = False
         return done
+
+    async def give_up(self) -> None:
+        """Every part ends here (the provider refuses the chunk for good)."""
+        for part in range(len(json.loads(self.state.get("parts", "[]")))):
+            await self._record(part, "done", "1")
 
     async def pending(self) -> dict[int, PendingItem]:
         """The chunk's items without a result, by index (read when first needed: a look at a
@@ -185,7 +195,9 @@ class Handoff:
         times = min(MOST_BACKOFF, 1 << min(quiet, 3))
         wait_ms = round(self.settings.provider_poll_s * 1000 * times)
         if self.spec.deadline_ms is not None:  # look again when the batch's window ends
-            wait_ms = max(0, min(wait_ms, self.spec.deadline_ms - time.time_ns() // 1_000_000))
+            ahead_ms = self.spec.deadline_ms - time.time_ns() // 1_000_000
+            if ahead_ms > 0:
+                wait_ms = min(wait_ms, ahead_ms)
         return wait_ms
 
     async def _plan(self, pending: list[PendingItem]) -> None:
@@ -197,6 +209,15 @@ class Handoff:
         await self.redis.hsetnx(self.key, "parts", json.dumps(parts))  # type: ignore[misc]
         await self.redis.pexpire(self.key, self.ctx["store"].result_ttl_ms or 30 * 24 * 3600_000)
         self.state = decode(await self.redis.hgetall(self.key))  # type: ignore[misc]
+
+    async def _keep(self, part: int, name: str, value: str) -> str:
+        """Record `value` for the part unless a value is recorded already (another run's, that
+        took the chunk over); the value kept."""
+        field = f"{part}:{name}"
+        if not await self.redis.hsetnx(self.key, field, value):  # type: ignore[misc]
+            value = (await self.redis.hget(self.key, field)).decode()  # type: ignore[misc]
+        self.state[field] = value
+        return value
 
     async def _record(self, part: int, name: str, value: str) -> None:
         await self.redis.hset(self.key, f"{part}:{name}", value)  # type: ignore[misc]
@@ -217,8 +238,10 @@ class Handoff:
         try:
             file_id = self.state.get(f"{part}:file")
             if file_id is None:
-                file_id = await self._upload(part, nonce, items)
-                await self._record(part, "file", file_id)
+                uploaded = await self._upload(part, nonce, items)
+                file_id = await self._keep(part, "file", uploaded)
+                if file_id != uploaded:  # another run's upload was recorded first
+                    await self.api.files.delete(uploaded)
             await self._still_ours()
             created = await self.api.with_options(max_retries=0).batches.create(
                 input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
@@ -230,22 +253,30 @@ class Handoff:
                 raise
             await self._fail(part, items, f"The provider refused the batch's file: {exc.message}")
             return None
-        if not await self.redis.hsetnx(self.key, f"{part}:batch", created.id):  # type: ignore[misc]
-            # Another run made one too (its lease had lapsed): keep the first, cancel this one.
+        kept = await self._keep(part, "batch", created.id)
+        if kept != created.id:
+            # Another run made one too (this one stalled past its lease): the first is kept,
+            # this one cancelled (and named, should the cancel fail, for a later step to see).
+            await self.redis.hset(self.key, f"{part}:extra", created.id)  # type: ignore[misc]
             await self.api.batches.cancel(created.id)
-            first = await self.redis.hget(self.key, f"{part}:batch")  # type: ignore[misc]
-            return str(first.decode())
-        self.state[f"{part}:batch"] = created.id
+            return kept
         log.info("batch %s chunk %d part %d: handed to the provider as %s (%d lines)",
                  self.spec.id, self.chunk, part, created.id, len(items))  # fmt: skip
         return created.id
 
     async def _still_ours(self) -> None:
         """Before anything is paid for: the run still holds its chunk (a run that stalled past
-        its lease waits for a renewal to say, and stops if another worker has it)."""
+        its lease waits for a renewal to say, and stops if another worker has it), and its
+        batch is still there and still to run (cancelled or past its window meanwhile: the
+        next step, at once, sees it)."""
         await self.ctx["leases"].held(self.run)
         if self.run.lost.is_set():
             raise ChunkLost
+        now = await self.ctx["store"].spec(self.spec.id)
+        if now is None:
+            raise ChunkLost  # deleted: nothing to hand over
+        if now.status == "cancelling" or now.overdue():
+            raise LookAgain
 
     async def _fail(self, part: int, items: list[PendingItem], message: str) -> None:
         error = ErrorInfo(type="provider_error", message=message)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
+import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
@@ -23,7 +24,7 @@ from shared.scheduler import close_idle
 from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
-from worker.handoff import ChunkLost, Handoff
+from worker.handoff import ChunkLost, Handoff, LookAgain, refused_for_good
 from worker.llm import (
     batch_kwargs,
     call_kwargs,
@@ -31,6 +32,7 @@ from worker.llm import (
     item_chars,
     outcome_of,
     rate_limited,
+    refusal_error,
     to_messages,
 )
 from worker.pacing import estimate_tokens
@@ -194,23 +196,55 @@ async def _hand_off(ctx: WorkerContext, spec: BatchSpec, chunk: int, run: Run) -
     try:
         done = await handoff.step()
     except ChunkLost:
-        return {"written": 0}  # another worker has the chunk: `run_chunk` leaves it to it
-    except (openai.APIConnectionError, openai.APIStatusError) as exc:
-        # The provider is away or busy ("later"): look again, backing off; never the batch's end.
-        status = getattr(exc, "status_code", None)
-        log.warning("batch %s chunk %d: the provider's Batch API answered %s; looking again later",
-                    spec.id, chunk, status or type(exc).__name__)  # fmt: skip
-        done = False
+        return {"written": 0}  # another worker has the chunk, or the batch is gone
+    except LookAgain:
+        run.due_ms, run.feeds = 0, False
+        raise _PollLater from None
+    except openai.APIStatusError as exc:
+        if not refused_for_good(exc):
+            return await _look_later(handoff, run, spec, chunk, str(exc.status_code))
+        # The provider refuses the key or the calls for good (a revoked key, no Batch API):
+        # nothing here can go on, so the chunk's items fail with what it said.
+        counts = {"written": await _refused(handoff, spec, chunk, exc)}
+        log.error("batch %s chunk %d: the provider's Batch API refused it (%d)",
+                  spec.id, chunk, exc.status_code)  # fmt: skip
+        return counts
+    except (openai.APIConnectionError, httpx.TransportError) as exc:
+        return await _look_later(handoff, run, spec, chunk, type(exc).__name__)
     if not done:
-        run.due_ms = await handoff.next_look_ms()
-        run.feeds = False  # at the provider: the batch's other chunks may go meanwhile
-        raise _PollLater
+        return await _look_later(handoff, run, spec, chunk, None)
     counts = {"written": 0}
     if spec.status == "cancelling":
         counts["cancelled"] = await store.cancel_pending(spec, chunk)
     elif spec.overdue() or await store.pending_items(spec.id, *spec.chunk_bounds(chunk)):
         counts["expired"] = await store.expire_pending(spec, chunk)  # the provider's window
     return counts
+
+
+async def _look_later(
+    handoff: Handoff, run: Run, spec: BatchSpec, chunk: int, trouble: str | None
+) -> dict[str, int]:
+    """Hand the chunk's job back to look at the provider again (backing off), its place in the
+    batch's window given up meanwhile; `trouble` says why the step did not get through (the
+    provider away or busy: "later", never the batch's end)."""
+    if trouble is not None:
+        log.warning("batch %s chunk %d: the provider's Batch API answered %s; looking again "
+                    "later", spec.id, chunk, trouble)  # fmt: skip
+    run.due_ms = await handoff.next_look_ms()
+    run.feeds = False
+    now = await handoff.ctx["store"].spec(spec.id)
+    if now is not None and (now.status != spec.status or now.overdue() != spec.overdue()):
+        run.due_ms = 0  # cancelled, or past its window, while this step ran: see to it at once
+    raise _PollLater
+
+
+async def _refused(
+    handoff: Handoff, spec: BatchSpec, chunk: int, exc: openai.APIStatusError
+) -> int:
+    """The provider refused the chunk's hand-off for good: its parts end, its items fail."""
+    await handoff.give_up()
+    error = refusal_error(exc.status_code, exc.body if isinstance(exc.body, dict) else {})
+    return int(await handoff.ctx["store"].fail_pending(spec, chunk, error))
 
 
 async def _close_rest(ctx: WorkerContext, spec: BatchSpec) -> None:

@@ -291,3 +291,17 @@ async def test_a_chunk_past_the_provider_s_bytes_goes_as_several_provider_batche
     assert at_provider["created"] == len(done["provider_batches"]) >= 4  # 20 lines, 4 or so a file
     assert [item["output"] for item in items] == [f"mock reply to: {p}" for p in prompts]
     assert sorted(at_provider["runs"].values()) == [1] * 20
+
+
+async def test_a_provider_that_refuses_the_key_for_good_fails_the_items_and_the_batch_ends(
+    redis_url: str, mock: MockProvider, workers: Callable[..., Proc]
+) -> None:
+    settings = handing_off(redis_url, mock, workers, fail_polls=1000, poll_status=401)
+    async with api_client(settings) as client:
+        batch = await submit(client, prompts=["a", "b"], mode="provider_batch")
+        done = await wait_final(client, batch["id"], timeout_s=60)
+        items = await all_results(client, batch["id"])
+        deleted = await client.delete(f"/v1/batches/{batch['id']}")
+    assert done["request_counts"]["failed"] == 2
+    assert {item["error"]["type"] for item in items} == {"authentication_error"}
+    assert deleted.status_code == 204  # ended: nothing left at the provider to wait for
