@@ -56,7 +56,7 @@ async def test_two_holders_together_never_exceed_the_limit(redis: Redis) -> None
 
 
 async def test_a_newcomer_gets_a_fair_share_from_a_busy_holder(redis: Redis) -> None:
-    a, b = (BatchLimiter(redis, "batch_f", 4, holder, ttl_s=0.4) for holder in ("a", "b"))
+    a, b = (BatchLimiter(redis, "batch_f", 4, holder, ttl_s=2.0) for holder in ("a", "b"))
     calls = Calls()
     busy = [asyncio.create_task(calls.call(a, 0.01)) for _ in range(400)]
     await wait_for(lambda: _true(a.in_use == 4), what="a to use every slot")
