@@ -110,8 +110,8 @@ class BatchApi:
     phase_s: float = 0.0
     enqueued_token_limit: int = 0
     expire: bool = False
-    #: A step whose answer is held back after its work is done (`upload`, `create`), or held
-    #: halfway (`content`: half of a file's lines sent), until `hold` is set again.
+    #: A step whose answer is held back after its work is done (`upload`, `create`, `poll`),
+    #: or held halfway (`content`: half of a file's lines sent), until `hold` is set again.
     hold: str | None = None
     held: int = 0
     #: Looks at a batch answered `poll_status` (a provider busy: 500) before the next ones are
