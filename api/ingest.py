@@ -183,7 +183,7 @@ class LinePages:
     thread; an empty page at the end)."""
 
     def __init__(self, file: IO[bytes], settings: Settings) -> None:
-        self._lines = _numbered(file)
+        self._lines = numbered_lines(file)
         self._settings = settings
         self.read = RequestLines()
         self.count = 0
@@ -212,7 +212,7 @@ class LinePages:
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
-def _numbered(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def numbered_lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, its bytes) of every line; lines end at b"\\n" only (JSON allows
     U+2028 and U+2029 raw inside strings). A line over `MAX_LINE_BYTES` is refused unread."""
     number = 0

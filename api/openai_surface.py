@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -21,14 +22,13 @@ from starlette.requests import Request
 from api.admission import Limits, admit
 from api.bodies import gc_paused
 from api.ingest import (
-    MAX_LINE_BYTES,
     SPOOL_MEMORY_BYTES,
     LinePages,
     Upload,
     create_staged,
+    numbered_lines,
     stage_plan,
     stage_upload,
-    too_long_line,
 )
 from api.planning import batch_mode, completion_window
 from shared import keys
@@ -144,16 +144,11 @@ async def check_lines(upload: FileUpload, settings: Settings) -> tuple[int, int]
 
 
 def _measure(file: IO[bytes]) -> tuple[int, int]:
-    """Bytes and non-blank lines of `file`, which is left at its start; a line over
-    `MAX_LINE_BYTES` is refused unread."""
+    """Bytes and non-blank lines of `file`, which is left at its start; a line over the
+    longest is refused unread (`numbered_lines`)."""
+    size = file.seek(0, io.SEEK_END)
     file.seek(0)
-    size = lines = number = 0
-    while line := file.readline(MAX_LINE_BYTES + 1):
-        number += 1
-        if len(line) - line.endswith(b"\n") > MAX_LINE_BYTES:
-            raise too_long_line(number)
-        size += len(line)
-        lines += bool(line.strip())
+    lines = sum(1 for _, line in numbered_lines(file) if line.strip())
     file.seek(0)
     return size, lines
 

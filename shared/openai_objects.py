@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.files import FILE_PREFIX, StoredFile
+from shared.openai_format import CompletionTokensDetails, PromptTokensDetails
 from shared.schemas import Batch, BatchStatus, Metadata, Mode
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -98,19 +99,11 @@ class BatchRequestCounts(BaseModel):
     failed: int
 
 
-class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
 class BatchUsage(BaseModel):
     input_tokens: int
-    input_tokens_details: InputTokensDetails
+    input_tokens_details: PromptTokensDetails
     output_tokens: int
-    output_tokens_details: OutputTokensDetails
+    output_tokens_details: CompletionTokensDetails
     total_tokens: int
 
 
@@ -217,9 +210,9 @@ def openai_batch(
         model=batch.model,
         usage=BatchUsage(
             input_tokens=batch.usage.input_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=batch.usage.cached_tokens),
+            input_tokens_details=PromptTokensDetails(cached_tokens=batch.usage.cached_tokens),
             output_tokens=batch.usage.output_tokens,
-            output_tokens_details=OutputTokensDetails(
+            output_tokens_details=CompletionTokensDetails(
                 reasoning_tokens=batch.usage.reasoning_tokens
             ),
             total_tokens=batch.usage.total_tokens,

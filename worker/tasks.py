@@ -216,8 +216,8 @@ async def _hand_off(ctx: WorkerContext, spec: BatchSpec, chunk: int, run: Run) -
     counts = {"written": 0}
     if spec.status == "cancelling":
         counts["cancelled"] = await store.cancel_pending(spec, chunk)
-    elif spec.overdue() or await store.pending_items(spec.id, *spec.chunk_bounds(chunk)):
-        counts["expired"] = await store.expire_pending(spec, chunk)  # the provider's window
+    else:  # what is left the provider never answered: its window (or ours) ended first
+        counts["expired"] = await store.expire_pending(spec, chunk)
     return counts
 
 

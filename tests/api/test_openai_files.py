@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from api import ingest, openai_surface
+from api import ingest
 from tests.conftest import api_client, make_settings
 
 FILES = "/openai/v1/files"
@@ -87,8 +87,7 @@ async def test_a_file_past_its_bounds_or_wrong_is_refused_and_leaves_nothing(
 async def test_a_line_past_the_longest_is_refused_unread(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in (openai_surface, ingest):
-        monkeypatch.setattr(module, "MAX_LINE_BYTES", 300)
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 300)
     response = await upload(client, line(0) + b'{"custom_id": "' + b"x" * 400 + b'"}\n')
     assert (response.status_code, response.json()["error"]["param"]) == (400, "line[2]")
     assert "longer than 300 bytes" in response.json()["error"]["message"]
