@@ -105,7 +105,12 @@ class EventHub:
             last = update.events[-1].id if update.events else after
             after = last
             items = [
-                {"index": e.index, "custom_id": e.custom_id, "status": e.status}
+                {
+                    "index": e.index,
+                    "custom_id": e.custom_id,
+                    "status": e.status,
+                    "finished_at_ms": e.at_ms,
+                }
                 for e in update.events
                 if e.kind == "item"
             ]

@@ -17,7 +17,7 @@ from api.errors import install_error_handlers
 from api.hub import EventHub
 from api.middleware import BodyLimit, QuietErrors
 from api.openapi import install_openapi
-from api.routes import batches, health, metrics, openai_surface, webhooks
+from api.routes import batches, health, metrics, openai_surface, ui, webhooks
 from api.streams import StreamSlots
 from shared.files import Files
 from shared.settings import Settings, get_settings
@@ -106,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_surface.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
     return app
 
 

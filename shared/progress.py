@@ -21,6 +21,11 @@ class ProgressEvent:
     index: int | None = None
     custom_id: str | None = None
 
+    @property
+    def at_ms(self) -> int:
+        """When it happened: the Unix time in ms that Redis gave its stream id."""
+        return int(self.id.split("-", 1)[0])
+
     @classmethod
     def of(cls, entry_id: bytes, fields: Mapping[bytes, bytes]) -> ProgressEvent:
         f = decode(fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import orjson
 
@@ -13,7 +13,14 @@ from shared import keys
 from shared.batches import BatchSpec, owned_by
 from shared.errors import NotFound
 from shared.model import BUDGET_EXCEEDED, PAGE, PROVIDER_AUTH, ModelPart
-from shared.schemas import ErrorInfo, FinalItemStatus, ItemResult, ResultsPage, Usage
+from shared.schemas import (
+    ErrorInfo,
+    FinalItemStatus,
+    ItemResult,
+    ItemStatus,
+    ResultsPage,
+    Usage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +72,96 @@ class ItemOutcome:
         return orjson.dumps(stored)
 
 
+#: Most items one filtered results page looks through (`ItemMatch`).
+SCAN_MOST = 5 * PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMatch:
+    """Which items a results page shows: those of one status, and/or those whose custom id
+    holds `custom_id` (ignoring case)."""
+
+    status: ItemStatus | None = None
+    custom_id: str | None = None
+
+    def custom_id_matches(self, custom_id: str) -> bool:
+        return self.custom_id is None or self.custom_id.casefold() in custom_id.casefold()
+
+
+def _status_of(raw_result: bytes | None) -> ItemStatus:
+    """A stored result's status, read from its leading field (`ItemOutcome.to_json` writes
+    it first) without parsing the output after it."""
+    if raw_result is None:
+        return "pending"
+    head = raw_result[:_STATUS_HEAD]
+    if head.startswith(b'{"status":"'):
+        status = head[11:].split(b'"', 1)[0].decode()
+        if status in _FINAL:
+            return cast(ItemStatus, status)
+    return cast(ItemStatus, orjson.loads(raw_result)["status"])
+
+
+_STATUS_HEAD = 32
+_FINAL = frozenset(get_args(FinalItemStatus))
+
+
+def _item(index: int, custom_id: str, raw_result: bytes | None) -> ItemResult:
+    if raw_result is None:
+        return ItemResult(index=index, custom_id=custom_id, status="pending")
+    return ItemResult(index=index, custom_id=custom_id, **orjson.loads(raw_result))
+
+
 class Results(ModelPart):
     """Items' results in Redis."""
 
     async def results_page(
-        self, batch_id: str, *, after: int | None, limit: int, owner: str | None = None
+        self,
+        batch_id: str,
+        *,
+        after: int | None,
+        limit: int,
+        owner: str | None = None,
+        match: ItemMatch | None = None,
     ) -> ResultsPage:
-        """Items in input order after index `after`; pending items show as pending."""
+        """Items in input order after index `after`; pending items show as pending. With
+        `match`, only the items it matches, looked for among at most `SCAN_MOST` items: a
+        page may then hold fewer than `limit` items (even none) and still have more after."""
         total = await self._total(batch_id, owner)
         start = 0 if after is None else after + 1
-        stop = min(start + limit, total)
-        data = await self._items(batch_id, start, stop)
+        if match is None:
+            stop = min(start + limit, total)
+            data = await self._items(batch_id, start, stop)
+        else:
+            data, stop = await self._matching(batch_id, start, total, limit, match)
         has_more = stop < total
         return ResultsPage(data=data, has_more=has_more, next_after=stop - 1 if has_more else None)
+
+    async def _matching(
+        self, batch_id: str, start: int, total: int, limit: int, match: ItemMatch
+    ) -> tuple[list[ItemResult], int]:
+        """The items from `start` that `match` matches, up to `limit` of them; and the index
+        the look stopped before. Custom ids are read first, so that a search by custom id
+        reads only the results it shows; a status is told from the result's leading field."""
+        found: list[ItemResult] = []
+        end = min(start + SCAN_MOST, total)
+        at = start
+        while at < end and len(found) < limit:
+            stop = min(at + PAGE, end)
+            ids = await self.redis.lrange(keys.custom_ids(batch_id), at, stop - 1)  # type: ignore[misc]
+            if len(ids) != stop - at:  # a batch stored before custom ids were kept apart
+                ids = [
+                    str(item.custom_id).encode() for item in await self._items(batch_id, at, stop)
+                ]
+            indices = [at + n for n, raw in enumerate(ids) if match.custom_id_matches(raw.decode())]
+            results = await self.redis.hmget(keys.results(batch_id), indices) if indices else []  # type: ignore[misc]
+            for index, raw_result in zip(indices, results, strict=True):
+                if match.status is not None and _status_of(raw_result) != match.status:
+                    continue
+                found.append(_item(index, ids[index - at].decode(), raw_result))
+                if len(found) == limit:
+                    return found, index + 1
+            at = stop
+        return found, at
 
     async def result_pages(
         self, batch_id: str, owner: str | None = None
@@ -108,15 +192,10 @@ class Results(ModelPart):
         if len(ids) != len(indices):  # a batch stored before custom ids were kept apart
             raw_inputs = await self.redis.lrange(keys.inputs(batch_id), start, stop - 1)  # type: ignore[misc]
             ids = [orjson.loads(raw)[0] for raw in raw_inputs]
-        items = []
-        for index, raw_id, raw_result in zip(indices, ids, results, strict=True):
-            custom_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            if raw_result is None:
-                items.append(ItemResult(index=index, custom_id=custom_id, status="pending"))
-            else:
-                result = orjson.loads(raw_result)
-                items.append(ItemResult(index=index, custom_id=custom_id, **result))
-        return items
+        return [
+            _item(index, raw_id.decode() if isinstance(raw_id, bytes) else raw_id, raw_result)
+            for index, raw_id, raw_result in zip(indices, ids, results, strict=True)
+        ]
 
     async def pending_items(self, batch_id: str, start: int, stop: int) -> list[PendingItem]:
         """The items in [start, stop) that have no result yet."""

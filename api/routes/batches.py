@@ -24,7 +24,8 @@ from api.planning import plan_batch
 from shared.batches import BatchPlan
 from shared.errors import InvalidRequest
 from shared.openai_format import as_line_error
-from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ResultsPage
+from shared.results import ItemMatch
+from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ItemStatus, ResultsPage
 from shared.settings import Settings
 
 NDJSON = "application/x-ndjson"
@@ -223,12 +224,25 @@ async def get_results(
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, description="An item index.")] = None,
+    status: Annotated[ItemStatus | None, Query(description="Only items of this status.")] = None,
+    custom_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=256,
+            description="Only items whose custom id holds this (any case).",
+        ),
+    ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> ResultsPage | StreamingResponse:
     """Items in input order, readable while the batch runs. `Accept: application/x-ndjson`
-    streams every item, one JSON object a line."""
+    streams every item, one JSON object a line.
+
+    With `status` or `custom_id`, a page holds the matching items among the next 5,000:
+    it may hold fewer than `limit` (even none) while `has_more` is true; follow `next_after`."""
     if accept is not None and NDJSON in accept:
         pages = await store.result_pages(batch_id, owner)
         chunks = ("".join(item.model_dump_json() + "\n" for item in page) async for page in pages)
         return StreamingResponse(chunks, media_type=NDJSON)
-    return await store.results_page(batch_id, after=after, limit=limit, owner=owner)
+    match = None if status is None and custom_id is None else ItemMatch(status, custom_id)
+    return await store.results_page(batch_id, after=after, limit=limit, owner=owner, match=match)

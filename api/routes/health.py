@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 
 from api.deps import RedisDep, SettingsDep
 from api.errors import error_response
@@ -13,12 +13,6 @@ from shared import workers
 from shared.schemas import ErrorBody
 
 router = APIRouter(tags=["health"])
-
-
-@router.get("/", include_in_schema=False)
-async def front_door() -> RedirectResponse:
-    """The API's front door: its documentation (the dashboard, once there is one)."""
-    return RedirectResponse("/docs", status_code=307)
 
 
 @router.get("/healthz")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -119,3 +120,21 @@ def _item(n: int) -> ProgressEvent:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_replay_from_the_start_says_when_each_item_finished(
+    settings: Settings, store: BatchStore
+) -> None:
+    async with api_client(settings) as client:
+        began_ms = time.time() * 1000
+        batch_id = (await client.post("/v1/batches", json={"prompts": ["a", "b", "c"]})).json()[
+            "id"
+        ]
+        await _complete(store, batch_id, 3)
+        ended_ms = time.time() * 1000
+        start = {"Last-Event-ID": "0-0"}  # the whole history, as the dashboard's chart reads it
+        response = await client.get(f"/v1/batches/{batch_id}/events", headers=start)
+    items = [i for kind, _, d in parse_sse(response.text) if kind == "items" for i in d["data"]]
+    assert sorted(i["index"] for i in items) == [0, 1, 2]
+    for entry in items:
+        assert began_ms - 1000 <= entry["finished_at_ms"] <= ended_ms + 1000

@@ -1,4 +1,4 @@
-"""The front door: `/` leads to the docs, the docs load nothing from outside the API, and a
+"""The front door: `/` leads to the dashboard, the docs load nothing from outside the API, and a
 body of a type the API does not read is a 415 naming the types it does."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ class _Assets(HTMLParser):
                 self.urls.append(str(found[name]))
 
 
-async def test_the_root_redirects_to_the_docs(client: httpx.AsyncClient) -> None:
+async def test_the_root_redirects_to_the_dashboard(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 307
-    assert response.headers["location"] == "/docs"
+    assert response.headers["location"] == "/ui"
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
