@@ -1,6 +1,6 @@
 // The batches page: newest first, paged, filtered by status, updated live; the service's
 // health; the new-batch form.
-import { Unauthorized, getJSON } from "./api.js";
+import { Unauthorized, events, getJSON } from "./api.js";
 import { badge, fill, h, number, say, setText, when } from "./dom.js";
 import { newBatchForm } from "./form.js";
 import { healthPanel } from "./health.js";
@@ -9,6 +9,10 @@ const PAGE = 100; // rows a load adds (one page of the API when no filter is set
 const FETCH = 100; // the API's largest page
 const MOST_PAGES = 20; // per "load", when a filter leaves few rows a page
 const EVERY_MS = 2000;
+// Running batches whose rows follow their events stream (the rest follow the 2 s refresh).
+// A browser holds at most 6 connections to one origin over HTTP/1.1: 4 streams leave room
+// for the page's own calls.
+const MOST_STREAMS = 4;
 const FINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 export const BATCH_STATUSES = [
   "queued", "in_progress", "cancelling", "completed", "failed", "cancelled", "expired",
@@ -113,7 +117,29 @@ export async function listView(main) {
     empty.hidden = rows.size > 0;
   }
 
+  const streams = new Map(); // batch id -> AbortController of its open events stream
+  function follow() {
+    for (const [id, row] of rows) {
+      if (streams.size >= MOST_STREAMS) break;
+      if (row.final || streams.has(id)) continue;
+      const abort = new AbortController();
+      streams.set(id, abort);
+      (async () => {
+        try {
+          for await (const message of events(id, { signal: abort.signal })) {
+            if (message.event === "batch") rows.get(id)?.update(message.data);
+          }
+        } catch {
+          // the stream failed (a restart, a 429 for too many streams): the refresh goes on
+        } finally {
+          streams.delete(id);
+        }
+      })();
+    }
+  }
+
   filter.addEventListener("change", () => {
+    for (const abort of streams.values()) abort.abort();
     rows.clear();
     body.replaceChildren();
     next = null;
@@ -128,16 +154,19 @@ export async function listView(main) {
   const tick = async () => {
     try {
       await refresh();
+      follow();
     } catch (error) {
       fail(error);
     }
     if (!stopped) timer = setTimeout(tick, EVERY_MS);
   };
+  follow();
   timer = setTimeout(tick, EVERY_MS);
   return () => {
     stopped = true;
     clearTimeout(timer);
     stopHealth();
+    for (const abort of streams.values()) abort.abort();
   };
 }
 
@@ -189,8 +218,10 @@ function batchRow(batch) {
     progress.setAttribute("aria-label", `${done(b)} of ${c.total} items done`);
     setText(f.finished, when(b.finished_at));
     setText(f.tokens, number(b.usage.total_tokens));
-    tr.classList.toggle("final", FINAL.has(b.status));
+    row.final = FINAL.has(b.status);
+    tr.classList.toggle("final", row.final);
   };
+  const row = { tr, update, final: false };
   update(batch);
-  return { tr, update };
+  return row;
 }
