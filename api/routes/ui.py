@@ -4,10 +4,12 @@ HTML, JS modules and CSS are in `api/ui/`; they load nothing from another origin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from api.deps import SettingsDep
 
@@ -30,7 +32,20 @@ HEADERS = {
 _SHELL = (UI_DIR / "index.html").read_text(encoding="utf-8")
 
 router = APIRouter(include_in_schema=False)
-static = StaticFiles(directory=UI_DIR / "static")
+
+
+class _Static(StaticFiles):
+    """The page's modules and styles, checked with the server on each use (`no-cache`, by
+    their ETag): after an upgrade a tab never mixes old modules with new ones."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+static = _Static(directory=UI_DIR / "static")
 
 
 def _page(settings: SettingsDep) -> HTMLResponse:

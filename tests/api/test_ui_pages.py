@@ -70,6 +70,8 @@ async def test_a_page_loads_only_the_apis_own_assets_under_a_strict_csp(
         assert url.startswith("/ui/static/"), f"{path} loads {url} from outside the API"
         fetched = await client.get(url)
         assert fetched.status_code == 200, url
+        assert fetched.headers["cache-control"] == "no-cache", url  # never an old module
+        assert fetched.headers["x-content-type-options"] == "nosniff", url
         if url.endswith(".js"):
             assert "javascript" in fetched.headers["content-type"]
             assert "innerHTML" not in fetched.text, url  # text goes in as text

@@ -34,8 +34,11 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One Chromium for this package's tests. Package-scoped, not session-scoped: Playwright's
+    sync API keeps an event loop running while it is open, and the async tests collected
+    after this package could not start theirs."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS

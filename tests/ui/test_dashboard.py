@@ -38,6 +38,10 @@ def test_the_list_shows_a_batch_and_its_progress_live(
     # no reload: the row catches up by itself
     expect(row.locator("[data-field=succeeded]")).to_have_text("5")
     expect(row.locator("[data-field=status]")).to_have_text("completed")
+    # the batch's page: its chart is drawn from the events stream's items alone
+    page.goto(f"{api.url}/ui/batches/{batch['id']}")
+    expect(page.locator("figure.chart figcaption")).to_contain_text("average")
+    page.go_back()
     # a batch submitted while the page is open appears at the top
     later = api.submit(prompts=["one more"])
     expect(page.locator("tbody tr").first).to_have_attribute("data-batch-id", later["id"])
@@ -167,8 +171,8 @@ def test_a_reply_of_html_is_shown_as_text_and_runs_nothing(
 def test_the_first_paint_of_a_thousand_batches_is_quick(
     page: Page, stack: Callable[..., Stack]
 ) -> None:
-    """1,000 batches stored: the list's first rows are on screen within a generous bound
-    (a second is the target; this tells working from broken on a loaded machine)."""
+    """1,000 batches stored: the list's first rows are on screen within a second, from the
+    navigation's start (page, modules, the API's first page)."""
     api = stack()
     for _ in range(1000):
         api.submit(prompts=["x"])
@@ -178,7 +182,7 @@ def test_the_first_paint_of_a_thousand_batches_is_quick(
     shown = time.perf_counter() - began
     assert page.locator("[data-batch-id]").count() == 100  # a page of the API
     print(f"first row of 1,000 batches shown in {shown:.3f} s")
-    assert shown < 5, shown
+    assert shown < 1, shown  # 0.3 s on this machine
 
 
 def test_at_phone_width_nothing_overflows_and_the_keyboard_reaches_every_control(
@@ -198,6 +202,7 @@ def test_at_phone_width_nothing_overflows_and_the_keyboard_reaches_every_control
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.dataset.action") == "new-batch":
             break
+    assert page.evaluate("document.activeElement.dataset.action") == "new-batch"
     page.keyboard.press("Enter")
     for label in ("Prompts, one a line", "Or a file", "Template over the CSV's columns", "Model",
                   "Max concurrency", "Temperature", "Max tokens", "System prompt"):  # fmt: skip
@@ -245,3 +250,40 @@ def test_a_batch_from_an_uploaded_csv_with_a_template_and_from_an_openai_batch_f
     expect(page.locator('[data-item-index="2"] [data-col=output]')).to_have_text(
         "mock reply to: line 2"
     )
+
+
+#: A stream as sse-starlette writes it (CRLF line ends), cut into pieces at every awkward
+#: place: between "\r" and "\n", inside a field name, between the two blank-line bytes.
+_SSE_PIECES = [
+    "event: batch\r",
+    "\nid: 1-0\r\nda",
+    'ta: {"status": "in_progress"}\r\n\r',
+    "\n: ping\r\n\r\nevent: items\r",
+    '\nid: 2-0\r\ndata: {"data": [{"index": 0, "finished_at_ms": 5}]}\r\n\r\n',
+]
+
+
+def test_the_event_stream_reader_keeps_events_whole_however_the_bytes_arrive(
+    page: Page, stack: Callable[..., Stack]
+) -> None:
+    api = stack()
+    page.goto(f"{api.url}/ui")
+    read = page.evaluate(
+        """async (pieces) => {
+            const { events } = await import("/ui/static/api.js");
+            window.fetch = async () => new Response(new ReadableStream({
+                start(controller) {
+                    for (const piece of pieces) controller.enqueue(new TextEncoder().encode(piece));
+                    controller.close();
+                },
+            }), { status: 200, headers: { "Content-Type": "text/event-stream" } });
+            const seen = [];
+            for await (const message of events("batch_x")) seen.push(message);
+            return seen;
+        }""",
+        _SSE_PIECES,
+    )
+    assert read == [
+        {"event": "batch", "id": "1-0", "data": {"status": "in_progress"}},
+        {"event": "items", "id": "2-0", "data": {"data": [{"index": 0, "finished_at_ms": 5}]}},
+    ]

@@ -79,11 +79,15 @@ export async function* events(batchId, { lastId, signal } = {}) {
   });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  let carried = ""; // a "\r" that ended a piece: the next may start with its "\n"
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer = (buffer + value).replace(/\r\n?/g, "\n");
+      let text = carried + value;
+      carried = text.endsWith("\r") ? "\r" : "";
+      if (carried) text = text.slice(0, -1);
+      buffer += text.replace(/\r\n?/g, "\n");
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const frame = buffer.slice(0, end);

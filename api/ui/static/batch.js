@@ -5,6 +5,7 @@ import { badge, clearSay, download, fill, h, number, say, seconds, setText, when
 import { Chart } from "./chart.js";
 
 const ITEMS = 50;
+const LOOKS = 3; // API pages one filtered load looks through (each up to 5,000 items)
 const FINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 const ITEM_STATUSES = ["all", "pending", "succeeded", "failed", "cancelled", "expired"];
 const POLL_MS = 2000;
@@ -213,10 +214,10 @@ class BatchPage {
         return;
       }
       const response = await call(`${this.path}/results`, { accept: "application/x-ndjson" });
-      const text = await response.text();
       if (what === "ndjson") {
-        download(new Blob([text], { type: "application/x-ndjson" }), `${this.id}.ndjson`);
+        download(await response.blob(), `${this.id}.ndjson`);
       } else {
+        const text = await response.text();
         const items = text.split("\n").filter(Boolean).map((line) => JSON.parse(line));
         download(new Blob([toCsv(items)], { type: "text/csv" }), `${this.id}.csv`);
       }
@@ -225,40 +226,37 @@ class BatchPage {
     }
   }
 
-  /** Live updates: the events stream (fetch, so the key goes along); polling when it fails.
-   * The first stream is read from the batch's start, so the chart has its history (the last
-   * 10,000 items' finishes, as long as the API keeps them). */
+  /** Live updates: the events stream (fetch, so the key goes along); polling when it keeps
+   * failing. The first stream is read from the batch's start, so the chart has its history
+   * (the last 10,000 items' finishes, as long as the API keeps them). A stream that ends
+   * before the batch does is opened again after a pause that doubles with each failure. */
   async follow() {
     if (this.following || this.stopped) return;
     this.following = true;
-    let lastId = this.lastEventId || "0-0";
-    let refreshing = null;
     try {
-      for (let attempt = 0; attempt < 5 && !this.stopped; attempt += 1) {
+      for (let failures = 0; failures < 6 && !this.stopped; ) {
+        const before = this.lastEventId;
         try {
-          for await (const message of events(this.id, { lastId, signal: this.abort.signal })) {
-            lastId = message.id || lastId;
-            this.lastEventId = lastId;
-            attempt = 0;
+          for await (const message of events(this.id, {
+            lastId: this.lastEventId || "0-0", signal: this.abort.signal,
+          })) {
+            this.lastEventId = message.id || this.lastEventId;
             if (message.event === "batch") {
               this.show(message.data);
               // a final batch's stream still replays its items' history, then ends
               if (FINAL.has(message.data.status)) this.reload();
             } else if (message.event === "items") {
               this.chart.record(message.data.data.map((item) => item.finished_at_ms));
-            }
-            if (message.event === "items" && !refreshing) {
-              refreshing = setTimeout(() => {
-                refreshing = null;
-                this.reload();
-              }, 1000);
+              this.reloadSoon();
             }
           }
         } catch (error) {
           if (error instanceof Unauthorized || (error && error.name === "AbortError")) throw error;
           if (!(error instanceof TypeError) && !(error instanceof ApiError)) throw error;
         }
-        if (this.batch && FINAL.has(this.batch.status)) return;
+        if (this.stopped || (this.batch && FINAL.has(this.batch.status))) return;
+        failures = this.lastEventId !== before ? 0 : failures + 1;
+        await pause(Math.min(500 * 2 ** failures, 15_000) * (0.75 + Math.random() / 2));
       }
       await this.poll();
     } catch (error) {
@@ -268,20 +266,42 @@ class BatchPage {
     }
   }
 
+  /** The items page again within a second (once however many events ask meanwhile). A
+   * filtered view, or one where the user has selected text, is left as it is. */
+  reloadSoon() {
+    if (this.refreshing || this.items.filtered()) return;
+    this.refreshing = setTimeout(() => {
+      this.refreshing = null;
+      const selection = document.getSelection();
+      if (selection && !selection.isCollapsed && this.items.el.contains(selection.anchorNode)) return;
+      this.reload();
+    }, 1000);
+  }
+
+  /** Polling, when the stream keeps failing: a failed poll is tried again, never the end. */
   async poll() {
     while (!this.stopped) {
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      await pause(POLL_MS);
       if (this.stopped) return;
-      this.show(await getJSON(this.path));
-      await this.items.load();
-      if (FINAL.has(this.batch.status)) return;
+      try {
+        this.show(await getJSON(this.path));
+        if (!this.items.filtered()) await this.items.load();
+        if (FINAL.has(this.batch.status)) return;
+      } catch (error) {
+        if (error instanceof Unauthorized) throw error;
+      }
     }
   }
 
   stop() {
     this.stopped = true;
+    clearTimeout(this.refreshing);
     this.abort.abort();
   }
+}
+
+function pause(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** A dialog that asks to confirm: the browser's own. */
@@ -290,8 +310,10 @@ async function confirmed(question) {
 }
 
 function toCsv(items) {
-  const columns = ["index", "custom_id", "status", "output", "error_type", "error_message",
-    "finish_reason", "input_tokens", "output_tokens", "total_tokens"];
+  const columns = ["index", "custom_id", "status", "output", "output_json", "refusal",
+    "tool_calls", "error_type", "error_message", "finish_reason", "input_tokens",
+    "output_tokens", "total_tokens"];
+  const json = (value) => (value === null || value === undefined ? "" : JSON.stringify(value));
   const cell = (value) => {
     const text = value === null || value === undefined ? "" : String(value);
     // a leading = + - @ would be a formula to a spreadsheet: quoted with a ' first
@@ -301,9 +323,10 @@ function toCsv(items) {
   const lines = [columns.join(",")];
   for (const item of items) {
     const u = item.usage || {};
-    lines.push([item.index, item.custom_id, item.status, item.output,
-      item.error && item.error.type, item.error && item.error.message, item.finish_reason,
-      u.input_tokens, u.output_tokens, u.total_tokens].map(cell).join(","));
+    lines.push([item.index, item.custom_id, item.status, item.output, json(item.output_json),
+      item.refusal, json(item.tool_calls), item.error && item.error.type,
+      item.error && item.error.message, item.finish_reason, u.input_tokens, u.output_tokens,
+      u.total_tokens].map(cell).join(","));
   }
   return `${lines.join("\r\n")}\r\n`;
 }
@@ -322,6 +345,7 @@ class ItemsTable {
     this.note = h("p", { class: "muted", "aria-live": "polite" });
     this.prev = h("button", { type: "button", class: "secondary" }, "← Previous");
     this.nextButton = h("button", { type: "button", class: "secondary" }, "Next →");
+    this.pageLabel = h("span", { class: "muted", "aria-live": "polite" });
     this.el = h("section", { class: "card", "aria-labelledby": "items-title" },
       h("div", { class: "heading" },
         h("h2", { id: "items-title" }, "Items"),
@@ -334,7 +358,7 @@ class ItemsTable {
             .map((t) => h("th", { scope: "col" }, t)))),
           this.body)),
       this.note,
-      h("div", { class: "pager" }, this.prev, this.nextButton));
+      h("div", { class: "pager" }, this.pageLabel, this.prev, this.nextButton));
     const restart = () => {
       this.cursors = [null];
       this.at = 0;
@@ -359,29 +383,48 @@ class ItemsTable {
     });
   }
 
-  /** The current page, looked for until it holds a page of matches or the items end. */
+  /** Whether a status filter or a search narrows the items. */
+  filtered() {
+    return this.status.value !== "all" || this.search.value.trim() !== "";
+  }
+
+  /** The current page, looked for until it holds a page of matches or the items end (a
+   * filtered look at most `LOOKS` API pages at a time: "Next" goes on). */
   async load() {
     const serial = (this.serial = (this.serial || 0) + 1);
+    this.prev.disabled = true;
+    this.nextButton.disabled = true;
     const found = [];
     let after = this.cursors[this.at];
     let more = false;
-    for (let look = 0; look < 20 && found.length < ITEMS; look += 1) {
-      const query = new URLSearchParams({ limit: String(ITEMS - found.length) });
-      if (after !== null) query.set("after", String(after));
-      if (this.status.value !== "all") query.set("status", this.status.value);
-      if (this.search.value.trim()) query.set("custom_id", this.search.value.trim());
-      const list = await getJSON(`${this.page.path}/results?${query}`);
-      found.push(...list.data);
-      more = list.has_more;
-      after = list.next_after;
-      if (!more) break;
+    try {
+      for (let look = 0; look < LOOKS && found.length < ITEMS; look += 1) {
+        const query = new URLSearchParams({ limit: String(ITEMS - found.length) });
+        if (after !== null) query.set("after", String(after));
+        if (this.status.value !== "all") query.set("status", this.status.value);
+        if (this.search.value.trim()) query.set("custom_id", this.search.value.trim());
+        const list = await getJSON(`${this.page.path}/results?${query}`);
+        found.push(...list.data);
+        more = list.has_more;
+        after = list.next_after;
+        if (!more) break;
+      }
+    } catch (error) {
+      if (serial === this.serial) {
+        this.prev.disabled = this.at === 0;
+        this.nextButton.disabled = this.next === null;
+      }
+      throw error;
     }
     if (serial !== this.serial) return; // a newer load is under way
     this.next = more ? after : null;
     fill(this.body, found.map(itemRow));
-    setText(this.note, found.length ? "" : "No items match.");
+    const none = this.next !== null ? "None of the items looked through match: Next looks further."
+      : "No items match.";
+    setText(this.note, found.length ? "" : none);
     this.prev.disabled = this.at === 0;
     this.nextButton.disabled = this.next === null;
+    setText(this.pageLabel, `Page ${this.at + 1}`);
   }
 }
 

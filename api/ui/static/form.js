@@ -89,10 +89,11 @@ export function fromFile(name, text, template) {
 function field(label, control, hint) {
   const id = `nb-${control.name}`;
   control.id = id;
+  if (hint) control.setAttribute("aria-describedby", `${id}-hint`);
   return h("div", { class: "field" },
     h("label", { for: id }, label),
     control,
-    hint ? h("small", { class: "muted" }, hint) : null);
+    hint ? h("small", { class: "muted", id: `${id}-hint` }, hint) : null);
 }
 
 /** The form; submitting goes to the new batch's page. */
@@ -105,7 +106,7 @@ export function newBatchForm() {
   const concurrency = h("input", { name: "max_concurrency", type: "number", min: 1, step: 1 });
   const temperature = h("input", { name: "temperature", type: "number", min: 0, max: 2, step: 0.1 });
   const maxTokens = h("input", { name: "max_tokens", type: "number", min: 1, step: 1 });
-  const problem = h("div", { "aria-live": "assertive" });
+  const problem = h("div");
   const submit = h("button", { type: "submit" }, "Submit batch");
   const form = h("form", { class: "new-batch", novalidate: true },
     h("h2", {}, "New batch"),

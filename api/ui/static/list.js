@@ -10,9 +10,9 @@ const FETCH = 100; // the API's largest page
 const MOST_PAGES = 20; // per "load", when a filter leaves few rows a page
 const EVERY_MS = 2000;
 // Running batches whose rows follow their events stream (the rest follow the 2 s refresh).
-// A browser holds at most 6 connections to one origin over HTTP/1.1: 4 streams leave room
-// for the page's own calls.
-const MOST_STREAMS = 4;
+// A browser holds at most 6 connections to one server over HTTP/1.1, shared by all its tabs:
+// one stream a list tab leaves room for other tabs and the page's own calls.
+const MOST_STREAMS = 1;
 const FINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 export const BATCH_STATUSES = [
   "queued", "in_progress", "cancelling", "completed", "failed", "cancelled", "expired",
@@ -66,18 +66,19 @@ export async function listView(main) {
   });
 
   let next = null; // the cursor of the next older page
-  let loading = false;
+  let loads = 0; // a load that a newer one (another filter) replaced stops at its next step
   const wanted = (batch) => !filter.value || batch.status === filter.value;
 
   async function load() {
-    if (loading) return;
-    loading = true;
+    const mine = (loads += 1);
+    more.disabled = true;
     try {
       let added = 0;
       for (let page = 0; page < MOST_PAGES && added < PAGE; page += 1) {
         const query = new URLSearchParams({ limit: String(FETCH) });
         if (next) query.set("after", next);
         const list = await getJSON(`/v1/batches?${query}`);
+        if (mine !== loads) return;
         for (const batch of list.data) {
           if (!wanted(batch) || rows.has(batch.id)) continue;
           const row = batchRow(batch);
@@ -91,7 +92,7 @@ export async function listView(main) {
       more.hidden = !next;
       empty.hidden = rows.size > 0;
     } finally {
-      loading = false;
+      if (mine === loads) more.disabled = false;
     }
   }
 
@@ -154,7 +155,7 @@ export async function listView(main) {
   const tick = async () => {
     try {
       await refresh();
-      follow();
+      if (!stopped) follow();
     } catch (error) {
       fail(error);
     }
