@@ -15,9 +15,10 @@ COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
 COPY promptbatch ./promptbatch
-RUN pip install . && rm -rf build *.egg-info
-# The OpenAI-compatible mock, for the compose profile `mock` (an offline stack end to end).
-COPY tests/__init__.py tests/mock_openai.py ./tests/
+RUN pip install '.[anthropic,google_genai,ollama]' && rm -rf build *.egg-info
+# The OpenAI-compatible mock, for the compose profile `mock` (an offline stack end to end),
+# with the modules it imports.
+COPY tests/__init__.py tests/mock_openai.py tests/mock_batches.py tests/mock_anthropic.py ./tests/
 
 USER promptbatch
 EXPOSE 8000

@@ -12,7 +12,7 @@ BENCH := $(VENV)/.bench
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[anthropic,google_genai,ollama]'
 	touch $(RUNTIME)
 
 $(DEV): $(RUNTIME)

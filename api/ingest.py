@@ -23,14 +23,13 @@ from fastapi.concurrency import run_in_threadpool
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
-from api.items import resolve_item
-from api.planning import batch_mode
+from api.items import resolve_input, resolve_item
+from api.planning import batch_mode, model_and_provider, named_provider, portable_params
 from shared.batches import BatchPlan, ItemRecord, new_batch_id
-from shared.chat import BatchParams
 from shared.errors import InvalidRequest
 from shared.model import PAGE
 from shared.openai_format import NO_LINES, RequestLines, as_line_error, json_lines
-from shared.schemas import Batch
+from shared.schemas import EMBEDDINGS, Batch
 from shared.settings import Settings
 from shared.staging import EncodedPage, Staged, encode_page
 from shared.store import BatchStore
@@ -127,15 +126,22 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
         raise
     if pages.count == 0:
         raise InvalidRequest(NO_LINES, param="line[1]")
+    embeddings = pages.read.endpoint == EMBEDDINGS
+    try:
+        provider, model = model_and_provider(pages.read.model, embeddings, settings)
+    except InvalidRequest as exc:
+        await _drop(store, batch_id)
+        raise InvalidRequest(exc.message, param="line[1].body.model") from None
     return BatchPlan(
         items=[],
-        model=pages.read.model or settings.default_model,
+        endpoint=pages.read.endpoint,
+        model=model,
         system=None,
-        params=BatchParams(),
+        params=pages.read.params,
         max_concurrency=settings.default_concurrency,
         metadata=None,
-        provider=settings.resolved_provider,
-        mode=batch_mode(None, None, settings),
+        provider=provider,
+        mode="direct" if embeddings else batch_mode(None, None, provider, settings),
         staged=Staged(batch_id, pages.count),
     )
 
@@ -207,8 +213,12 @@ class LinePages:
                 raise InvalidRequest("The body is not UTF-8 text.") from None
             for _, value in json_lines([text], start=number):
                 item = self.read.item(number, value)
+                resolve = resolve_input if self.read.endpoint == EMBEDDINGS else resolve_item
                 try:
-                    record = resolve_item(item, item.custom_id or "", "prompts[0]", self._settings)
+                    record = resolve(item, item.custom_id or "", "prompts[0]", self._settings)
+                    provider = named_provider(self.read.model)
+                    if provider not in (None, "openai") and len(record) == 3:
+                        portable_params(record[2], provider, "prompts[0].params")
                 except InvalidRequest as exc:
                     raise as_line_error(exc, [number]) from None
                 page.append(record)

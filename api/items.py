@@ -3,6 +3,8 @@ conversation OpenAI would take, params under the ceilings, a custom_id used once
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shared.batches import ItemBody, ItemRecord
 from shared.chat import BatchParams, Message, dump_messages
 from shared.errors import InvalidRequest
@@ -20,7 +22,12 @@ def check_params(params: BatchParams, settings: Settings, param: str) -> None:
             )
 
 
-def resolve_items(prompts: list[PromptEntry], settings: Settings) -> list[ItemRecord]:
+def resolve_items(
+    prompts: list[PromptEntry], settings: Settings, resolve: ResolveItem | None = None
+) -> list[ItemRecord]:
+    """A batch's entries as stored: a string as it is, an object by `resolve` (a chat item's,
+    `resolve_item`, unless told: `resolve_input` for an embeddings batch)."""
+    resolve = resolve or resolve_item
     items: list[ItemRecord] = []
     seen = UniqueIds("prompts")
     for index, entry in enumerate(prompts):
@@ -29,8 +36,41 @@ def resolve_items(prompts: list[PromptEntry], settings: Settings) -> list[ItemRe
             check_prompt(entry, settings.max_prompt_chars, param)
             items.append((seen.add(None, index), entry))
             continue
-        items.append(resolve_item(entry, seen.add(entry.custom_id, index), param, settings))
+        items.append(resolve(entry, seen.add(entry.custom_id, index), param, settings))
     return items
+
+
+#: The params an `/v1/embeddings` batch takes, and only it.
+EMBEDDING_PARAMS = ("dimensions", "encoding_format")
+
+
+def check_endpoint_params(params: BatchParams, embeddings: bool, param: str) -> None:
+    """Refuse chat params in an embeddings batch, and embeddings params in a chat batch."""
+    given = params.model_dump(exclude_none=True)
+    for name in given:
+        if (name in EMBEDDING_PARAMS) != embeddings:
+            endpoint = "/v1/embeddings" if name in EMBEDDING_PARAMS else "/v1/chat/completions"
+            raise InvalidRequest(
+                f"{name} is a param of {endpoint} batches only.", param=f"{param}.{name}"
+            )
+
+
+def resolve_input(item: PromptItem, custom_id: str, param: str, settings: Settings) -> ItemRecord:
+    """An embeddings item object as stored: its text, checked (`param` names it in errors)."""
+    extra = [name for name in ("prompt", "messages", "params") if getattr(item, name) is not None]
+    if extra:
+        raise InvalidRequest(
+            f'An embeddings item is {{"custom_id", "input"}}; {extra[0]} is a chat item\'s.',
+            param=f"{param}.{extra[0]}",
+        )
+    if item.input is None:
+        raise InvalidRequest("An embeddings item needs input.", param=f"{param}.input")
+    check_prompt(item.input, settings.max_prompt_chars, f"{param}.input")
+    return (custom_id, item.input)
+
+
+#: How an item object becomes what is stored: `(item, custom_id, param in errors, settings)`.
+ResolveItem = Callable[[PromptItem, str, str, Settings], ItemRecord]
 
 
 def resolve_item(item: PromptItem, custom_id: str, param: str, settings: Settings) -> ItemRecord:
@@ -39,11 +79,17 @@ def resolve_item(item: PromptItem, custom_id: str, param: str, settings: Setting
     if item.params is None:
         return (custom_id, body)
     check_params(item.params, settings, f"{param}.params")
+    check_endpoint_params(item.params, False, f"{param}.params")
     own = item.params.provider_kwargs()
     return (custom_id, body, own) if own else (custom_id, body)
 
 
 def _item_body(item: PromptItem, max_chars: int, param: str) -> ItemBody:
+    if item.input is not None:
+        raise InvalidRequest(
+            'input is an embeddings item\'s: give "endpoint": "/v1/embeddings", or a prompt.',
+            param=f"{param}.input",
+        )
     if item.prompt is None and item.messages is None:
         raise InvalidRequest("An item needs a prompt (or messages).", param=f"{param}.prompt")
     if item.prompt is not None and item.messages is not None:

@@ -17,7 +17,7 @@ from shared import keys, scheduler
 from shared.batches import BatchPlan, BatchSpec, Idempotency
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.retries import RETRIED, RETRYABLE
-from shared.schemas import FINAL_BATCH_STATUSES, Batch
+from shared.schemas import EMBEDDINGS, FINAL_BATCH_STATUSES, Batch
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -55,8 +55,11 @@ async def submit(
         if also is not None:
             also(pipe, batch_id)
 
-    # A provider batch takes a chunk's items (the provider's own limit on lines is its size).
+    # A provider batch takes a chunk's items (the provider's own limit on lines is its size);
+    # an embeddings chunk holds at least one whole group of inputs (one provider call).
     chunk_size = settings.provider_batch_max_lines if plan.mode == "provider_batch" else None
+    if plan.endpoint == EMBEDDINGS:
+        chunk_size = max(settings.chunk_size, settings.embed_group)
     batch, created = await store.create(
         plan, chunk_size=chunk_size or settings.chunk_size, owner=owner, stage=stage,
         idempotency=idempotency,

@@ -34,7 +34,6 @@ from api.planning import batch_mode, completion_window
 from shared import keys
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge
 from shared.files import Files, StoredFile
-from shared.openai_format import output_line
 from shared.openai_objects import (
     CHAT_COMPLETIONS,
     OUTPUT,
@@ -42,7 +41,8 @@ from shared.openai_objects import (
     OpenAIBatch,
     openai_batch,
 )
-from shared.schemas import Batch
+from shared.output_lines import output_line
+from shared.schemas import EMBEDDINGS, Batch
 from shared.settings import Settings
 from shared.store import BatchStore
 
@@ -182,13 +182,16 @@ async def create_batch(
 ) -> Batch:
     """An ordinary batch of the input file's request lines, admitted, staged a page at a time
     and stored as a large upload is."""
-    if request.endpoint != CHAT_COMPLETIONS:
+    if request.endpoint not in (CHAT_COMPLETIONS, EMBEDDINGS):
         raise InvalidRequest(
-            f"endpoint must be {CHAT_COMPLETIONS!r}; got {request.endpoint[:64]!r}.",
+            f"endpoint must be {CHAT_COMPLETIONS!r} or {EMBEDDINGS!r}; got "
+            f"{request.endpoint[:64]!r}.",
             param="endpoint",
         )
     window = completion_window(request.completion_window)
-    mode = batch_mode(request.mode, None, settings)
+    if request.endpoint == EMBEDDINGS and request.mode == "provider_batch":
+        raise InvalidRequest("An /v1/embeddings batch runs in mode 'direct'.", param="mode")
+    embeddings = request.endpoint == EMBEDDINGS
     try:
         stored = await files.get(request.input_file_id, owner)
     except NotFound as exc:
@@ -207,6 +210,22 @@ async def create_batch(
                 plan = await stage_upload(upload, store, settings)
         finally:
             await upload.close()
+        if plan.endpoint != request.endpoint:
+            assert plan.staged is not None
+            await store.drop_staged(plan.staged.batch_id)
+            raise InvalidRequest(
+                f"The file's request lines are for {plan.endpoint}; endpoint is "
+                f"{request.endpoint}.",
+                param="endpoint",
+            )
+        try:
+            mode = (
+                "direct" if embeddings else batch_mode(request.mode, None, plan.provider, settings)
+            )
+        except InvalidRequest:
+            assert plan.staged is not None
+            await store.drop_staged(plan.staged.batch_id)
+            raise
         plan = replace(
             plan, metadata=request.metadata, mode=mode,
             completion_window=None if window is None else window[0],
@@ -232,10 +251,12 @@ async def result_lines(store: BatchStore, batch: Batch, kind: str) -> AsyncItera
     """A batch's output file (`OUTPUT`: the requests answered 200) or error file (the rest:
     the provider's 4xx answers, and the requests that failed, were cancelled or expired), in
     input order, a page of results at a time."""
+    spec = await store.spec(batch.id)
+    encoding = spec.params.encoding_format if spec is not None else None
     async for page in await store.result_pages(batch.id):
         lines = []
         for item in page:
-            line = output_line(item, batch)
+            line = output_line(item, batch, encoding)
             if line is None:
                 continue
             answered = line.response is not None and line.response.status_code == 200

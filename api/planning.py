@@ -3,11 +3,22 @@ batch the store writes (items resolved, a template rendered over its rows, defau
 
 from __future__ import annotations
 
-from api.items import check_params, resolve_items
+from typing import Any
+
+from api.items import check_endpoint_params, check_params, resolve_input, resolve_items
 from api.templates import render_rows
-from shared.batches import BatchPlan
+from shared.batches import BatchPlan, ItemRecord
+from shared.chat import PORTABLE_PARAMS, BatchParams
 from shared.errors import InvalidRequest
-from shared.schemas import MAX_COMPLETION_WINDOW_S, BatchCreate, Mode
+from shared.schemas import (
+    CHAT,
+    EMBEDDINGS,
+    MAX_COMPLETION_WINDOW_S,
+    MODEL_PROVIDERS,
+    BatchCreate,
+    Mode,
+    Provider,
+)
 from shared.settings import Settings
 
 #: Seconds in each unit a `completion_window` string may end with.
@@ -30,12 +41,21 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
             f"max_concurrency is at most {settings.max_concurrency}.", param="max_concurrency"
         )
     check_params(request.params, settings, "params")
+    embeddings = request.endpoint == EMBEDDINGS
+    check_endpoint_params(request.params, embeddings, "params")
+    if embeddings:
+        _check_embeddings(request)
     if request.system is not None and len(request.system) > settings.max_prompt_chars:
         raise InvalidRequest(
             f"system is longer than {settings.max_prompt_chars} characters.", param="system"
         )
     window = completion_window(request.completion_window)
-    mode = batch_mode(request.mode, request.max_total_tokens, settings)
+    provider, model = model_and_provider(request.model, embeddings, settings)
+    # an embeddings batch runs direct whatever the default (`_check_embeddings` refuses asking)
+    mode = (
+        "direct" if embeddings
+        else batch_mode(request.mode, request.max_total_tokens, provider, settings)
+    )  # fmt: skip
     system = request.system
     if request.template is not None and request.inputs is not None:
         rendered = render_rows(
@@ -46,34 +66,103 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
             hoist=system is None,
         )
         items, system = rendered.items, system or rendered.system
+    elif embeddings:
+        items = resolve_items(request.prompts or [], settings, resolve_input)
     else:
         items = resolve_items(request.prompts or [], settings)
+    if provider not in ("openai", "offline"):
+        check_portable(request.params, items, provider)
     return BatchPlan(
+        endpoint=request.endpoint or CHAT,
         items=items,
-        model=request.model or settings.default_model,
+        model=model,
         system=system,
         params=request.params,
         max_concurrency=concurrency,
         metadata=request.metadata,
         max_total_tokens=request.max_total_tokens,
-        provider=settings.resolved_provider,
+        provider=provider,
         mode=mode,
         completion_window=None if window is None else window[0],
         completion_window_s=None if window is None else window[1],
     )
 
 
-def batch_mode(asked: Mode | None, max_total_tokens: int | None, settings: Settings) -> Mode:
+#: What each provider a model name can pick needs set, for the error when it is not.
+_NEEDS = {
+    "openai": "OPENAI_API_KEY or OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "google_genai": "GOOGLE_API_KEY",
+    "ollama": "OLLAMA_BASE_URL",
+}
+
+
+def model_and_provider(
+    model: str | None, embeddings: bool, settings: Settings
+) -> tuple[Provider, str]:
+    """The provider a batch runs on and its model's name: `"<provider>:<model>"` picks one of
+    `MODEL_PROVIDERS` (configured here, else a 422 naming `model`); any other name, colons
+    and all (`llama3.1:8b`), is a model of the default provider."""
+    default = settings.default_embedding_model if embeddings else settings.default_model
+    provider = named_provider(model)
+    if provider is None or model is None:
+        return settings.resolved_provider, model or default
+    name = model.partition(":")[2]
+    if not settings.configured(provider):
+        raise InvalidRequest(
+            f"model {model!r} asks for the {provider} provider, which this service has not "
+            f"configured (it needs {_NEEDS[provider]}).",
+            param="model",
+        )
+    if embeddings and provider != "openai":
+        raise InvalidRequest(
+            f"An /v1/embeddings batch runs on openai (or the offline model); {provider} "
+            "models are chat models here.",
+            param="model",
+        )
+    return provider, name
+
+
+def check_portable(params: BatchParams, items: list[ItemRecord], provider: Provider) -> None:
+    """Refuse params another provider's chat model does not take (OpenAI's own: seed,
+    response_format, tools...), the batch's and each item's, naming them."""
+    portable_params(params.model_dump(exclude_none=True), provider, "params")
+    for index, item in enumerate(items):
+        if len(item) == 3:
+            portable_params(item[2], provider, f"prompts[{index}].params")
+
+
+def portable_params(params: dict[str, Any], provider: Provider, param: str) -> None:
+    """InvalidRequest naming the first of `params` that `provider`'s chat model does not take."""
+    for name in params:
+        if name not in PORTABLE_PARAMS:
+            raise InvalidRequest(
+                f"{name} is an OpenAI param; the {provider} provider takes "
+                f"{', '.join(sorted(PORTABLE_PARAMS))}.",
+                param=f"{param}.{name}",
+            )
+
+
+def named_provider(model: str | None) -> Provider | None:
+    """The provider a model name names by its prefix (`anthropic:...`), if it names one."""
+    prefix, _, name = (model or "").partition(":")
+    return prefix if prefix in MODEL_PROVIDERS and name else None
+
+
+def batch_mode(
+    asked: Mode | None, max_total_tokens: int | None, provider: Provider, settings: Settings
+) -> Mode:
     """The batch's mode (`PROMPTBATCH_DEFAULT_MODE` unless it asks): `provider_batch` needs a
     provider with a Batch API (`openai`: any OpenAI-compatible server with `/v1/files` and
-    `/v1/batches`), and no `max_total_tokens` (a provider batch cannot stop midway)."""
-    mode = asked or settings.default_mode
+    `/v1/batches`), and no `max_total_tokens` (a provider batch cannot stop midway). A batch
+    of another provider runs direct unless it asks (and is refused)."""
+    mode = asked or (settings.default_mode if provider == settings.resolved_provider else "direct")
     if mode == "direct":
         return mode
-    if settings.resolved_provider != "openai":
+    if provider != "openai":
         raise InvalidRequest(
             f"mode 'provider_batch' hands the batch to the provider's Batch API; the "
-            f"'{settings.resolved_provider}' provider has none (use 'direct').",
+            f"'{provider}' provider has none here (use 'direct').",
             param="mode",
         )
     if max_total_tokens is not None:
@@ -107,6 +196,24 @@ def completion_window(value: int | str | None) -> tuple[str, int] | None:
             param="completion_window",
         )
     return f"{int(digits)}{unit}", seconds
+
+
+def _check_embeddings(request: BatchCreate) -> None:
+    """What an `/v1/embeddings` batch cannot have: chat's template and system prompt, and
+    (for now) the provider's Batch API."""
+    for name in ("template", "system"):
+        if getattr(request, name) is not None:
+            raise InvalidRequest(
+                f"{name} is for /v1/chat/completions batches; an embeddings batch embeds each "
+                "entry of prompts as it is.",
+                param=name,
+            )
+    if request.mode == "provider_batch":
+        raise InvalidRequest(
+            "An /v1/embeddings batch runs in mode 'direct' (its inputs are grouped into few "
+            "calls already).",
+            param="mode",
+        )
 
 
 def _check_source(request: BatchCreate) -> None:

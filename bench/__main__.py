@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import scale, sharing
+from bench import scale, sharing, vectors
 from bench.measure import (
     body,
     cpu_s,
@@ -56,6 +56,7 @@ class Sizes:
     sweep_rounds: int = 12  # prompts per point = rounds * concurrency, at most sweep_most
     sweep_most: int = 1500
     sweep_latency_ms: float = 100.0
+    embeddings: tuple[int, float, int] = (20_000, 100.0, 16)  # inputs, ms a call, concurrency
 
 
 SMOKE = Sizes(
@@ -72,6 +73,7 @@ SMOKE = Sizes(
     sweep=(2, 8),
     sweep_rounds=4,
     sweep_latency_ms=10.0,
+    embeddings=(300, 5.0, 4),
 )
 
 
@@ -278,6 +280,7 @@ class Bench:
             ("million", partial(scale.million, self, self.sizes.scale)),
             ("small behind big", partial(sharing.small_behind_big, self, self.sizes.sharing)),
             ("fleet utilisation", partial(sharing.fleet_utilisation, self, self.sizes.sharing)),
+            ("embeddings", partial(vectors.embeddings, self, self.sizes.embeddings)),
         ]
 
     async def sweep(self) -> list[Sweep]:

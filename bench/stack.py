@@ -16,6 +16,7 @@ from tests.servers import Api, start_api
 
 API_KEY = "sk-bench"
 DIRECT = ROOT / "bench" / "direct.py"  # run as a script, from a directory of its own
+DIRECT_EMBED = ROOT / "bench" / "direct_embed.py"
 
 
 class Stack:
@@ -91,20 +92,34 @@ class Stack:
 
     async def direct(self, latency_ms: float, prompts: int, concurrency: int) -> dict[str, float]:
         """One run of the direct abatch script, in a process of its own."""
-        url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
-        path = self.workdir / f"prompts-{prompts}.jsonl"
+        path = await self._lines(f"prompts-{prompts}.jsonl", workload.prompts(prompts))
+        return await self._script(DIRECT, latency_ms, "--prompts", str(path),
+                                  "--concurrency", str(concurrency))  # fmt: skip
+
+    async def direct_embed(self, latency_ms: float, texts: list[str]) -> dict[str, float]:
+        """One run of the plain `aembed_documents` script, in a process of its own."""
+        path = await self._lines(f"texts-{len(texts)}.jsonl", texts)
+        return await self._script(DIRECT_EMBED, latency_ms, "--texts", str(path))
+
+    async def _lines(self, name: str, values: list[str]) -> Path:
+        """A file of one JSON string a line, in the work directory (written once)."""
+        path = self.workdir / name
         if not path.exists():
-            lines = "".join(json.dumps(p) + "\n" for p in workload.prompts(prompts))
+            lines = "".join(json.dumps(v) + "\n" for v in values)
             await asyncio.to_thread(path.write_text, lines)
-        args = [str(DIRECT), "--base-url", url, "--prompts", str(path),
-                "--concurrency", str(concurrency)]  # fmt: skip
+        return path
+
+    async def _script(self, script: Path, latency_ms: float, *args: str) -> dict[str, float]:
+        """A baseline script against the mock at `latency_ms`: the JSON line it printed last."""
+        url = f"{(await asyncio.to_thread(self.mock, latency_ms)).url}/v1"
         done = await asyncio.create_subprocess_exec(
-            sys.executable, *args, cwd=self.workdir, env=worker_env("unused"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable, str(script), "--base-url", url, *args, cwd=self.workdir,
+            env=worker_env("unused"), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await done.communicate()
         if done.returncode != 0:
-            raise RuntimeError(f"the direct script failed:\n{err.decode()[-2000:]}")
+            raise RuntimeError(f"{script.name} failed:\n{err.decode()[-2000:]}")
         result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
         return result
 

@@ -6,7 +6,7 @@ from promptbatch.errors import APIConnectionError, APIError, PromptbatchError
 from promptbatch.inputs import read_batch_file, read_rows
 from promptbatch.sync import Batch, Client
 from shared.chat import BatchParams, Message
-from shared.openai_format import OutputLine
+from shared.output_lines import OutputLine
 from shared.schemas import BatchCreate, BatchList, ItemResult, PromptItem, PromptTemplate
 
 __all__ = [

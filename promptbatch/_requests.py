@@ -8,7 +8,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict, Unpack
 
 from shared.chat import BatchParams
-from shared.schemas import FINAL_BATCH_STATUSES, Batch, BatchCreate, PromptItem, PromptTemplate
+from shared.schemas import (
+    FINAL_BATCH_STATUSES,
+    Batch,
+    BatchCreate,
+    Endpoint,
+    PromptItem,
+    PromptTemplate,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -52,6 +59,8 @@ def default_headers(api_key: str | None) -> dict[str, str]:
 class BatchOptions(TypedDict, total=False):
     """What a submission may say besides its prompts (see `BatchCreate`)."""
 
+    #: `/v1/chat/completions` (the default) or `/v1/embeddings` (each prompt a text to embed).
+    endpoint: Endpoint | None
     model: str | None
     system: str | None
     params: BatchParams | Mapping[str, Any] | None

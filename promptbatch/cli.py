@@ -24,11 +24,11 @@ from rich.console import Console
 from promptbatch._requests import DEFAULT_URL, batch_request
 from promptbatch.errors import APIConnectionError, APIError, PromptbatchError
 from promptbatch.inputs import read_batch_file, read_rows
-from promptbatch.rows import check_columns, flat_row, input_columns
+from promptbatch.rows import EMBEDDING_COLUMNS, check_columns, flat_row, input_columns
 from promptbatch.sync import Batch, Client
 from shared.errors import AppError
+from shared.schemas import EMBEDDINGS, BatchCreate
 from shared.schemas import Batch as BatchInfo
-from shared.schemas import BatchCreate
 
 app = typer.Typer(
     help="Run large LLM prompt batches on a promptbatch server.",
@@ -467,16 +467,18 @@ def _write_results(batch: Batch, fmt: Format, file: TextIO) -> None:
 
 
 def _write_csv(batch: Batch, file: TextIO) -> None:
-    """A header, then each item's input row (else its custom_id) and results; `output_json` as
-    JSON text, empty when there is none."""
+    """A header, then each item's input row (else its custom_id) and results; `output_json`
+    (and an embeddings batch's `embedding`) as JSON text, empty when there is none."""
     inputs = batch.inputs
     head = input_columns(inputs) if inputs is not None else ["custom_id"]
-    writer = csv.DictWriter(file, fieldnames=[*head, *CSV_RESULTS])
+    results = EMBEDDING_COLUMNS if batch.info.endpoint == EMBEDDINGS else CSV_RESULTS
+    writer = csv.DictWriter(file, fieldnames=[*head, *results])
     writer.writeheader()
     for item in batch.results():
-        row = flat_row(item, inputs, CSV_RESULTS)
-        if item.output_json is not None:
-            row["output_json"] = json.dumps(item.output_json, ensure_ascii=False)
+        row = flat_row(item, inputs, results)
+        for name in ("output_json", "embedding"):
+            if row.get(name) is not None:
+                row[name] = json.dumps(row[name], ensure_ascii=False)
         writer.writerow(row)
 
 

@@ -6,10 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from shared.schemas import ItemResult
+from shared.schemas import EMBEDDINGS, Batch, ItemResult
 
 #: The columns a result adds to its input row.
 RESULT_COLUMNS = ("output", "status", "error", "output_json", "finish_reason")
+#: The columns an `/v1/embeddings` result adds: its vector (a list of floats) in place of output.
+EMBEDDING_COLUMNS = ("embedding", "status", "error")
+
+
+def result_columns(batch: Batch) -> tuple[str, ...]:
+    """The columns `batch`'s results add."""
+    return EMBEDDING_COLUMNS if batch.endpoint == EMBEDDINGS else RESULT_COLUMNS
 
 
 def input_columns(inputs: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -41,5 +48,6 @@ def flat_row(
         "error": error,
         "output_json": item.output_json,
         "finish_reason": item.finish_reason,
+        "embedding": item.embedding,
     }
     return head | {name: fields[name] for name in results}

@@ -15,9 +15,9 @@ from promptbatch import _retry
 from promptbatch.display import BatchProgress
 from promptbatch.errors import check, reaching
 from promptbatch.events import watch
-from promptbatch.rows import check_columns, flat_row, input_columns
+from promptbatch.rows import check_columns, flat_row, input_columns, result_columns
 from shared import schemas
-from shared.openai_format import OutputLine, output_line
+from shared.output_lines import OutputLine, output_line
 from shared.schemas import BatchCreate, BatchList, ItemResult, RowValue
 
 
@@ -68,9 +68,10 @@ class Client:
     ) -> Batch:
         """Submit one batch: `prompts` (strings, or `{"custom_id", "prompt" or "messages",
         "params"}`), or a `template` (a human message's text, `(role, text)` pairs or a
-        `PromptTemplate`) filled from each row of `inputs`. `options` are `model`, `system`,
-        `params`, `max_concurrency` and `metadata`. `idempotency_key` (default: a fresh random
-        one) is sent with every attempt: the same key and body give the same batch."""
+        `PromptTemplate`) filled from each row of `inputs`. `options` are `endpoint`, `model`,
+        `system`, `params`, `max_concurrency` and `metadata`. `idempotency_key` (default: a
+        fresh random one) is sent with every attempt: the same key and body give the same
+        batch."""
         request = req.batch_request(prompts, template=template, inputs=inputs, **options)
         return self.create(request, idempotency_key=idempotency_key)
 
@@ -175,11 +176,12 @@ class Batch:
     def rows(self) -> Iterator[dict[str, Any]]:
         """One flat dict per item, in input order, streamed: its input row's columns (when this
         handle was submitted with `inputs`), else `custom_id`; then `output`, `status`, `error`
-        (`"<type>: <message>"`), `output_json` and `finish_reason`. For `pd.DataFrame(...)`."""
+        (`"<type>: <message>"`), `output_json` and `finish_reason`; an `/v1/embeddings`
+        batch's: `embedding` (a list of floats), `status` and `error`. For `pd.DataFrame(...)`."""
         if self.inputs is not None:
             check_columns(input_columns(self.inputs))
         for item in self.results():
-            yield flat_row(item, self.inputs)
+            yield flat_row(item, self.inputs, result_columns(self.info))
 
     def openai_results(self) -> Iterator[OutputLine]:
         """Finished items as OpenAI Batch output lines (pending items are left out)."""

@@ -19,9 +19,11 @@ from shared.chat import BatchParams
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.model import PAGE, ModelPart, batch_from_fields, decode
 from shared.schemas import (
+    CHAT,
     Batch,
     BatchList,
     BatchStatus,
+    Endpoint,
     ErrorInfo,
     Mode,
     Provider,
@@ -50,6 +52,7 @@ class BatchPlan:
     completion_window: str | None = None
     completion_window_s: int | None = None
     staged: Staged | None = None
+    endpoint: Endpoint = CHAT
 
     @property
     def count(self) -> int:
@@ -88,6 +91,7 @@ class BatchSpec:
     window: int = 1  #: how many of its chunks may feed it at once (`shared/scheduler.py`)
     owner: str = keys.PUBLIC_OWNER
     mode: Mode = "direct"
+    endpoint: Endpoint = CHAT
 
     def overdue(self, now_ms: int | None = None) -> bool:
         """Whether the completion window has ended (by this host's clock, unless given)."""
@@ -206,6 +210,8 @@ class Batches(ModelPart):
         }
         if plan.mode != "direct":
             fields["mode"] = plan.mode
+        if plan.endpoint != CHAT:
+            fields["endpoint"] = plan.endpoint
         if plan.system is not None:
             fields["system"] = plan.system
         if plan.metadata is not None:
@@ -309,6 +315,7 @@ class Batches(ModelPart):
             window=int(f.get("window", 1)),
             owner=f.get("owner", keys.PUBLIC_OWNER),
             mode=cast(Mode, f.get("mode", "direct")),
+            endpoint=cast(Endpoint, f.get("endpoint", CHAT)),
         )
 
     async def mark_started(self, batch_id: str) -> bool:

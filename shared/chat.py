@@ -125,12 +125,20 @@ def _only_one(name: str, allowed: object, why: str) -> Any:
     return AfterValidator(check)
 
 
+#: The longest embedding a batch may ask for (`dimensions`): OpenAI's largest is 3,072.
+MAX_DIMENSIONS = 8192
+
+#: The params a chat model of another provider takes (anthropic, google_genai, ollama); the
+#: rest are OpenAI's own.
+PORTABLE_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop"})
+
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 StopWord = Annotated[str, StringConstraints(min_length=1)]
 
 
 class BatchParams(BaseModel):
-    """OpenAI chat-completion params a batch (its defaults) or an item (its overrides) carries."""
+    """OpenAI chat-completion params (or embeddings params) a batch (its defaults) or an item
+    (its overrides) carries."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -151,6 +159,10 @@ class BatchParams(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     user: Annotated[str, StringConstraints(max_length=256)] | None = None
+    #: Embeddings params (`/v1/embeddings` batches only): the vector's length, and how the
+    #: OpenAI output file writes it (`float`, or `base64` of little-endian float32s).
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
+    encoding_format: Literal["float", "base64"] | None = None
     #: Accepted only as the no-ops OpenAI files sometimes carry (`n: 1`, `stream: false`).
     n: Annotated[int | None, _only_one("n", 1, "an item has one result")] = None
     stream: Annotated[

@@ -14,9 +14,11 @@ from redis.commands.core import AsyncScript
 
 from shared import keys, lua
 from shared.schemas import (
+    CHAT,
     FINAL_ITEM_STATUSES,
     Batch,
     BatchStatus,
+    Endpoint,
     ErrorInfo,
     Mode,
     Pacing,
@@ -143,6 +145,7 @@ def batch_from_fields(f: Mapping[str, str]) -> Batch:
         expired_at=from_ms(f.get("finished_at")) if status == "expired" else None,
         pacing=pacing_of(f),
         mode=cast(Mode, f.get("mode", "direct")),
+        endpoint=cast(Endpoint, f.get("endpoint", CHAT)),
         provider_batches=[
             ProviderBatch.model_validate_json(value)
             for name, value in sorted(f.items())

@@ -1,6 +1,6 @@
-"""OpenAI Batch files: request lines in (one line -> one item, with its messages and params),
-output lines out (one result -> one line), so files made for or read by OpenAI's Batch API work
-here unchanged."""
+"""OpenAI Batch input files: request lines in (one line -> one item, with its messages and
+params, or its text to embed), so files made for OpenAI's Batch API work here unchanged. The
+output lines are `shared/output_lines.py`'s."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.chat import BatchParams, Message
+from shared.chat import MAX_DIMENSIONS, BatchParams, Message
 from shared.errors import InvalidRequest
 from shared.plain_errors import sentence
 from shared.schemas import (
-    Batch,
+    CHAT,
+    EMBEDDINGS,
     BatchCreate,
     CustomId,
-    ItemResult,
+    Endpoint,
     PromptEntry,
     PromptItem,
-    Usage,
 )
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -40,6 +40,15 @@ class ChatRequestBody(BatchParams):
         return BatchParams.model_construct(**values) if values else None
 
 
+class EmbeddingRequestBody(BaseModel, extra="forbid"):
+    """`body` of an `/v1/embeddings` request line: one text to embed."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    input: str
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
+    encoding_format: Literal["float", "base64"] | None = None
+
+
 class RequestLine(BaseModel, extra="forbid"):
     """One line of an OpenAI Batch input file."""
 
@@ -47,6 +56,15 @@ class RequestLine(BaseModel, extra="forbid"):
     method: Literal["POST"]
     url: Literal["/v1/chat/completions"]
     body: ChatRequestBody
+
+
+class EmbeddingLine(BaseModel, extra="forbid"):
+    """One line of an OpenAI Batch input file of embeddings."""
+
+    custom_id: CustomId
+    method: Literal["POST"]
+    url: Literal["/v1/embeddings"]
+    body: EmbeddingRequestBody
 
 
 def json_lines(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, Any]]:
@@ -89,7 +107,9 @@ def numbered_batch(lines: Iterable[str]) -> tuple[BatchCreate, list[int]]:
         numbers.append(number)
     if not prompts:
         raise InvalidRequest(NO_LINES, param="line[1]")
-    return BatchCreate(prompts=prompts, model=read.model), numbers
+    endpoint = EMBEDDINGS if read.endpoint == EMBEDDINGS else None
+    batch = BatchCreate(prompts=prompts, model=read.model, params=read.params, endpoint=endpoint)
+    return batch, numbers
 
 
 NO_LINES = "The body has no request lines."
@@ -103,15 +123,35 @@ class RequestLines:
     def __init__(self) -> None:
         self._model: tuple[int, str] | None = None
         self._seen: set[str] = set()
+        #: The url of the first line: every line has it (a batch runs one endpoint).
+        self.endpoint: Endpoint = CHAT
+        #: An embeddings file's `dimensions` and `encoding_format`: the batch's params, so
+        #: each line that gives them gives the same.
+        self._embedding_params: tuple[int, dict[str, Any]] | None = None
 
     @property
     def model(self) -> str | None:
         """The model the lines name (the same on every line that names one), if any."""
         return None if self._model is None else self._model[1]
 
+    @property
+    def params(self) -> BatchParams:
+        """The batch's params the lines set (an embeddings file's; chat lines keep theirs)."""
+        given = self._embedding_params[1] if self._embedding_params is not None else {}
+        return BatchParams(**given)
+
     def item(self, number: int, value: Any) -> PromptItem:
         """Line `number` (decoded JSON) as an item; InvalidRequest names what is wrong."""
+        url = value.get("url") if isinstance(value, dict) else None
+        if self._seen and url in (CHAT_COMPLETIONS, EMBEDDINGS) and url != self.endpoint:
+            raise InvalidRequest(
+                f"Line {number}: url {url!r} differs from the first line's "
+                f"{self.endpoint!r}; a batch runs one endpoint.",
+                param=f"line[{number}].url",
+            )
         line = _request_line(number, value)
+        if not self._seen:
+            self.endpoint = line.url
         body = line.body
         if body.model is not None:
             if self._model is None:
@@ -128,7 +168,22 @@ class RequestLines:
                 param=f"line[{number}].custom_id",
             )
         self._seen.add(line.custom_id)
+        if isinstance(body, EmbeddingRequestBody):
+            self._same_params(number, body)
+            return PromptItem(custom_id=line.custom_id, input=body.input)
         return PromptItem(custom_id=line.custom_id, messages=body.messages, params=body.params())
+
+    def _same_params(self, number: int, body: EmbeddingRequestBody) -> None:
+        given = body.model_dump(include={"dimensions", "encoding_format"}, exclude_none=True)
+        if self._embedding_params is None:
+            self._embedding_params = (number, given)
+        elif given != self._embedding_params[1]:
+            first = self._embedding_params[0]
+            raise InvalidRequest(
+                f"Line {number}: dimensions and encoding_format differ from line {first}'s; "
+                "a batch embeds every input alike.",
+                param=f"line[{number}].body",
+            )
 
 
 _ITEM_PARAM = re.compile(r"^prompts\[(\d+)\](?:\.params(?=\.)|(?=\.messages)|(?=\.custom_id))?")
@@ -147,14 +202,16 @@ def as_line_error(error: InvalidRequest, numbers: Sequence[int]) -> InvalidReque
     return type(error)(f"Line {number}: {error.message}", param=param)
 
 
-def _request_line(number: int, value: Any) -> RequestLine:
+def _request_line(number: int, value: Any) -> RequestLine | EmbeddingLine:
     url = value.get("url") if isinstance(value, dict) else None
-    if isinstance(url, str) and url != CHAT_COMPLETIONS:
+    if isinstance(url, str) and url not in (CHAT_COMPLETIONS, EMBEDDINGS):
         raise InvalidRequest(
-            f"Line {number}: url must be {CHAT_COMPLETIONS}; got {url!r}.",
+            f"Line {number}: url must be {CHAT_COMPLETIONS} or {EMBEDDINGS}; got {url[:64]!r}.",
             param=f"line[{number}].url",
         )
     try:
+        if url == EMBEDDINGS:
+            return EmbeddingLine.model_validate(value)
         return RequestLine.model_validate(value)
     except ValidationError as exc:
         raise line_error(number, exc) from None
@@ -173,142 +230,3 @@ def line_error(number: int, exc: ValidationError) -> InvalidRequest:
 
 def _path(loc: Sequence[int | str]) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-
-
-# -- output lines --------------------------------------------------------------------------------
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class Choice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    logprobs: None = None
-    finish_reason: str = "stop"
-
-
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class CompletionTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
-    completion_tokens_details: CompletionTokensDetails
-
-    @classmethod
-    def of(cls, usage: Usage | None) -> CompletionUsage:
-        usage = usage or Usage()
-        return cls(
-            prompt_tokens=usage.input_tokens,
-            completion_tokens=usage.output_tokens,
-            total_tokens=usage.total_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-            completion_tokens_details=CompletionTokensDetails(
-                reasoning_tokens=usage.reasoning_tokens
-            ),
-        )
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: CompletionUsage
-
-
-class ProviderError(BaseModel):
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorAnswer(BaseModel):
-    """The body of a provider's 4xx answer."""
-
-    error: ProviderError
-
-
-class OutputResponse(BaseModel):
-    status_code: int
-    request_id: str
-    body: ChatCompletion | ErrorAnswer
-
-
-class OutputError(BaseModel):
-    code: str
-    message: str
-
-
-class OutputLine(BaseModel):
-    """One line of an OpenAI Batch output file: a response, or an error, never both."""
-
-    id: str
-    custom_id: str
-    response: OutputResponse | None
-    error: OutputError | None
-
-
-def output_line(item: ItemResult, batch: Batch) -> OutputLine | None:
-    """The item as OpenAI writes it in a batch output file; None while it is still pending
-    (an OpenAI output file holds finished requests only). A failed item is an error line,
-    except where the provider answered: its 4xx refusal is the response, with its status, and
-    a reply that is not the JSON asked for is written as it came (promptbatch's own results
-    mark it `invalid_output`), as OpenAI writes both."""
-    if item.status == "pending":
-        return None
-    line_id = f"batch_req_{batch.id.removeprefix('batch_')}_{item.index}"
-    request_id = f"req_{batch.id.removeprefix('batch_')}_{item.index}"
-    status = _PROVIDER_STATUS.get(item.error.type) if item.error is not None else None
-    if item.status == "failed" and item.error is not None and status is not None:
-        refused = ErrorAnswer(error=ProviderError(message=item.error.message, code=item.error.type))
-        response = OutputResponse(status_code=status, request_id=request_id, body=refused)
-        return OutputLine(id=line_id, custom_id=item.custom_id, response=response, error=None)
-    if item.status != "succeeded" and not _answered(item):
-        code = item.error.type if item.error else f"batch_{item.status}"
-        message = item.error.message if item.error else f"The request was {item.status}."
-        return OutputLine(
-            id=line_id, custom_id=item.custom_id, response=None,
-            error=OutputError(code=code, message=message),
-        )  # fmt: skip
-    reply = AssistantMessage(content=item.output, refusal=item.refusal, tool_calls=item.tool_calls)
-    completion = ChatCompletion(
-        id=f"chatcmpl-{batch.id.removeprefix('batch_')}-{item.index}",
-        created=int((batch.finished_at or batch.created_at).timestamp()),
-        model=batch.model,
-        choices=[Choice(message=reply, finish_reason=item.finish_reason or "stop")],
-        usage=CompletionUsage.of(item.usage),
-    )
-    response = OutputResponse(status_code=200, request_id=request_id, body=completion)
-    return OutputLine(id=line_id, custom_id=item.custom_id, response=response, error=None)
-
-
-#: A failed item's error type when the provider refused the request with a 4xx: its status
-#: (`worker/llm.py` names them). The line carries the provider's answer, as OpenAI's do.
-_PROVIDER_STATUS = {
-    "invalid_request": 400,
-    "context_length_exceeded": 400,
-    "authentication_error": 401,
-    "permission_denied": 403,
-    "model_not_found": 404,
-    "rate_limited": 429,
-}
-
-
-def _answered(item: ItemResult) -> bool:
-    """Whether the provider answered the item (a reply promptbatch refused as invalid_output)."""
-    return item.error is not None and item.error.type == "invalid_output"

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.files import FILE_PREFIX, StoredFile
-from shared.openai_format import CompletionTokensDetails, PromptTokensDetails
+from shared.output_lines import CompletionTokensDetails, PromptTokensDetails
 from shared.schemas import Batch, BatchStatus, Metadata, Mode
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -185,7 +185,7 @@ def openai_batch(
         errors = BatchErrors(data=[BatchError(code=batch.error.type, message=batch.error.message)])
     return OpenAIBatch(
         id=batch.id,
-        endpoint=endpoint or CHAT_COMPLETIONS,
+        endpoint=endpoint or batch.endpoint,
         errors=errors,
         input_file_id=input_file_id,
         completion_window=batch.completion_window or "24h",

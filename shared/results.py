@@ -34,6 +34,9 @@ class PendingItem:
     params: dict[str, Any] | None = None
 
 
+#: An outcome's fields stored with its result when set.
+_STORED = ("output", "output_json", "finish_reason", "tool_calls", "refusal", "embedding")
+
 #: The error type of items left when their batch's completion window ended (OpenAI's name).
 BATCH_EXPIRED = "batch_expired"
 
@@ -53,6 +56,7 @@ class ItemOutcome:
     finish_reason: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+    embedding: list[float] | None = None
     #: How running it went (summed into the batch, not stored with the result): time spent
     #: waiting for the provider's rate limits, and 429s the provider answered it with.
     paced_ms: int = 0
@@ -61,7 +65,7 @@ class ItemOutcome:
     def to_json(self) -> bytes:
         """The stored result: only the fields that are set (a reader fills in the rest)."""
         stored: dict[str, Any] = {"status": self.status}
-        for name in ("output", "output_json", "finish_reason", "tool_calls", "refusal"):
+        for name in _STORED:
             value = getattr(self, name)
             if value is not None:
                 stored[name] = value

@@ -39,10 +39,19 @@ ACTIVE_BATCH_STATUSES: tuple[BatchStatus, ...] = tuple(
 #: What an item ends as (it is `pending` until then).
 FINAL_ITEM_STATUSES: tuple[FinalItemStatus, ...] = get_args(FinalItemStatus)
 
-#: Where a batch's calls go: an OpenAI-compatible endpoint, or the offline model.
-Provider = Literal["openai", "offline"]
+#: Where a batch's calls go: an OpenAI-compatible endpoint, the offline model, or another
+#: LangChain chat model's provider (picked by a `"<provider>:<model>"` model name).
+Provider = Literal["openai", "offline", "anthropic", "google_genai", "ollama"]
+#: The service's default provider (`PROMPTBATCH_PROVIDER`).
+DefaultProvider = Literal["openai", "offline"]
+#: The providers a model name may name as its prefix (`"anthropic:claude-sonnet-4-5"`).
+MODEL_PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic", "google_genai", "ollama")
 #: How a batch runs: its calls made by the workers, or handed to the provider's Batch API.
 Mode = Literal["direct", "provider_batch"]
+#: What a batch's items are: chat completions (the default), or texts to embed.
+Endpoint = Literal["/v1/chat/completions", "/v1/embeddings"]
+CHAT: Endpoint = "/v1/chat/completions"
+EMBEDDINGS: Endpoint = "/v1/embeddings"
 
 MAX_CUSTOM_ID = 256
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CUSTOM_ID)]
@@ -62,6 +71,8 @@ class PromptItem(_Strict):
     custom_id: CustomId | None = None
     prompt: str | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
+    #: The text to embed, in an `/v1/embeddings` batch (in place of `prompt`).
+    input: str | None = None
     params: BatchParams | None = None
 
 
@@ -142,6 +153,9 @@ Metadata = Annotated[
 
 
 class BatchCreate(_Strict):
+    #: `/v1/chat/completions` (each entry a prompt; the default) or `/v1/embeddings` (each
+    #: entry a text).
+    endpoint: Endpoint | None = None
     prompts: list[PromptEntry] | None = Field(default=None, min_length=1)
     #: In place of `prompts`: a template filled from each row of `inputs`.
     template: TemplateField | None = None
@@ -235,6 +249,7 @@ class Batch(BaseModel):
     status: BatchStatus
     model: str
     provider: Provider
+    endpoint: Endpoint = CHAT
     mode: Mode = "direct"
     #: A batch in `provider_batch` mode: its provider batches as last polled.
     provider_batches: list[ProviderBatch] = Field(default_factory=list)
@@ -270,6 +285,8 @@ class ItemResult(BaseModel):
     #: The reply's tool calls, in OpenAI's format.
     tool_calls: list[dict[str, Any]] | None = None
     refusal: str | None = None
+    #: An `/v1/embeddings` item's vector (in place of `output`); left out of chat results.
+    embedding: list[float] | None = Field(default=None, exclude_if=lambda v: v is None)
     error: ErrorInfo | None = None
     usage: Usage | None = None
 

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.schemas import Mode, Provider
+from shared.schemas import DefaultProvider, Mode, Provider
 
 
 class SettingsError(RuntimeError):
@@ -42,8 +42,24 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL")
     )
-    provider: Provider | None = None
+    provider: DefaultProvider | None = None
+    #: Other LangChain chat model providers, each enabled by its own variables (a batch picks
+    #: one with a `"<provider>:<model>"` model name).
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
+    )
+    google_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_API_KEY")
+    )
+    ollama_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OLLAMA_BASE_URL")
+    )
     default_model: str = Field(default="gpt-4o-mini", min_length=1)
+    #: The model of an `/v1/embeddings` batch that names none.
+    default_embedding_model: str = Field(default="text-embedding-3-small", min_length=1)
 
     max_prompts: int = Field(default=50_000, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
@@ -58,6 +74,10 @@ class Settings(BaseSettings):
     tpm_limit: int = Field(default=0, ge=0)
     #: How long an item keeps being retried while the provider only says "later" (429).
     item_deadline_s: float = Field(default=3600.0, gt=0)
+    #: Most `/v1/embeddings` inputs in one provider call, and most tokens (estimated at four
+    #: characters a token) in one: OpenAI takes 2,048 inputs and 300,000 tokens a request.
+    embed_group: int = Field(default=256, ge=1, le=2048)
+    embed_group_tokens: int = Field(default=100_000, ge=1, le=300_000)
 
     redis_timeout_s: float = Field(default=2.0, gt=0)
     worker_max_jobs: int = Field(default=8, ge=1)
@@ -196,11 +216,22 @@ class Settings(BaseSettings):
         return max(0.1, self.lease_s - 3 * self.worker_heartbeat_s)
 
     @property
-    def resolved_provider(self) -> Provider:
+    def resolved_provider(self) -> DefaultProvider:
         """The provider new batches run on: explicit, else `openai` when a key is set."""
         if self.provider is not None:
             return self.provider
         return "openai" if self.openai_api_key is not None else "offline"
+
+    def configured(self, provider: Provider) -> bool:
+        """Whether this process has what `provider` needs (its key, or its server's URL)."""
+        found = {
+            "offline": True,
+            "openai": self.openai_api_key is not None or self.openai_base_url is not None,
+            "anthropic": self.anthropic_api_key is not None,
+            "google_genai": self.google_api_key is not None,
+            "ollama": self.ollama_base_url is not None,
+        }
+        return found[provider]
 
     def require_redis_url(self) -> str:
         """REDIS_URL, or a clear error: the API and workers never guess a Redis."""

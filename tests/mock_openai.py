@@ -45,7 +45,13 @@ early retries, calls refused by the limits (`rate_limited`) and the `limits`; `G
 lists the request bodies received (the newest 100,000); `POST /_reset` clears all those and
 refills the buckets, but keeps the limits.
 
-OpenAI's Files and Batch API is served too (`tests/mock_batches.py`).
+OpenAI's Files and Batch API is served too (`tests/mock_batches.py`), Anthropic's Messages API
+(`tests/mock_anthropic.py`), and `/v1/embeddings`:
+each input's vector is `mock_vector(input, dimensions or 8)` (as floats, or base64 of
+little-endian float32s as the OpenAI SDK asks by default), usage counts the inputs' words; an
+input with `[[status=400]]` has the whole request refused with that status (as OpenAI refuses
+a request for one bad input), and so has any request for more than 3,072 `dimensions`;
+`[[latency=N]]` delays it. Its requests are in `/_requests` too.
 
 Run: `python -m tests.mock_openai --port 8001 [--latency-ms 5 200] [--rpm N --tpm N --burst-s S]`.
 """
@@ -54,11 +60,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import math
 import random
 import re
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -71,6 +80,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests import mock_anthropic
 from tests.mock_batches import BatchApi
 from tests.mock_batches import routes as batch_routes
 
@@ -471,8 +481,77 @@ def _line_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return 200, _completion(body, prompt, directives)
 
 
+#: The longest embedding the mock's model makes (a request for more is a 400).
+MOCK_MOST_DIMENSIONS = 3072
+
+
+def mock_vector(text: str, dimensions: int = 8) -> list[float]:
+    """The mock's embedding of `text`: deterministic, and different for different texts."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"mock-{counter}:{text}".encode()).digest()
+        values += [round(byte / 255 - 0.5, 4) for byte in digest]
+        counter += 1
+    return values[:dimensions]
+
+
+def _embedding_answer(payload: dict[str, Any]) -> JSONResponse:
+    inputs = payload.get("input")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or not texts:
+        return _error(400, "input must be a string or a list of strings (this mock takes text)")
+    for text in texts:
+        directives = dict(DIRECTIVE.findall(text))
+        if "status" in directives:
+            status = int(directives["status"])
+            return _error(status, f"mock provider refused an input with {status}")
+    dimensions = int(payload.get("dimensions") or 8)
+    if dimensions > MOCK_MOST_DIMENSIONS:  # as a model refuses a length it lacks: every request
+        return _error(400, f"dimensions is at most {MOCK_MOST_DIMENSIONS} for this model")
+    data = []
+    for index, text in enumerate(texts):
+        vector = mock_vector(text, dimensions)
+        if payload.get("encoding_format") == "base64":
+            packed: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        else:
+            packed = vector
+        data.append({"object": "embedding", "index": index, "embedding": packed})
+    tokens = sum(max(1, len(text.split())) for text in texts)
+    return JSONResponse({
+        "object": "list", "data": data, "model": payload.get("model", "mock-embedding"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })  # fmt: skip
+
+
 def create_app(state: MockState) -> Starlette:
     batch_api = BatchApi(answer=_line_answer)
+
+    async def messages(request: Request) -> JSONResponse:
+        payload = await mock_anthropic.read(request)
+        state.requests.append(payload)
+        state.calls += 1
+        delay_ms = random.uniform(*state.latency_ms)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        response = mock_anthropic.answer(payload, state.attempts)
+        state.statuses[response.status_code] += 1
+        return response
+
+    async def embeddings(request: Request) -> JSONResponse:
+        payload = await request.json()
+        state.requests.append(payload)
+        state.calls += 1
+        texts = payload.get("input") if isinstance(payload.get("input"), list) else []
+        delays = [
+            float(d.get("latency", 0)) for d in (dict(DIRECTIVE.findall(str(t))) for t in texts)
+        ]
+        delay_ms = max(delays, default=0) or random.uniform(*state.latency_ms)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        response = _embedding_answer(payload)
+        state.statuses[response.status_code] += 1
+        return response
 
     async def chat(request: Request) -> JSONResponse:
         payload = await request.json()
@@ -583,6 +662,8 @@ def create_app(state: MockState) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
             Route("/v1/models", models),
             Route("/_stats", stats),
             Route("/_requests", requests),

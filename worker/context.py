@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import openai
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ from shared.settings import Settings
 from shared.store import BatchStore
 from worker.concurrency import Limiters
 from worker.pacing import Pacer
+from worker.providers import ProviderModels
 from worker.scheduler import Leases
 from worker.watch import BatchWatch
 from worker.webhooks import Sender
@@ -47,6 +49,8 @@ class WorkerContext(TypedDict):
     store: BatchStore
     http: openai.DefaultAioHttpClient
     models: dict[Provider, BaseChatModel]
+    embedders: dict[Provider, Embeddings]  # `/v1/embeddings` batches (`worker/embeddings.py`)
+    provider_models: ProviderModels  # anthropic, google_genai, ollama (`worker/providers.py`)
     batch_api: openai.AsyncOpenAI | None  # the provider's Batch API (`worker/handoff.py`)
     worker_id: str
     limiters: Limiters

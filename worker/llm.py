@@ -41,6 +41,7 @@ from shared.json_schemas import CHECK_LIMIT_S, CheckTimedOut, schema_error
 from shared.results import ItemOutcome
 from shared.schemas import ErrorInfo, Provider, Usage
 from shared.settings import Settings
+from worker.providers import OTHER_PROVIDERS, provider_call_params
 
 OFFLINE_PREFIX = "[offline] You asked: "
 
@@ -147,18 +148,27 @@ def pin_signature(model_type: type[BaseChatModel]) -> None:
         generate.__signature__ = inspect.signature(generate)  # type: ignore[attr-defined]
 
 
-def batch_kwargs(model: BaseChatModel, model_name: str, params: BatchParams) -> dict[str, Any]:
+def batch_kwargs(
+    model: BaseChatModel, model_name: str, params: BatchParams, provider: Provider = "openai"
+) -> dict[str, Any]:
     """What every call of a batch passes the chat model: the model name and the batch's params
     (an item's own go over them, `call_kwargs`). Passed to `ainvoke` as keywords rather than
-    bound (`model.bind`): a binding costs LangChain a config merge per call."""
-    return {"model": model_name, **call_kwargs(model, params.provider_kwargs())}
+    bound (`model.bind`): a binding costs LangChain a config merge per call. Another
+    provider's model was built for its model name (`worker/providers.py`)."""
+    kwargs = call_kwargs(model, params.provider_kwargs(), provider)
+    return kwargs if provider in OTHER_PROVIDERS else {"model": model_name, **kwargs}
 
 
-def call_kwargs(model: BaseChatModel, params: dict[str, Any]) -> dict[str, Any]:
+def call_kwargs(
+    model: BaseChatModel, params: dict[str, Any], provider: Provider = "openai"
+) -> dict[str, Any]:
     """Params as the chat model takes them. ChatOpenAI gets `response_format` in the request
     body as written (`extra_body`): given as a keyword, ChatOpenAI sends the request through
     the SDK's `parse` helper, which refuses non-strict tools beside a JSON format (a request
-    OpenAI accepts) and parses nothing a dict format needs."""
+    OpenAI accepts) and parses nothing a dict format needs. Another provider's model gets
+    its own name for the output limit."""
+    if provider in OTHER_PROVIDERS:
+        return provider_call_params(provider, params)
     if "response_format" not in params or not isinstance(model, ChatOpenAI):
         return params
     kwargs = dict(params)
@@ -198,15 +208,22 @@ def item_chars(prompt: str | list[dict[str, Any]], system: str | None) -> int:
 
 
 def rate_limited(exc: BaseException) -> bool:
-    """Whether a call failed only because the provider said "later" (429). A 429 for an
-    exhausted quota or billing limit is not "later": waiting would not help."""
-    if not (isinstance(exc, ModelRateLimitError) or getattr(exc, "status_code", None) == 429):
+    """Whether a call failed only because the provider said "later" (429, or Anthropic's 529
+    overloaded). A 429 for an exhausted quota or billing limit is not "later": waiting would
+    not help."""
+    status = getattr(exc, "status_code", None)
+    if status == OVERLOADED:
+        return True  # Anthropic's "overloaded": later, as a 429
+    if not (isinstance(exc, ModelRateLimitError) or status == 429):
         return False
     body = getattr(exc, "body", None)
     error = body.get("error", body) if isinstance(body, dict) else None
     code = error.get("code") or error.get("type") if isinstance(error, dict) else None
     return code not in _NOT_LATER
 
+
+#: Anthropic's status for "overloaded, try later".
+OVERLOADED = 529
 
 #: 429 codes that mean "no", not "later" (OpenAI's for a key out of credit or quota).
 _NOT_LATER = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
@@ -243,7 +260,7 @@ def outcome_of(
         status="succeeded",
         output=text if text or not (tool_calls or refusal) else None,
         usage=_usage(result.usage_metadata) if isinstance(result, AIMessage) else None,
-        finish_reason=result.response_metadata.get("finish_reason"),
+        finish_reason=finish_reason(result.response_metadata),
         tool_calls=tool_calls,
         refusal=refusal if isinstance(refusal, str) else None,
     )
@@ -251,6 +268,35 @@ def outcome_of(
     if kind not in JSON_FORMATS or outcome.output is None:
         return outcome
     return _parsed(outcome, text, response_format if kind == "json_schema" else None)
+
+
+#: Other providers' reasons a reply ended, as OpenAI names them (Anthropic's `stop_reason`,
+#: Gemini's `finish_reason`, Ollama's `done_reason`).
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+}
+
+
+def finish_reason(metadata: dict[str, Any]) -> str | None:
+    """Why the reply ended, in OpenAI's words (`stop`, `length`, `tool_calls`,
+    `content_filter`), whichever provider said it."""
+    said = (
+        metadata.get("finish_reason") or metadata.get("stop_reason") or metadata.get("done_reason")
+    )
+    if not isinstance(said, str):
+        return None
+    return _FINISH_REASONS.get(said, said)
 
 
 def _parsed(outcome: ItemOutcome, text: str, json_schema: dict[str, Any] | None) -> ItemOutcome:

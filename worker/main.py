@@ -46,8 +46,10 @@ from shared.webhooks import WebhookEndpoints
 from worker import tasks
 from worker.concurrency import Limiters
 from worker.context import CURRENT_CALL, Attempts, WorkerContext, Writes
-from worker.llm import build_batch_api, build_models
+from worker.embeddings import build_embedders
+from worker.llm import OVERLOADED, build_batch_api, build_models
 from worker.pacing import Pacer, ProviderSaid, model_of
+from worker.providers import ProviderModels
 from worker.scheduler import Leases, reconcile, take_turn
 from worker.watch import BatchWatch
 from worker.webhooks import Outbox, Sender
@@ -129,7 +131,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         said = ProviderSaid.of(response.status_code, response.headers)
         if said is None:
             return
-        if response.status_code == 429:
+        if response.status_code in (429, OVERLOADED):  # Anthropic's 529 means "later" too
             # Retried by the item's call, after its turn in the shared buckets, rather than
             # at once by the SDK (which honours this header): a retry is paced like any call.
             response.headers["x-should-retry"] = "false"
@@ -150,6 +152,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         attempts=Attempts(store),
         http=http,
         models=build_models(settings, http),
+        embedders=build_embedders(settings, http),
+        provider_models=ProviderModels(settings, count_response),
         batch_api=build_batch_api(settings),
         worker_id=worker_id,
         limiters=Limiters(ctx["redis"], worker_id, ttl_s=settings.worker_alive_s),
@@ -175,7 +179,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     # its full collections (which stop the event loop) walk only what batches make.
     gc.collect()
     gc.freeze()
-    log.info("worker %s up; providers: %s", worker_id, ", ".join(ctx["models"]))
+    offered = [*ctx["models"], *ctx["provider_models"].offered()]
+    log.info("worker %s up; providers: %s", worker_id, ", ".join(offered))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -243,7 +248,7 @@ async def _beat(ctx: WorkerContext) -> None:
         settings.worker_alive_s,
         busy=ctx["leases"].busy,
         slots=settings.worker_max_jobs,
-        providers=ctx["models"],
+        providers=[*ctx["models"], *ctx["provider_models"].offered()],
     )
     await ctx["attempts"].record_ended()
 

@@ -71,7 +71,8 @@ def duration_ms(text: str) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class ProviderSaid:
-    """What one response's headers say about the provider's limits."""
+    """What one response's headers say about the provider's limits: OpenAI's
+    `x-ratelimit-limit-*`, or Anthropic's `anthropic-ratelimit-*-limit`."""
 
     rpm: int = 0
     tpm: int = 0
@@ -81,12 +82,17 @@ class ProviderSaid:
     @classmethod
     def of(cls, status: int, headers: Mapping[str, str]) -> ProviderSaid | None:
         """None when the response says nothing about limits (the common case: costs nothing)."""
-        rpm = _int(headers.get("x-ratelimit-limit-requests"))
-        tpm = _int(headers.get("x-ratelimit-limit-tokens"))
-        if status != 429 and not (rpm or tpm):
+        rpm = _int(headers.get("x-ratelimit-limit-requests")) or _int(
+            headers.get("anthropic-ratelimit-requests-limit")
+        )
+        tpm = _int(headers.get("x-ratelimit-limit-tokens")) or _int(
+            headers.get("anthropic-ratelimit-tokens-limit")
+        )
+        later = status in (429, 529)  # 529: Anthropic's "overloaded"
+        if not later and not (rpm or tpm):
             return None
         retry_ms = 0.0
-        if status == 429:
+        if later:
             retry_ms = _retry_after_ms(headers) or 1000.0
         return cls(rpm, tpm, retry_ms)
 

@@ -21,9 +21,10 @@ from shared.batches import BatchSpec
 from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome, PendingItem, RecordOutcome
 from shared.scheduler import close_idle
-from shared.schemas import FINAL_BATCH_STATUSES, ErrorInfo
+from shared.schemas import EMBEDDINGS, FINAL_BATCH_STATUSES, ErrorInfo
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
+from worker.embeddings import run_embeddings
 from worker.handoff import ChunkLost, Handoff, LookAgain, refused_for_good
 from worker.llm import (
     batch_kwargs,
@@ -36,6 +37,7 @@ from worker.llm import (
     to_messages,
 )
 from worker.pacing import estimate_tokens
+from worker.providers import OTHER_PROVIDERS
 from worker.scheduler import Leases, Run
 
 log = logging.getLogger("promptbatch.worker")
@@ -136,7 +138,7 @@ async def _run_attempt(
     if spec is None or spec.status in FINAL_BATCH_STATUSES:
         log.info("batch %s chunk %d: nothing to do (batch gone or final)", batch_id, chunk)
         return {"written": 0}
-    model = ctx["models"].get(spec.provider)
+    model = _chat_model(ctx, spec)
     if model is None:
         settings = ctx["settings"]
         if await workers.offering(ctx["redis"], spec.provider, settings.worker_alive_s):
@@ -169,7 +171,11 @@ async def _run_attempt(
         async with ctx["limiters"].hold(spec.id, spec.max_concurrency) as limiter:
             stops = _Stop(stop, stopped, spec.overdue)
             feed = _Feed(run, ctx["leases"], spec)
-            counts = await _run_items(ctx, spec, model, chunk, limiter, stops, feed)
+            if spec.endpoint == EMBEDDINGS:
+                embedder = ctx["embedders"][spec.provider]
+                counts = await run_embeddings(ctx, spec, embedder, chunk, limiter, stops, feed)
+            else:
+                counts = await _run_items(ctx, spec, model, chunk, limiter, stops, feed)
     # Calls in flight finished and were kept; the rest are cancelled: the batch was cancelled,
     # or spent its token budget (seen before a call, sooner than the watch sees it). Else the
     # completion window ended: the rest are expired.
@@ -184,6 +190,15 @@ async def _run_attempt(
             "batch %s chunk %d: window ended; %d items expired", spec.id, chunk, counts["expired"]
         )
     return counts
+
+
+def _chat_model(ctx: WorkerContext, spec: BatchSpec) -> BaseChatModel | None:
+    """The chat model a batch runs on here, or None when this worker lacks its provider."""
+    if spec.provider in OTHER_PROVIDERS:
+        if not ctx["provider_models"].runs(spec.provider):
+            return None
+        return ctx["provider_models"].get(spec.provider, spec.model)
+    return ctx["models"].get(spec.provider)
 
 
 async def _hand_off(ctx: WorkerContext, spec: BatchSpec, chunk: int, run: Run) -> dict[str, int]:
@@ -389,7 +404,7 @@ def _item_runnable(
     batch_format = spec.params.response_format
     batch_output = spec.params.provider_kwargs().get("max_completion_tokens")
     deadline_s = settings.item_deadline_s
-    batch_call = batch_kwargs(model, spec.model, spec.params)
+    batch_call = batch_kwargs(model, spec.model, spec.params, spec.provider)
 
     refusals = 0
 
@@ -410,7 +425,7 @@ def _item_runnable(
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
         own = item.params or {}  # the item's params, over the batch's
-        kwargs = {**batch_call, **call_kwargs(model, own)} if own else batch_call
+        kwargs = {**batch_call, **call_kwargs(model, own, spec.provider)} if own else batch_call
         if stop:  # no slot to wait for when no call may start
             raise ChunkStopped
         async with feed.share, limiter.slot():

@@ -25,7 +25,15 @@ from shared.batches import BatchPlan
 from shared.errors import InvalidRequest
 from shared.openai_format import as_line_error
 from shared.results import ItemMatch
-from shared.schemas import Batch, BatchCreate, BatchList, ErrorBody, ItemStatus, ResultsPage
+from shared.schemas import (
+    CHAT,
+    Batch,
+    BatchCreate,
+    BatchList,
+    ErrorBody,
+    ItemStatus,
+    ResultsPage,
+)
 from shared.settings import Settings
 
 NDJSON = "application/x-ndjson"
@@ -126,8 +134,33 @@ def _planned(body: BatchCreate, settings: Settings, hashed: bool) -> tuple[Batch
     plan = plan_batch(body, settings)
     if not hashed:
         return plan, ""
-    canonical = orjson.dumps(orjson.loads(body.model_dump_json()), option=orjson.OPT_SORT_KEYS)
+    data = _as_before_embeddings(orjson.loads(body.model_dump_json()))
+    canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     return plan, hashlib.sha256(canonical).hexdigest()
+
+
+#: Fields added with embeddings batches, left out of a request's hash when unset (and the
+#: endpoint when it is the default), so that a body hashes as it did before they existed:
+#: an `Idempotency-Key` sent again across the upgrade still finds its batch.
+_NEWER_PARAMS = ("dimensions", "encoding_format")
+
+
+def _as_before_embeddings(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("endpoint") in (None, CHAT):
+        data.pop("endpoint", None)
+    for params in [data.get("params"), *(p.get("params") for p in _objects(data))]:
+        if isinstance(params, dict):
+            for name in _NEWER_PARAMS:
+                if params.get(name, 0) is None:
+                    del params[name]
+    for entry in _objects(data):
+        if entry.get("input", 0) is None:
+            del entry["input"]
+    return data
+
+
+def _objects(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in data.get("prompts") or () if isinstance(p, dict)]
 
 
 @router.get("", response_model=BatchList)

@@ -3,6 +3,7 @@ a real worker and Redis (and the OpenAI-compatible mock where a batch must be he
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import secrets
@@ -18,6 +19,7 @@ import pytest
 from tests.cli.runner import PROMPTBATCH, assert_one_error_line, cli_env, run_cli
 from tests.helpers import MockProvider, Proc, free_port, wait_until
 from tests.integration.flows import openai_worker
+from worker.embeddings import offline_vector
 from worker.llm import OFFLINE_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -269,3 +271,32 @@ def test_a_bad_line_in_the_input_file_is_one_error_line_naming_it(tmp_path: Path
     url = f"http://127.0.0.1:{free_port()}"  # refused before anything is sent
     done = run_cli(url, "submit", "batch.jsonl", cwd=tmp_path)
     assert_one_error_line(done, "batch.jsonl", "Line 2", "url must be /v1/chat/completions")
+
+
+def test_an_openai_batch_file_of_embeddings_comes_back_as_vectors_in_lines_and_csv(
+    live_api: Callable[..., str], workers: Callable[..., Proc], tmp_path: Path
+) -> None:
+    workers()  # the offline model: its embedding is a hash of the text
+    url = live_api()
+    texts = ["first text", "second text", "third text"]
+    lines = [
+        json.dumps({"custom_id": f"t{n}", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-small", "input": text, "dimensions": 3}})
+        for n, text in enumerate(texts)
+    ]  # fmt: skip
+    (tmp_path / "embed.jsonl").write_text("\n".join(lines) + "\n")
+
+    done = run_cli(url, "submit", "embed.jsonl", "--wait", "-o", "out.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [line["custom_id"] for line in out] == ["t0", "t1", "t2"]
+    vectors = [line["response"]["body"]["data"][0]["embedding"] for line in out]
+    assert vectors == [offline_vector(text, 3) for text in texts]
+
+    done = run_cli(url, "submit", "embed.jsonl", "--wait", "-o", "out.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["custom_id"] for row in rows] == ["t0", "t1", "t2"]
+    assert [json.loads(row["embedding"]) for row in rows] == vectors
+    assert {row["status"] for row in rows} == {"succeeded"}

@@ -27,6 +27,7 @@ URL = "http://127.0.0.1:8000"
 #: The blocks left out, by the reason the README gives: none needs anything but the stack.
 LEFT_OUT = [
     "starts the stack, and the tests, themselves (tests/docs starts make run's script)",
+    "needs an Anthropic key (ANTHROPIC_API_KEY) for the API and the workers",
     "needs a real provider with a Batch API (the offline model has none: a 422 naming mode)",
     "starts the stack itself, with other settings",
     "needs a Docker engine (and the third command a real provider key)",

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.openai_format import ChatCompletion, output_line
+from shared.output_lines import ChatCompletion, output_line
 from shared.schemas import Batch, ItemResult
 from shared.settings import Settings
 from tests.conftest import api_client

@@ -158,3 +158,13 @@ async def test_learned_limits_lapse_when_no_provider_states_them_any_more(redis:
     stated_long_ago = seconds * 1000 + micros // 1000 - LEARNED_MS - 1000
     await redis.hset(keys.pacing(MODEL), "ls", stated_long_ago)  # type: ignore[misc]
     assert await turns(other, 12) == [0.0] * 12  # nobody heard them lately: no longer paced
+
+
+def test_anthropics_limit_headers_and_its_overloaded_answer_are_heard() -> None:
+    said = ProviderSaid.of(200, {
+        "anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-tokens-limit": "40000",
+        "anthropic-ratelimit-requests-reset": "2026-12-04T10:00:00Z",
+    })  # fmt: skip
+    assert said == ProviderSaid(rpm=50, tpm=40000)
+    assert ProviderSaid.of(529, {"retry-after": "3"}) == ProviderSaid(retry_ms=3000.0)
+    assert ProviderSaid.of(200, {"anthropic-version": "2023-06-01"}) is None

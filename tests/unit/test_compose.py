@@ -79,3 +79,15 @@ def test_image_holds_every_package_the_project_installs() -> None:
     for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
         package = pattern.rstrip("*")
         assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.M), package
+
+
+def test_image_holds_the_mock_and_every_test_module_it_imports() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.search(r"^COPY (tests/\S+(?: tests/\S+)*) \./tests/$", dockerfile, re.M)
+    assert copied is not None
+    files = set(copied[1].split())
+    mock = (ROOT / "tests" / "mock_openai.py").read_text()
+    needed = {f"tests/{name}.py" for name in re.findall(r"^from tests\.(\w+) import", mock, re.M)}
+    needed |= {f"tests/{name}.py" for name in re.findall(r"^from tests import (\w+)", mock, re.M)}
+    assert needed, "the mock imports test modules; the pattern must see them"
+    assert {"tests/__init__.py", "tests/mock_openai.py", *needed} <= files

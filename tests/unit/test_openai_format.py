@@ -10,7 +10,8 @@ import pytest
 
 from shared.chat import dump_messages
 from shared.errors import InvalidRequest
-from shared.openai_format import ChatCompletion, batch_from_request_lines, output_line
+from shared.openai_format import batch_from_request_lines
+from shared.output_lines import ChatCompletion, output_line
 from shared.schemas import Batch, ErrorInfo, ItemResult, RequestCounts, Usage
 from tests.helpers import prompt_items
 

@@ -311,7 +311,7 @@ async function confirmed(question) {
 
 function toCsv(items) {
   const columns = ["index", "custom_id", "status", "output", "output_json", "refusal",
-    "tool_calls", "error_type", "error_message", "finish_reason", "input_tokens",
+    "tool_calls", "embedding", "error_type", "error_message", "finish_reason", "input_tokens",
     "output_tokens", "total_tokens"];
   const json = (value) => (value === null || value === undefined ? "" : JSON.stringify(value));
   const cell = (value) => {
@@ -324,7 +324,7 @@ function toCsv(items) {
   for (const item of items) {
     const u = item.usage || {};
     lines.push([item.index, item.custom_id, item.status, item.output, json(item.output_json),
-      item.refusal, json(item.tool_calls), item.error && item.error.type,
+      item.refusal, json(item.tool_calls), json(item.embedding), item.error && item.error.type,
       item.error && item.error.message, item.finish_reason, u.input_tokens, u.output_tokens,
       u.total_tokens].map(cell).join(","));
   }
@@ -432,6 +432,9 @@ function itemRow(item) {
   let output = item.output;
   if (item.output_json !== null && item.output_json !== undefined) {
     output = JSON.stringify(item.output_json, null, 2);
+  } else if (Array.isArray(item.embedding)) { // an embeddings batch: the vector, in short
+    const head = item.embedding.slice(0, 4).map((v) => v.toFixed(4)).join(", ");
+    output = `[${head}${item.embedding.length > 4 ? ", …" : ""}] (${item.embedding.length} numbers)`;
   }
   const u = item.usage;
   return h("tr", { dataset: { itemIndex: item.index } },
