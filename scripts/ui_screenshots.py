@@ -68,7 +68,7 @@ def _shoot(url: str, batch_id: str, out: Path) -> None:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1360, "height": 900})
         page.goto(f"{url}/ui/batches/{batch_id}")
-        expect(page.locator("[data-field=status]")).to_have_text("completed", timeout=30_000)
+        expect(page.locator("[data-field=status]")).to_have_text("completed", timeout=120_000)
         page.wait_for_timeout(500)  # the chart's last point
         page.screenshot(path=out / "ui-batch.png")
         page.goto(f"{url}/ui")
