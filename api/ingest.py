@@ -122,7 +122,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
         while page := await run_in_threadpool(pages.next_page):
             await store.stage_items(batch_id, page)
     except BaseException:
-        await _drop(store, batch_id)
+        await drop_staged(store, batch_id)
         raise
     if pages.count == 0:
         raise InvalidRequest(NO_LINES, param="line[1]")
@@ -130,7 +130,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
     try:
         provider, model = model_and_provider(pages.read.model, embeddings, settings)
     except InvalidRequest as exc:
-        await _drop(store, batch_id)
+        await drop_staged(store, batch_id)
         raise InvalidRequest(exc.message, param="line[1].body.model") from None
     return BatchPlan(
         items=[],
@@ -141,7 +141,7 @@ async def stage_upload(upload: Upload, store: BatchStore, settings: Settings) ->
         max_concurrency=settings.default_concurrency,
         metadata=None,
         provider=provider,
-        mode="direct" if embeddings else batch_mode(None, None, provider, settings),
+        mode=batch_mode(None, None, provider, settings, pages.read.endpoint),
         staged=Staged(batch_id, pages.count),
     )
 
@@ -159,7 +159,7 @@ async def stage_plan(plan: BatchPlan, store: BatchStore) -> BatchPlan:
         staged = replace(plan, items=[], staged=Staged(batch_id, len(plan.items)))
         await asyncio.to_thread(release, plan.items)  # freed off the loop (a while for 50,000)
     except BaseException:
-        await _drop(store, batch_id)
+        await drop_staged(store, batch_id)
         raise
     return staged
 
@@ -173,14 +173,14 @@ async def create_staged(
         batch, created = await create()
     except BaseException:
         if plan.staged is not None:
-            await _drop(store, plan.staged.batch_id)
+            await drop_staged(store, plan.staged.batch_id)
         raise
     if not created and plan.staged is not None:
-        await _drop(store, plan.staged.batch_id)
+        await drop_staged(store, plan.staged.batch_id)
     return batch, created
 
 
-async def _drop(store: BatchStore, batch_id: str) -> None:
+async def drop_staged(store: BatchStore, batch_id: str) -> None:
     """Drop staged items, come what may: with Redis away they expire on their own, and the
     answer stays the one the submission earned."""
     with contextlib.suppress(RedisError):

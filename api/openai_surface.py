@@ -26,6 +26,7 @@ from api.ingest import (
     LinePages,
     Upload,
     create_staged,
+    drop_staged,
     numbered_lines,
     stage_plan,
     stage_upload,
@@ -189,9 +190,6 @@ async def create_batch(
             param="endpoint",
         )
     window = completion_window(request.completion_window)
-    if request.endpoint == EMBEDDINGS and request.mode == "provider_batch":
-        raise InvalidRequest("An /v1/embeddings batch runs in mode 'direct'.", param="mode")
-    embeddings = request.endpoint == EMBEDDINGS
     try:
         stored = await files.get(request.input_file_id, owner)
     except NotFound as exc:
@@ -210,21 +208,17 @@ async def create_batch(
                 plan = await stage_upload(upload, store, settings)
         finally:
             await upload.close()
-        if plan.endpoint != request.endpoint:
-            assert plan.staged is not None
-            await store.drop_staged(plan.staged.batch_id)
-            raise InvalidRequest(
-                f"The file's request lines are for {plan.endpoint}; endpoint is "
-                f"{request.endpoint}.",
-                param="endpoint",
-            )
+        assert plan.staged is not None
         try:
-            mode = (
-                "direct" if embeddings else batch_mode(request.mode, None, plan.provider, settings)
-            )
+            if plan.endpoint != request.endpoint:
+                raise InvalidRequest(
+                    f"The file's request lines are for {plan.endpoint}; endpoint is "
+                    f"{request.endpoint}.",
+                    param="endpoint",
+                )
+            mode = batch_mode(request.mode, None, plan.provider, settings, plan.endpoint)
         except InvalidRequest:
-            assert plan.staged is not None
-            await store.drop_staged(plan.staged.batch_id)
+            await drop_staged(store, plan.staged.batch_id)
             raise
         plan = replace(
             plan, metadata=request.metadata, mode=mode,

@@ -16,6 +16,7 @@ from shared.schemas import (
     MAX_COMPLETION_WINDOW_S,
     MODEL_PROVIDERS,
     BatchCreate,
+    Endpoint,
     Mode,
     Provider,
 )
@@ -51,11 +52,8 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
         )
     window = completion_window(request.completion_window)
     provider, model = model_and_provider(request.model, embeddings, settings)
-    # an embeddings batch runs direct whatever the default (`_check_embeddings` refuses asking)
-    mode = (
-        "direct" if embeddings
-        else batch_mode(request.mode, request.max_total_tokens, provider, settings)
-    )  # fmt: skip
+    endpoint = request.endpoint or CHAT
+    mode = batch_mode(request.mode, request.max_total_tokens, provider, settings, endpoint)
     system = request.system
     if request.template is not None and request.inputs is not None:
         rendered = render_rows(
@@ -73,7 +71,7 @@ def plan_batch(request: BatchCreate, settings: Settings) -> BatchPlan:
     if provider not in ("openai", "offline"):
         check_portable(request.params, items, provider)
     return BatchPlan(
-        endpoint=request.endpoint or CHAT,
+        endpoint=endpoint,
         items=items,
         model=model,
         system=system,
@@ -150,12 +148,25 @@ def named_provider(model: str | None) -> Provider | None:
 
 
 def batch_mode(
-    asked: Mode | None, max_total_tokens: int | None, provider: Provider, settings: Settings
+    asked: Mode | None,
+    max_total_tokens: int | None,
+    provider: Provider,
+    settings: Settings,
+    endpoint: Endpoint = CHAT,
 ) -> Mode:
     """The batch's mode (`PROMPTBATCH_DEFAULT_MODE` unless it asks): `provider_batch` needs a
     provider with a Batch API (`openai`: any OpenAI-compatible server with `/v1/files` and
     `/v1/batches`), and no `max_total_tokens` (a provider batch cannot stop midway). A batch
-    of another provider runs direct unless it asks (and is refused)."""
+    of another provider runs direct unless it asks (and is refused), and an embeddings batch
+    always does."""
+    if endpoint == EMBEDDINGS:
+        if asked == "provider_batch":
+            raise InvalidRequest(
+                "An /v1/embeddings batch runs in mode 'direct' (its inputs are grouped into "
+                "few calls already).",
+                param="mode",
+            )
+        return "direct"
     mode = asked or (settings.default_mode if provider == settings.resolved_provider else "direct")
     if mode == "direct":
         return mode
@@ -199,8 +210,7 @@ def completion_window(value: int | str | None) -> tuple[str, int] | None:
 
 
 def _check_embeddings(request: BatchCreate) -> None:
-    """What an `/v1/embeddings` batch cannot have: chat's template and system prompt, and
-    (for now) the provider's Batch API."""
+    """What an `/v1/embeddings` batch cannot have: chat's template and system prompt."""
     for name in ("template", "system"):
         if getattr(request, name) is not None:
             raise InvalidRequest(
@@ -208,12 +218,6 @@ def _check_embeddings(request: BatchCreate) -> None:
                 "entry of prompts as it is.",
                 param=name,
             )
-    if request.mode == "provider_batch":
-        raise InvalidRequest(
-            "An /v1/embeddings batch runs in mode 'direct' (its inputs are grouped into few "
-            "calls already).",
-            param="mode",
-        )
 
 
 def _check_source(request: BatchCreate) -> None:

@@ -20,14 +20,12 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from shared.batches import BatchSpec
-from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome, PendingItem
 from shared.schemas import ErrorInfo, Provider, Usage
 from shared.settings import Settings
-from shared.store import BatchStore
 from worker.concurrency import BatchLimiter
 from worker.context import CURRENT_CALL, CallRun, WorkerContext
-from worker.llm import error_info, rate_limited
+from worker.llm import REFUSED_KEY, error_info, halt_refused, rate_limited
 
 log = logging.getLogger("promptbatch.worker")
 
@@ -100,9 +98,9 @@ def build_embedders(
     found: dict[Provider, Embeddings] = {
         "offline": OfflineEmbeddings(settings.offline_latency_ms / 1000)
     }
-    if settings.openai_api_key is not None or settings.openai_base_url is not None:
+    if settings.configured("openai"):
         embedder = OpenAIEmbeddings(
-            model="text-embedding-3-small",
+            model=settings.default_embedding_model,  # each call names its batch's
             openai_api_key=settings.openai_api_key or SecretStr("not-needed"),
             openai_api_base=settings.openai_base_url,
             check_embedding_ctx_length=False,
@@ -152,17 +150,6 @@ def shared_usage(total: int, items: Sequence[PendingItem]) -> list[Usage]:
 #: Errors about what was sent (a group holding them is split to find the input); any other
 #: failure (the provider down, a timeout) is the whole group's, as it would be each input's.
 _INPUT_ERRORS = frozenset({"invalid_request", "context_length_exceeded"})
-#: The provider refusing the key: the batch stops, as a chat batch does (`worker/tasks.py`).
-_REFUSED_KEY = frozenset({"authentication_error", "permission_denied"})
-
-
-async def _halt(store: BatchStore, spec: BatchSpec, error: ErrorInfo) -> None:
-    message = (
-        f"The provider refused this batch's calls ({error.type}), so no more were sent. "
-        f"It said: {error.message}"
-    )
-    if await store.halt(spec.id, ErrorInfo(type=PROVIDER_AUTH, message=message)):
-        log.error("batch %s: halted, the provider refused its calls (%s)", spec.id, error.type)
 
 
 class _Stop(Protocol):
@@ -288,9 +275,9 @@ async def run_embeddings(
             return [one] * len(group)
 
         if answer.error is not None:
-            if answer.error.type in _REFUSED_KEY and not halted:
+            if answer.error.type in REFUSED_KEY and not halted:
                 halted = True  # no more calls from this run; the watch stops the others
-                await _halt(store, spec, answer.error)
+                await halt_refused(store, spec.id, answer.error)
             outcomes = failed(answer.error)
         elif answer.vectors is None or len(answer.vectors) != len(group):
             got = len(answer.vectors or ())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -38,10 +39,14 @@ from langchain_openai import ChatOpenAI
 
 from shared.chat import JSON_FORMATS, BatchParams, has_system
 from shared.json_schemas import CHECK_LIMIT_S, CheckTimedOut, schema_error
+from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome
 from shared.schemas import ErrorInfo, Provider, Usage
 from shared.settings import Settings
+from shared.store import BatchStore
 from worker.providers import OTHER_PROVIDERS, provider_call_params
+
+log = logging.getLogger("promptbatch.worker")
 
 OFFLINE_PREFIX = "[offline] You asked: "
 
@@ -109,7 +114,7 @@ def build_models(
     models: dict[Provider, BaseChatModel] = {
         "offline": OfflineChatModel(latency_s=settings.offline_latency_ms / 1000)
     }
-    if settings.openai_api_key is not None or settings.openai_base_url is not None:
+    if settings.configured("openai"):
         api_key = settings.openai_api_key or "not-needed"  # local servers (vLLM, Ollama) take any
         models["openai"] = ChatOpenAI(
             model=settings.default_model,
@@ -127,7 +132,7 @@ def build_models(
 def build_batch_api(settings: Settings) -> openai.AsyncOpenAI | None:
     """The client of the provider's Files and Batch API (`provider_batch` mode), if the
     openai provider is configured."""
-    if settings.openai_api_key is None and settings.openai_base_url is None:
+    if not settings.configured("openai"):
         return None
     key = settings.openai_api_key
     return openai.AsyncOpenAI(
@@ -401,3 +406,18 @@ def error_info(exc: BaseException) -> ErrorInfo:
     if not isinstance(message, str) or not message:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return ErrorInfo(type=kind, message=message)
+
+
+#: Error types of a provider refusing the key itself: every other call would be refused alike.
+REFUSED_KEY = frozenset({"authentication_error", "permission_denied"})
+
+
+async def halt_refused(store: BatchStore, batch_id: str, error: ErrorInfo) -> None:
+    """Halt a batch whose provider refused its key (`BatchStore.halt`): it ends failed
+    `provider_auth` with the provider's message, rather than paying a refused call per item."""
+    message = (
+        f"The provider refused this batch's calls ({error.type}), so no more were sent. "
+        f"It said: {error.message}"
+    )
+    if await store.halt(batch_id, ErrorInfo(type=PROVIDER_AUTH, message=message)):
+        log.error("batch %s: halted, the provider refused its calls (%s)", batch_id, error.type)

@@ -18,7 +18,6 @@ from redis.exceptions import RedisError
 
 from shared import keys, workers
 from shared.batches import BatchSpec
-from shared.model import PROVIDER_AUTH
 from shared.results import ItemOutcome, PendingItem, RecordOutcome
 from shared.scheduler import close_idle
 from shared.schemas import EMBEDDINGS, FINAL_BATCH_STATUSES, ErrorInfo
@@ -27,9 +26,11 @@ from worker.context import CURRENT_CALL, CallRun, WorkerContext
 from worker.embeddings import run_embeddings
 from worker.handoff import ChunkLost, Handoff, LookAgain, refused_for_good
 from worker.llm import (
+    REFUSED_KEY,
     batch_kwargs,
     call_kwargs,
     checked_outcome,
+    halt_refused,
     item_chars,
     outcome_of,
     rate_limited,
@@ -54,9 +55,7 @@ class RunLater(Exception):
         self.defer_s = defer_s
 
 
-#: Item errors that mean the provider refuses the key itself (a 401 or a 403), and how many in
-#: a run halt its batch.
-REFUSED_KEY = frozenset({"authentication_error", "permission_denied"})
+#: How many items a run sees refused for the key (`REFUSED_KEY`) before it halts its batch.
 HALT_AFTER_REFUSALS = 2
 
 
@@ -415,12 +414,7 @@ def _item_runnable(
         refusals += 1
         if refusals != HALT_AFTER_REFUSALS:
             return
-        message = (
-            f"The provider refused this batch's calls ({error.type}), so no more were sent. "
-            f"It said: {error.message}"
-        )
-        if await store.halt(spec.id, ErrorInfo(type=PROVIDER_AUTH, message=message)):
-            log.error("batch %s: halted, the provider refused its calls (%s)", spec.id, error.type)
+        await halt_refused(store, spec.id, error)
         stop.cancelled.set()  # this run starts no more calls; the watch tells the others
 
     async def call(item: PendingItem, config: RunnableConfig) -> tuple[RecordOutcome, str]:
