@@ -154,7 +154,7 @@ def main() -> int:
 def _banner(url: str, redis_where: str, provider: str) -> str:
     body = '{"prompts": ["What are some colors of the rainbow?", "Where is Seoul?"]}'
     return f"""
-promptbatch is up: {url}   (API docs: {url}/docs)
+promptbatch is up: {url}   (dashboard: {url}/ui, API docs: {url}/docs)
   Redis:    {redis_where}
   Provider: {provider}
 Try:
